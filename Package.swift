@@ -1,0 +1,60 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "outbox-relay",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "outbox-relay", targets: ["OutboxRelayCLI"])
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        // System library: a module map over libpq, nothing else.
+        .systemLibrary(
+            name: "CLibPQ",
+            pkgConfig: "libpq",
+            providers: [.apt(["libpq-dev"])]
+        ),
+        // Pure decoding of pgoutput and of the streaming replication framing. No I/O.
+        .target(name: "PGOutput"),
+        // The libpq replication connection: a thread owns the PGconn.
+        .target(
+            name: "PostgresReplication",
+            dependencies: [
+                "CLibPQ", "PGOutput",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // Events, routing, the pipeline, acknowledgement tracking, simple sinks.
+        .target(
+            name: "OutboxRelay",
+            dependencies: [
+                "PGOutput", "PostgresReplication",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "OutboxRelayCLI",
+            dependencies: [
+                "OutboxRelay",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "DecoderBench",
+            dependencies: ["PGOutput", "OutboxRelay"],
+            path: "bench/DecoderBench"
+        ),
+        .testTarget(name: "PGOutputTests", dependencies: ["PGOutput"], exclude: ["Fixtures"]),
+        .testTarget(name: "OutboxRelayTests", dependencies: ["OutboxRelay", "PGOutput"]),
+        .testTarget(
+            name: "IntegrationTests",
+            dependencies: ["OutboxRelay", "PostgresReplication", "PGOutput", "CLibPQ"]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

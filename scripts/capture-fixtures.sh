@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Captures real pgoutput messages from a throwaway PostgreSQL 15 into
+# Tests/PGOutputTests/Fixtures/<scenario>.hex, one message per line (hex).
+# pg_logical_slot_get_binary_changes returns exactly one pgoutput message per
+# row, the same bytes the walsender puts after an XLogData header.
+# Re-run to refresh the fixtures; the decoder tests assert on their content.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/pg-env.sh
+pg_start "logical_decoding_work_mem = 64kB"
+out=Tests/PGOutputTests/Fixtures
+mkdir -p "$out"
+q() { psql -X -q -v ON_ERROR_STOP=1 "$@" >/dev/null; }
+
+q -q <<'SQL' >/dev/null
+CREATE TYPE mood AS ENUM ('sad', 'happy');
+\i sql/01-outbox-table.sql
+CREATE TABLE other (id int PRIMARY KEY, big text, m mood, n numeric);
+ALTER TABLE other REPLICA IDENTITY FULL;
+CREATE TABLE keyed (id int PRIMARY KEY, v text);
+CREATE PUBLICATION fx_all FOR ALL TABLES;
+SELECT pg_create_logical_replication_slot('fx_v1', 'pgoutput');
+SELECT pg_create_logical_replication_slot('fx_bin', 'pgoutput');
+SELECT pg_create_logical_replication_slot('fx_v2', 'pgoutput');
+SELECT pg_create_logical_replication_slot('fx_v3', 'pgoutput', false, true);
+SQL
+
+# Workload: every message kind protocol 1 can carry.
+q <<'SQL'
+INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload, headers)
+VALUES ('5f0c6a4e-8f0a-4f43-9c55-3b7f2f1f9a01', 'order', '42', 'OrderCreated',
+        '{"total": 10, "note": "größe ✓ 😀"}', '{"trace": "abc", "n": 1}');
+BEGIN;
+INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload)
+VALUES ('5f0c6a4e-8f0a-4f43-9c55-3b7f2f1f9a02', 'order', '42', 'OrderDeleted', NULL);
+DELETE FROM outbox WHERE id = '5f0c6a4e-8f0a-4f43-9c55-3b7f2f1f9a02';
+SELECT pg_logical_emit_message(true, 'outbox', '{"id":"m1","aggregatetype":"invoice","aggregateid":"7","type":"InvoiceIssued","payload":{"a":[1,2]}}');
+COMMIT;
+SELECT pg_logical_emit_message(false, 'other-prefix', 'not transactional');
+INSERT INTO other SELECT 1, string_agg(md5(i::text), '') , 'happy', 1.5 FROM generate_series(1, 2000) i;
+UPDATE other SET n = 2.5 WHERE id = 1;
+INSERT INTO keyed VALUES (1, 'a');
+UPDATE keyed SET id = 2 WHERE id = 1;
+UPDATE keyed SET v = 'b';
+DELETE FROM keyed;
+TRUNCATE keyed, other RESTART IDENTITY CASCADE;
+ALTER TABLE outbox ADD COLUMN tenant text;
+INSERT INTO outbox (aggregatetype, aggregateid, type, payload, tenant)
+VALUES ('order', '43', 'OrderCreated', '{}', 't1');
+ALTER TABLE outbox DROP COLUMN tenant;
+SELECT pg_replication_origin_create('fx_origin');
+SQL
+# A transaction replayed under a replication origin carries an Origin message.
+q <<'SQL'
+SELECT pg_replication_origin_session_setup('fx_origin');
+BEGIN;
+SELECT pg_replication_origin_xact_setup('0/AB', now());
+INSERT INTO keyed VALUES (10, 'from origin');
+COMMIT;
+SELECT pg_replication_origin_session_reset();
+SQL
+
+dump() { # slot file options...
+  local slot=$1 file=$2; shift 2
+  psql -X -v ON_ERROR_STOP=1 -At -c "SELECT encode(data, 'hex') FROM pg_logical_slot_get_binary_changes('$slot', NULL, NULL, $*)" >"$out/$file.hex"
+  echo "$file: $(wc -l <"$out/$file.hex") messages"
+}
+dump fx_v1 v1-all "'proto_version', '1', 'publication_names', 'fx_all', 'messages', 'true'"
+dump fx_bin v1-binary "'proto_version', '1', 'publication_names', 'fx_all', 'binary', 'true'"
+
+# Protocol 2: a transaction larger than logical_decoding_work_mem is streamed
+# while in progress; one commits, one aborts (and a subtransaction aborts).
+q -c "SELECT pg_logical_slot_get_binary_changes('fx_v2', NULL, NULL, 'proto_version', '2', 'publication_names', 'fx_all', 'streaming', 'on', 'messages', 'true')" >/dev/null
+q <<'SQL'
+BEGIN;
+INSERT INTO outbox (aggregatetype, aggregateid, type, payload)
+SELECT 'bulk', (i % 7)::text, 'Bulk', jsonb_build_object('i', i, 'pad', repeat('p', 100)) FROM generate_series(1, 600) i;
+SELECT pg_logical_emit_message(true, 'outbox', '{"id":"m2"}');
+COMMIT;
+BEGIN;
+INSERT INTO outbox (aggregatetype, aggregateid, type, payload)
+SELECT 'bulk', 'x', 'Aborted', jsonb_build_object('i', i, 'pad', repeat('p', 100)) FROM generate_series(1, 600) i;
+SAVEPOINT s1;
+INSERT INTO keyed SELECT i, repeat('k', 100) FROM generate_series(100, 900) i;
+ROLLBACK TO s1;
+ROLLBACK;
+-- Abort records are flushed lazily and the SQL interface reads only up to
+-- the flush position: a commit flushes them.
+INSERT INTO keyed VALUES (999, 'flush');
+SQL
+dump fx_v2 v2-streaming "'proto_version', '2', 'publication_names', 'fx_all', 'streaming', 'on', 'messages', 'true'"
+
+# Protocol 3: two-phase commit, prepared transactions committed and rolled
+# back, and a streamed prepared transaction (Stream Prepare).
+q -c "SELECT pg_logical_slot_get_binary_changes('fx_v3', NULL, NULL, 'proto_version', '3', 'publication_names', 'fx_all', 'two_phase', 'on', 'streaming', 'on')" >/dev/null
+q <<'SQL'
+BEGIN;
+INSERT INTO keyed VALUES (20, 'prepared');
+PREPARE TRANSACTION 'fx_gid_1';
+COMMIT PREPARED 'fx_gid_1';
+BEGIN;
+INSERT INTO keyed VALUES (21, 'prepared then rolled back');
+PREPARE TRANSACTION 'fx_gid_2';
+ROLLBACK PREPARED 'fx_gid_2';
+BEGIN;
+INSERT INTO outbox (aggregatetype, aggregateid, type, payload)
+SELECT 'bulk', 'y', 'Big2PC', jsonb_build_object('i', i, 'pad', repeat('p', 100)) FROM generate_series(1, 600) i;
+PREPARE TRANSACTION 'fx_gid_3';
+COMMIT PREPARED 'fx_gid_3';
+SQL
+dump fx_v3 v3-two-phase "'proto_version', '3', 'publication_names', 'fx_all', 'two_phase', 'on', 'streaming', 'on'"
