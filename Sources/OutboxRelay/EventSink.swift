@@ -1,0 +1,46 @@
+/// A destination for events: stdout, a file, Kafka, …
+///
+/// The contract, which the relay's correctness rests on:
+/// - `send` accepts an event for delivery. Events are sent in log order, and a
+///   sink must deliver events with the same key in the order it accepted them.
+///   Accepting is not delivering: nothing is confirmed to PostgreSQL yet.
+/// - An acknowledgement (`Acknowledgement`, returned by `poll`) means the event
+///   is durable in the destination as far as that sink can know (stdout: written
+///   to the descriptor; file: fsynced; Kafka: acknowledged by the brokers per
+///   `acks`). Only then does the relay count it towards the confirmed LSN.
+/// - Acks may come in any order and carry back the ticket and weight given to `send`.
+/// - A permanent failure for one event (it can never be delivered as it is)
+///   is thrown from `send` or reported from `poll` as a `SinkError`; the relay
+///   then stops before confirming that event's transaction.
+/// - Sinks know nothing of LSNs beyond the opaque ticket.
+///
+/// Sinks are driven from the relay's single I/O thread and need not be thread-safe.
+public protocol EventSink: AnyObject {
+    /// For logs: `stdout`, `file:/path`, `kafka`.
+    var name: String { get }
+    /// Takes an event for delivery.
+    func send(_ event: OutboxEvent, ticket: UInt64) throws
+    /// Completes what can be completed and returns the acknowledgements since the
+    /// last call, waiting at most `timeoutMilliseconds` for one when none is ready.
+    func poll(timeoutMilliseconds: Int) throws -> [Acknowledgement]
+    /// Delivers everything accepted, waiting at most `timeoutMilliseconds`, and
+    /// returns the acknowledgements. Called on shutdown and before a reconnect.
+    func flush(timeoutMilliseconds: Int) throws -> [Acknowledgement]
+}
+
+/// One event acknowledged by a sink.
+public struct Acknowledgement: Sendable, Hashable {
+    public var ticket: UInt64
+    public var weight: Int
+    public init(ticket: UInt64, weight: Int) {
+        self.ticket = ticket
+        self.weight = weight
+    }
+}
+
+/// A sink failure that the relay cannot work around.
+public struct SinkError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
