@@ -49,8 +49,10 @@ let package = Package(
             dependencies: ["PGOutput", "OutboxRelay"],
             path: "bench/DecoderBench"
         ),
-        .testTarget(name: "PGOutputTests", dependencies: ["PGOutput"], exclude: ["Fixtures"]),
-        .testTarget(name: "OutboxRelayTests", dependencies: ["OutboxRelay", "PGOutput"]),
+        // Loads the pgoutput messages captured by scripts/capture-fixtures.sh.
+        .target(name: "TestFixtures", dependencies: ["PGOutput"], path: "Tests/TestFixtures", exclude: ["Fixtures"]),
+        .testTarget(name: "PGOutputTests", dependencies: ["PGOutput", "TestFixtures"]),
+        .testTarget(name: "OutboxRelayTests", dependencies: ["OutboxRelay", "PGOutput", "TestFixtures"]),
         .testTarget(
             name: "IntegrationTests",
             dependencies: ["OutboxRelay", "PostgresReplication", "PGOutput", "CLibPQ"]

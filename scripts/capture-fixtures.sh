@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Captures real pgoutput messages from a throwaway PostgreSQL 15 into
-# Tests/PGOutputTests/Fixtures/<scenario>.hex, one message per line (hex).
+# Tests/TestFixtures/Fixtures/<scenario>.hex, one message per line (hex).
 # pg_logical_slot_get_binary_changes returns exactly one pgoutput message per
 # row, the same bytes the walsender puts after an XLogData header.
 # Re-run to refresh the fixtures; the decoder tests assert on their content.
@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/pg-env.sh
 pg_start "logical_decoding_work_mem = 64kB"
-out=Tests/PGOutputTests/Fixtures
+out=Tests/TestFixtures/Fixtures
 mkdir -p "$out"
 q() { psql -X -q -v ON_ERROR_STOP=1 "$@" >/dev/null; }
 
@@ -18,7 +18,45 @@ CREATE TYPE mood AS ENUM ('sad', 'happy');
 CREATE TABLE other (id int PRIMARY KEY, big text, m mood, n numeric);
 ALTER TABLE other REPLICA IDENTITY FULL;
 CREATE TABLE keyed (id int PRIMARY KEY, v text);
-CREATE PUBLICATION fx_all FOR ALL TABLES;
+CREATE PUBLICATION fx_all FOR TABLE outbox, other, keyed;
+-- Router fixtures: outbox tables without constraints, so poison rows can exist.
+CREATE SCHEMA loose;
+CREATE TABLE loose.outbox (id text, aggregatetype text, aggregateid text, type text, payload jsonb, headers jsonb, tenant text);
+ALTER TABLE loose.outbox REPLICA IDENTITY FULL;
+CREATE TABLE loose.bytes_outbox (id text, aggregatetype text, aggregateid text, type text, payload bytea);
+CREATE TABLE loose.text_outbox (id text, aggregatetype text, aggregateid text, type text, payload text);
+CREATE PUBLICATION fx_loose FOR TABLES IN SCHEMA loose;
+SELECT pg_create_logical_replication_slot('fx_router', 'pgoutput');
+SQL
+
+q <<'SQL'
+INSERT INTO loose.outbox VALUES ('r1', 'order', '1', 'Created', '{"x": 1}', '{"h": "v", "num": 3, "obj": {"a": [1]}, "esc": "a\"b\u00e9"}', 'acme');
+INSERT INTO loose.outbox VALUES ('r2', 'order', NULL, 'Created', '{}', NULL, NULL);
+INSERT INTO loose.outbox VALUES ('r3', 'order', '1', 'Created', '{}', '[1, 2]', NULL);
+INSERT INTO loose.outbox VALUES ('r4', 'bad topic/x', '1', 'Created', '{}', NULL, NULL);
+INSERT INTO loose.outbox VALUES ('r5', 'order', '1', 'Deleted', NULL, NULL, NULL);
+INSERT INTO loose.bytes_outbox VALUES ('b1', 'blob', 'k', 'Stored', '\x00ff10');
+INSERT INTO loose.text_outbox VALUES ('t1', 'txt', 'k', 'Noted', 'plain "text"');
+BEGIN;
+SELECT pg_logical_emit_message(true, 'outbox', '{"id": "m1", "aggregatetype": "invoice", "aggregateid": 7, "type": "Issued", "payload": [1, {"z": null}], "headers": {"k": "v"}, "tenant": "acme"}');
+SELECT pg_logical_emit_message(true, 'outbox', 'not json');
+SELECT pg_logical_emit_message(true, 'outbox', '{"id": "m3", "aggregatetype": "invoice", "type": "Issued"}');
+SELECT pg_logical_emit_message(true, 'other', '{}');
+COMMIT;
+UPDATE loose.outbox SET type = 'x' WHERE id = 'r1';
+DELETE FROM loose.outbox;
+SQL
+
+dump() { # slot file options...
+  local slot=$1 file=$2; shift 2
+  psql -X -v ON_ERROR_STOP=1 -At -c "SELECT encode(data, 'hex') FROM pg_logical_slot_get_binary_changes('$slot', NULL, NULL, $*)" >"$out/$file.hex"
+  echo "$file: $(wc -l <"$out/$file.hex") messages"
+}
+dump fx_router v1-router "'proto_version', '1', 'publication_names', 'fx_loose', 'messages', 'true'"
+
+# Logical messages are not filtered by publication: the other slots are
+# created only now, so they do not see the router workload.
+q <<'SQL'
 SELECT pg_create_logical_replication_slot('fx_v1', 'pgoutput');
 SELECT pg_create_logical_replication_slot('fx_bin', 'pgoutput');
 SELECT pg_create_logical_replication_slot('fx_v2', 'pgoutput');
@@ -60,11 +98,6 @@ COMMIT;
 SELECT pg_replication_origin_session_reset();
 SQL
 
-dump() { # slot file options...
-  local slot=$1 file=$2; shift 2
-  psql -X -v ON_ERROR_STOP=1 -At -c "SELECT encode(data, 'hex') FROM pg_logical_slot_get_binary_changes('$slot', NULL, NULL, $*)" >"$out/$file.hex"
-  echo "$file: $(wc -l <"$out/$file.hex") messages"
-}
 dump fx_v1 v1-all "'proto_version', '1', 'publication_names', 'fx_all', 'messages', 'true'"
 dump fx_bin v1-binary "'proto_version', '1', 'publication_names', 'fx_all', 'binary', 'true'"
 

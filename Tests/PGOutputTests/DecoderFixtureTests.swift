@@ -1,5 +1,6 @@
 import Foundation
 import PGOutput
+import TestFixtures
 import Testing
 
 @Suite("pgoutput decoder on messages captured from PostgreSQL 15")

@@ -1,4 +1,5 @@
 import PGOutput
+import TestFixtures
 import Testing
 
 @Suite("pgoutput decoder on malformed input")

@@ -3,10 +3,10 @@ import PGOutput
 
 /// Real pgoutput messages captured by `scripts/capture-fixtures.sh` from
 /// PostgreSQL 15: one message per line, hex.
-enum Fixture {
-    static let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures")
+public enum Fixture {
+    public static let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures")
 
-    static func messages(_ name: String) throws -> [[UInt8]] {
+    public static func messages(_ name: String) throws -> [[UInt8]] {
         let text = try String(contentsOf: directory.appendingPathComponent("\(name).hex"), encoding: .utf8)
         return text.split(separator: "\n").map { line in
             var bytes: [UInt8] = []
@@ -28,7 +28,7 @@ enum Fixture {
     }
 
     /// Decodes a whole fixture in order, as the relay would.
-    static func decodeAll(_ name: String, protocolVersion: Int) throws -> [PGOutputMessage] {
+    public static func decodeAll(_ name: String, protocolVersion: Int) throws -> [PGOutputMessage] {
         var decoder = PGOutputDecoder(protocolVersion: protocolVersion)
         return try messages(name).map { try decoder.decode($0) }
     }
