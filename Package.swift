@@ -39,14 +39,14 @@ let package = Package(
         .executableTarget(
             name: "OutboxRelayCLI",
             dependencies: [
-                "OutboxRelay",
+                "OutboxRelay", "PGOutput",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .executableTarget(
             name: "DecoderBench",
-            dependencies: ["PGOutput", "OutboxRelay"],
+            dependencies: ["PGOutput", "OutboxRelay", "TestFixtures"],
             path: "bench/DecoderBench"
         ),
         // Loads the pgoutput messages captured by scripts/capture-fixtures.sh.

@@ -21,7 +21,14 @@ public enum JSONText {
     /// Appends `value` as a JSON string literal, escaping what RFC 8259 requires.
     public static func appendString(_ value: String, to out: inout [UInt8]) {
         out.append(34)
-        for byte in value.utf8 {
+        let utf8 = value.utf8
+        // Fast path: most ids, keys and topics need no escaping.
+        if !utf8.contains(where: { $0 < 32 || $0 == 34 || $0 == 92 }) {
+            out.append(contentsOf: utf8)
+            out.append(34)
+            return
+        }
+        for byte in utf8 {
             switch byte {
             case 34: out.append(contentsOf: [92, 34])
             case 92: out.append(contentsOf: [92, 92])
@@ -39,8 +46,8 @@ public enum JSONText {
 
     /// The members of the top-level JSON object in `bytes`, validating the whole
     /// document. Throws if it is not an object or not valid JSON.
-    public static func objectMembers(_ bytes: some RandomAccessCollection<UInt8>) throws(SyntaxError) -> [Member] {
-        var scanner = Scanner(bytes: Array(bytes))
+    public static func objectMembers(_ bytes: [UInt8]) throws(SyntaxError) -> [Member] {
+        var scanner = Scanner(bytes: bytes)
         scanner.skipSpace()
         guard scanner.peek() == 123 else { throw SyntaxError(offset: scanner.offset, reason: "expected an object") }
         let members = try scanner.object(collect: true)
@@ -158,7 +165,7 @@ public enum JSONText {
                 offset += 1
                 switch b {
                 case 34:
-                    guard let text = String(validating: out, as: UTF8.self) else { throw fail("string is not valid UTF-8") }
+                    guard let text = UTF8Text.string(out) else { throw fail("string is not valid UTF-8") }
                     return text
                 case 92:
                     guard let e = peek() else { throw fail("unterminated escape") }

@@ -88,7 +88,45 @@ public struct OutboxRouter: Sendable {
     /// Relation OID → the outbox layout; absent for other tables.
     private var layouts: [UInt32: Layout] = [:]
 
-    public init(config: RoutingConfig) { self.config = config }
+    /// The topic template split once into literals and placeholders.
+    enum TemplatePart: Sendable, Equatable { case literal(String), aggregateType, type }
+    private let template: [TemplatePart]
+
+    public init(config: RoutingConfig) {
+        self.config = config
+        self.template = Self.compile(config.topicTemplate)
+    }
+
+    static func compile(_ template: String) -> [TemplatePart] {
+        var parts: [TemplatePart] = []
+        var rest = Substring(template)
+        while let open = rest.firstIndex(of: "{") {
+            let tail = rest[open...]
+            let placeholder: TemplatePart? = tail.hasPrefix("{aggregatetype}") ? .aggregateType : tail.hasPrefix("{type}") ? .type : nil
+            guard let placeholder else {
+                parts.append(.literal(String(rest[...open])))
+                rest = rest[rest.index(after: open)...]
+                continue
+            }
+            if open > rest.startIndex { parts.append(.literal(String(rest[..<open]))) }
+            parts.append(placeholder)
+            rest = tail.dropFirst(placeholder == .aggregateType ? 15 : 6)
+        }
+        if !rest.isEmpty { parts.append(.literal(String(rest))) }
+        return parts
+    }
+
+    func topic(aggregateType: String, type: String) -> String {
+        var topic = ""
+        for part in template {
+            switch part {
+            case .literal(let text): topic += text
+            case .aggregateType: topic += aggregateType
+            case .type: topic += type
+            }
+        }
+        return topic
+    }
 
     /// Records a relation's columns. Only the configured outbox table gets a layout.
     public mutating func relationChanged(_ relation: Relation) {
@@ -140,7 +178,7 @@ public struct OutboxRouter: Sendable {
             case .unchanged: return Self.fail("column \"\(name)\" was not sent (unchanged TOAST value)")
             case .binary: return Self.fail("column \"\(name)\" arrived in binary format")
             case .text(let range):
-                guard let value = String(validating: row.storage[range], as: UTF8.self) else { return Self.fail("column \"\(name)\" is not valid UTF-8") }
+                guard let value = UTF8Text.string(row.storage[range]) else { return Self.fail("column \"\(name)\" is not valid UTF-8") }
                 return .success(value)
             }
         }
@@ -166,7 +204,7 @@ public struct OutboxRouter: Sendable {
                     format = .bytes
                     payload = bytes
                 default:
-                    guard String(validating: row.storage[range], as: UTF8.self) != nil else { return poison("column \"\(config.payloadColumn)\" is not valid UTF-8") }
+                    guard UTF8Text.string(row.storage[range]) != nil else { return poison("column \"\(config.payloadColumn)\" is not valid UTF-8") }
                     format = .text
                     payload = Array(row.storage[range])
                 }
@@ -182,7 +220,7 @@ public struct OutboxRouter: Sendable {
         }
         for extra in layout.extra {
             if case .text(let range) = row.columns[extra.index] {
-                guard let value = String(validating: row.storage[range], as: UTF8.self) else { return poison("column for header \"\(extra.header)\" is not valid UTF-8") }
+                guard let value = UTF8Text.string(row.storage[range]) else { return poison("column for header \"\(extra.header)\" is not valid UTF-8") }
                 headers.append((extra.header, value))
             }
         }
@@ -240,7 +278,7 @@ public struct OutboxRouter: Sendable {
         id: String, aggregateType: String, key: String, type: String, payload: [UInt8]?, format: OutboxEvent.PayloadFormat, headers: [(name: String, value: String)], lsn: LSN,
         commitTime: PostgresTimestamp, poison: (String) -> Result<OutboxEvent, PoisonEvent>
     ) -> Result<OutboxEvent, PoisonEvent> {
-        let topic = config.topicTemplate.replacingOccurrences(of: "{aggregatetype}", with: aggregateType).replacingOccurrences(of: "{type}", with: type)
+        let topic = topic(aggregateType: aggregateType, type: type)
         if let problem = Self.topicProblem(topic) { return poison(problem) }
         let tombstone = payload == nil && config.tombstones
         return .success(OutboxEvent(id: id, topic: topic, key: key, type: type, payload: payload, payloadFormat: format, headers: headers, tombstone: tombstone, lsn: lsn, commitTime: commitTime))

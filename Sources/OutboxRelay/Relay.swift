@@ -24,6 +24,9 @@ public struct RelayConfig: Sendable {
     public var standbyRetryMilliseconds = 2_000
     /// How long shutdown waits for the sink to acknowledge what is in flight.
     public var shutdownTimeoutMilliseconds = 10_000
+    /// Stop once everything up to this LSN is confirmed (like pg_recvlogical's
+    /// `--endpos`): for draining a backlog, benchmarks and tests.
+    public var endLSN: LSN?
 
     public init(replication: ReplicationOptions, routing: RoutingConfig) {
         self.replication = replication
@@ -284,6 +287,10 @@ public final class Relay: @unchecked Sendable {
                 applyAcks(acks)
                 try sendStatus(force: false)
                 publish()
+                if let end = config.endLSN, tracker!.confirmed >= end {
+                    logger.notice("reached end LSN", metadata: ["end_lsn": "\(end)", "confirmed_lsn": "\(tracker!.confirmed)"])
+                    stop()
+                }
                 if handled == 0 && !backpressured {
                     // Idle: wait on the socket, briefly when acks are still due.
                     let untilStatus = max(1, config.statusIntervalMilliseconds - (Self.nowMilliseconds() - lastStatusAt))

@@ -3,6 +3,7 @@ import Dispatch
 import Foundation
 import Logging
 import OutboxRelay
+import PGOutput
 import PostgresReplication
 
 @main
@@ -75,6 +76,9 @@ struct Run: ParsableCommand {
     @Option(help: "How long shutdown waits for the sink's acknowledgements, in milliseconds.")
     var shutdownTimeoutMs = 10_000
 
+    @Option(help: ArgumentHelp("Stop (exit 0) once everything up to this LSN is confirmed, like pg_recvlogical --endpos.", valueName: "X/Y"))
+    var endLsn: String?
+
     @Option(help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel = "info"
 
@@ -88,6 +92,7 @@ struct Run: ParsableCommand {
         if maxInFlight < 1 { throw ValidationError("--max-in-flight must be at least 1") }
         if maxInFlightBytes < 1024 { throw ValidationError("--max-in-flight-bytes must be at least 1024") }
         if statusIntervalMs < 100 { throw ValidationError("--status-interval-ms must be at least 100") }
+        if let endLsn, LSN(string: endLsn) == nil { throw ValidationError("--end-lsn must be an LSN like 0/16B3748, got \"\(endLsn)\"") }
         if Logger.Level(rawValue: logLevel) == nil { throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical") }
         for problem in routing().validate() { throw ValidationError(problem) }
         for spec in headerColumns where spec.isEmpty || spec.hasPrefix(":") || spec.hasSuffix(":") {
@@ -141,6 +146,7 @@ struct Run: ParsableCommand {
         config.maxInFlightBytes = maxInFlightBytes
         config.statusIntervalMilliseconds = statusIntervalMs
         config.shutdownTimeoutMilliseconds = shutdownTimeoutMs
+        config.endLSN = endLsn.flatMap { LSN(string: $0) }
 
         let eventSink: any EventSink
         do {

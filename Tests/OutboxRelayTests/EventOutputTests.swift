@@ -1,5 +1,5 @@
 import Foundation
-import OutboxRelay
+@testable import OutboxRelay
 import PGOutput
 import Testing
 
@@ -87,5 +87,20 @@ struct JSONTextTests {
 
     @Test func invalidUTF8InStringsIsRejected() {
         #expect(throws: JSONText.SyntaxError.self) { try JSONText.objectMembers([123, 34, 97, 34, 58, 34, 0xC3, 34, 125]) }
+    }
+}
+
+@Suite("UTF-8 validation")
+struct UTF8ValidationTests {
+    /// Agrees with the standard library on every 1–3 byte sequence and on edge cases.
+    @Test func agreesWithTheStandardLibrary() {
+        var cases: [[UInt8]] = [[], Array("größe ✓ 😀".utf8), [0xF4, 0x90, 0x80, 0x80], [0xED, 0xA0, 0x80], [0xC0, 0xAF], [0xF0, 0x9F, 0x98]]
+        for a in stride(from: 0, through: 255, by: 1) {
+            for b in stride(from: 0x70, through: 0xC5, by: 3) { cases.append([UInt8(a), UInt8(b)]); cases.append([UInt8(a), UInt8(b), 0x80]) }
+        }
+        for bytes in cases {
+            let ours = UTF8Text.isValid(bytes[...])
+            #expect(ours == (String(validating: bytes, as: UTF8.self) != nil), "\(bytes)")
+        }
     }
 }
