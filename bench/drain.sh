@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Drain throughput: a backlog of N single-row outbox transactions, drained by
+# pg_recvlogical (the ceiling: the walsender's decoding speed) and by
+# outbox-relay with the durable file sink (fsync before acknowledging), on
+# the same throwaway PostgreSQL 15, in the same run. Prints a Markdown table
+# and writes it to bench/results/drain.md.
+#
+#   bash bench/drain.sh [N=200000]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-200000}
+swift build -c release --product outbox-relay >/dev/null
+RELAY=$PWD/.build/release/outbox-relay
+source scripts/pg-env.sh
+pg_start "synchronous_commit = off" "shared_buffers = 256MB" "max_wal_size = 4GB"
+WORK=$(mktemp -d /tmp/outbox-drain.XXXXXX)
+trap 'pg_stop; rm -rf "$WORK"' EXIT
+for f in sql/01-outbox-table.sql sql/02-publication.sql; do psql -X -q -v ON_ERROR_STOP=1 -f "$f" >/dev/null; done
+# Two slots per tool, drained in the order recv, relay, relay, recv, so that
+# neither tool alone benefits from a warm page cache.
+for s in drain_recv_1 drain_relay_1 drain_relay_2 drain_recv_2; do
+  psql -X -q -c "SELECT pg_create_logical_replication_slot('$s', 'pgoutput')" >/dev/null
+done
+
+cat >"$WORK/insert.sql" <<'SQL'
+\set aggregate random(1, 1000)
+INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('order', :aggregate, 'OrderCreated', '{"customer": "c-42", "total": 99.5, "items": [{"sku": "A-1", "qty": 2}]}');
+SQL
+echo "writing $N single-row transactions…" >&2
+start=$(date +%s.%N)
+pgbench -n -c 4 -j 2 -t $((N / 4)) -f "$WORK/insert.sql" >"$WORK/pgbench.log" 2>&1 || { cat "$WORK/pgbench.log" >&2; exit 1; }
+write_s=$(echo "$(date +%s.%N) - $start" | bc)
+END=$(psql -X -At -c "SELECT pg_current_wal_insert_lsn()")
+backlog=$(psql -X -At -c "SELECT pg_size_pretty(pg_wal_lsn_diff('$END', restart_lsn)) FROM pg_replication_slots WHERE slot_name = 'drain_relay_1'")
+echo "backlog: $N transactions, $backlog of WAL, written in ${write_s}s" >&2
+
+measure() { # name function slot: wall seconds and peak RSS of the tool's process
+  local name=$1; shift
+  export -f recv_cmd relay_cmd
+  export PG_BIN OUTBOX_TEST_PG END RELAY WORK N
+  /usr/bin/time -f "%e %M" -o "$WORK/time" bash -c '"$@"' _ "$@" >/dev/null 2>"$WORK/$name.log" || { cat "$WORK/$name.log" >&2; exit 1; }
+  read -r secs rss <"$WORK/time"
+  echo "$name $secs $rss"
+}
+recv_cmd() { "$PG_BIN/pg_recvlogical" -d "$OUTBOX_TEST_PG" --slot "$1" --start --endpos="$END" --no-loop -o proto_version=1 -o publication_names=outbox_pub -f /dev/null; }
+relay_cmd() {
+  rm -f "$WORK/events.ndjson"
+  "$RELAY" run --source "$OUTBOX_TEST_PG" --slot "$1" --sink "file:$WORK/events.ndjson" --end-lsn "$END"
+  lines=$(wc -l <"$WORK/events.ndjson")
+  [ "$lines" -eq "$N" ] || { echo "relay wrote $lines events, expected $N" >&2; return 1; }
+}
+rows=()
+rows+=("$(measure "pg_recvlogical-1" recv_cmd drain_recv_1)")
+rows+=("$(measure "outbox-relay-1" relay_cmd drain_relay_1)")
+rows+=("$(measure "outbox-relay-2" relay_cmd drain_relay_2)")
+rows+=("$(measure "pg_recvlogical-2" recv_cmd drain_recv_2)")
+
+{
+  echo "Drain of a backlog of $N single-row outbox transactions ($backlog of WAL), $(nproc) cores, PostgreSQL 15, $(date -u +%Y-%m-%d)."
+  echo "Command: \`bash bench/drain.sh $N\`. Each tool starts from its own slot at the same position and stops at the same end LSN."
+  echo
+  echo "| reader | events | seconds | events/s | peak RSS |"
+  echo "|---|---:|---:|---:|---:|"
+  for row in "${rows[@]}"; do
+    read -r name secs rss <<<"$row"
+    rate=$(echo "$N / $secs" | bc)
+    case $name in
+      pg_recvlogical*) what="pg_recvlogical to /dev/null (run ${name##*-})" ;;
+      *) what="outbox-relay, file sink with fsync (run ${name##*-})" ;;
+    esac
+    echo "| $what | $N | $secs | $rate | $((rss / 1024)) MiB |"
+  done
+} | tee bench/results/drain.md
