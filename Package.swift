@@ -18,6 +18,12 @@ let package = Package(
             pkgConfig: "libpq",
             providers: [.apt(["libpq-dev"])]
         ),
+        // System library: a module map over librdkafka (Debian's librdkafka-dev), nothing else.
+        .systemLibrary(
+            name: "CRdKafka",
+            pkgConfig: "rdkafka",
+            providers: [.apt(["librdkafka-dev"])]
+        ),
         // Pure decoding of pgoutput and of the streaming replication framing. No I/O.
         .target(name: "PGOutput"),
         // The libpq replication connection: a thread owns the PGconn.
@@ -36,10 +42,18 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // EventSink over librdkafka: idempotent producer, delivery reports as acks, dead-letter topic.
+        .target(
+            name: "KafkaSink",
+            dependencies: [
+                "OutboxRelay", "CRdKafka",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .executableTarget(
             name: "OutboxRelayCLI",
             dependencies: [
-                "OutboxRelay", "PGOutput",
+                "OutboxRelay", "PGOutput", "KafkaSink",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -55,7 +69,7 @@ let package = Package(
         .testTarget(name: "OutboxRelayTests", dependencies: ["OutboxRelay", "PGOutput", "TestFixtures"]),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["OutboxRelay", "PostgresReplication", "PGOutput", "CLibPQ"]
+            dependencies: ["OutboxRelay", "PostgresReplication", "PGOutput", "CLibPQ", "KafkaSink"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -10,17 +10,23 @@ need_apt=()
 [ -x /usr/lib/postgresql/15/bin/initdb ] || need_apt+=(postgresql-15)
 command -v psql >/dev/null || need_apt+=(postgresql-client-15)
 pkg-config --exists libpq 2>/dev/null || need_apt+=(libpq-dev pkg-config)
+pkg-config --exists rdkafka 2>/dev/null || need_apt+=(librdkafka-dev)
+command -v kcat >/dev/null || need_apt+=(kcat)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "test.sh: installing ${need_apt[*]}" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
 source scripts/pg-env.sh
+source scripts/kafka-env.sh
+kafka_setup
 PG_WAL_SENDER_TIMEOUT=10s pg_start "logical_decoding_work_mem = 64kB"
-echo "test.sh: PostgreSQL 15 on 127.0.0.1:$PGPORT (wal_level=logical)" >&2
+kafka_start
+trap 'kafka_stop; pg_stop' EXIT
+echo "test.sh: PostgreSQL 15 on 127.0.0.1:$PGPORT (wal_level=logical); tansu (Kafka protocol) on $KAFKA_TEST_BROKERS; librdkafka runtime from $RDKAFKA_RUNTIME_DIR" >&2
 
 swift build --build-tests
-export OUTBOX_TEST_PG
+export OUTBOX_TEST_PG KAFKA_TEST_BROKERS TANSU_BIN
 export OUTBOX_RELAY_BIN="$PWD/.build/debug/outbox-relay"
 swift build --product outbox-relay
 swift test --skip-build "$@"

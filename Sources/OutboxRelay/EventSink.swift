@@ -26,6 +26,16 @@ public protocol EventSink: AnyObject {
     /// Delivers everything accepted, waiting at most `timeoutMilliseconds`, and
     /// returns the acknowledgements. Called on shutdown and before a reconnect.
     func flush(timeoutMilliseconds: Int) throws -> [Acknowledgement]
+    /// Sends a row that cannot become an event to the sink's dead-letter
+    /// destination, if it has one. Returns false when it has none (the relay
+    /// then stops with the poison row's error). When it returns true, the
+    /// record counts as in flight under `ticket` and is acknowledged like an
+    /// event, with weight `poison.payload?.count ?? 0`.
+    func deadLetter(_ poison: PoisonEvent, ticket: UInt64) throws -> Bool
+}
+
+extension EventSink {
+    public func deadLetter(_ poison: PoisonEvent, ticket: UInt64) throws -> Bool { false }
 }
 
 /// One event acknowledged by a sink.

@@ -261,6 +261,14 @@ public final class Relay: @unchecked Sendable {
                 stats.eventsPublished += 1
                 if event.tombstone { stats.tombstones += 1 }
             case .failure(let poison):
+                let deadLettered: Bool
+                do { deadLettered = try sink.deadLetter(poison, ticket: currentTicket()) } catch { throw .sink("\(error)") }
+                if deadLettered {
+                    tracker!.sent(weight: poison.payload?.count ?? 0)
+                    stats.deadLettered += 1
+                    logger.warning("row sent to the dead-letter destination", metadata: ["id": "\(poison.id ?? "?")", "lsn": "\(poison.lsn)", "reason": "\(poison.reason)"])
+                    return
+                }
                 logger.error("cannot relay row", metadata: ["id": "\(poison.id ?? "?")", "lsn": "\(poison.lsn)", "reason": "\(poison.reason)"])
                 throw .poison(poison)
             }

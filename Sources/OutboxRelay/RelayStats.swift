@@ -11,6 +11,8 @@ public struct RelayStats: Sendable, Equatable {
     public var eventsPublished = 0
     public var eventsAcknowledged = 0
     public var tombstones = 0
+    /// Rows and events sent to the dead-letter destination.
+    public var deadLettered = 0
     /// Changes to the outbox table that never become events.
     public var suppressedDeletes = 0
     public var suppressedUpdates = 0

@@ -2,6 +2,7 @@ import ArgumentParser
 import Dispatch
 import Foundation
 import Logging
+import KafkaSink
 import OutboxRelay
 import PGOutput
 import PostgresReplication
@@ -39,8 +40,17 @@ struct Run: ParsableCommand {
     @Flag(help: "Create the slot and the publication (inserts only) if missing, on first connect only.")
     var createSlot = false
 
-    @Option(help: ArgumentHelp("Where events go: stdout, or file:PATH (appends NDJSON; acknowledged after fsync).", valueName: "sink"))
+    @Option(help: ArgumentHelp("Where events go: kafka, stdout, or file:PATH (appends NDJSON; acknowledged after fsync).", valueName: "sink"))
     var sink = "stdout"
+
+    @Option(help: ArgumentHelp("Kafka bootstrap servers (with --sink kafka).", valueName: "host:port,…"))
+    var kafkaBrokers: String?
+
+    @Option(name: .customShort("X"), help: ArgumentHelp("A librdkafka property, e.g. -X compression.type=zstd (repeatable; TLS and SASL too; secret values are never logged).", valueName: "key=value"))
+    var kafkaProperties: [String] = []
+
+    @Option(help: ArgumentHelp("Kafka topic for events that can never be delivered as they are (too large, invalid topic, unauthorized) and rows that cannot become events. Without it such an event stops the relay.", valueName: "topic"))
+    var dlqTopic: String?
 
     @Option(help: ArgumentHelp("The outbox table.", valueName: "schema.table"))
     var table = "public.outbox"
@@ -88,7 +98,15 @@ struct Run: ParsableCommand {
         if let problem = ReplicationOptions.validateSlotName(slot) { throw ValidationError("--slot: \(problem)") }
         if publication.isEmpty { throw ValidationError("--publication must not be empty") }
         if splitTable() == nil { throw ValidationError("--table must be schema.table or table, got \"\(table)\"") }
-        if sink != "stdout" && !(sink.hasPrefix("file:") && sink.count > 5) { throw ValidationError("--sink must be stdout or file:PATH, got \"\(sink)\"") }
+        if sink != "stdout" && sink != "kafka" && !(sink.hasPrefix("file:") && sink.count > 5) { throw ValidationError("--sink must be kafka, stdout or file:PATH, got \"\(sink)\"") }
+        if sink == "kafka" && (kafkaBrokers ?? "").isEmpty { throw ValidationError("--sink kafka needs --kafka-brokers") }
+        if sink != "kafka" && (kafkaBrokers != nil || !kafkaProperties.isEmpty || dlqTopic != nil) {
+            throw ValidationError("--kafka-brokers, -X and --dlq-topic apply only to --sink kafka")
+        }
+        for property in kafkaProperties where !property.contains("=") || property.hasPrefix("=") {
+            throw ValidationError("-X takes key=value, got \"\(property.split(separator: "=").first ?? "")…\"")
+        }
+        if let dlqTopic, let problem = OutboxRouter.topicProblem(dlqTopic) { throw ValidationError("--dlq-topic: \(problem)") }
         if maxInFlight < 1 { throw ValidationError("--max-in-flight must be at least 1") }
         if maxInFlightBytes < 1024 { throw ValidationError("--max-in-flight-bytes must be at least 1024") }
         if statusIntervalMs < 100 { throw ValidationError("--status-interval-ms must be at least 100") }
@@ -150,7 +168,18 @@ struct Run: ParsableCommand {
 
         let eventSink: any EventSink
         do {
-            eventSink = sink == "stdout" ? NDJSONSink.stdout() : try NDJSONSink.file(path: String(sink.dropFirst(5)))
+            switch sink {
+            case "stdout": eventSink = NDJSONSink.stdout()
+            case "kafka":
+                var kafka = KafkaSinkConfig(brokers: kafkaBrokers!)
+                kafka.properties = kafkaProperties.map { property in
+                    let parts = property.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+                    return (parts[0], parts[1])
+                }
+                kafka.deadLetterTopic = dlqTopic
+                eventSink = try KafkaSink(config: kafka, logger: logger)
+            default: eventSink = try NDJSONSink.file(path: String(sink.dropFirst(5)))
+            }
         } catch {
             logger.critical("\(error)")
             throw ExitCode(1)

@@ -33,7 +33,7 @@ struct CLITests {
         #expect(cli.stderr.contains("--slot: invalid slot name \"Bad-Slot\""))
         let sink = try CLI.start(["run", "--source", "host=127.0.0.1", "--sink", "kafka2"])
         #expect(sink.wait() == 64)
-        #expect(sink.stderr.contains("--sink must be stdout or file:PATH"))
+        #expect(sink.stderr.contains("--sink must be kafka, stdout or file:PATH"))
     }
 
     @Test func fatalErrorExitsOneWithTheReason() throws {
