@@ -40,7 +40,7 @@ kafka_start() {
 
 kafka_stop() {
   if [ -n "${TANSU_PID:-}" ]; then
-    kill "$TANSU_PID" 2>/dev/null || true
+    kill -9 "$TANSU_PID" 2>/dev/null || true  # tansu waits for clients on SIGTERM
     wait "$TANSU_PID" 2>/dev/null || true
     TANSU_PID=
   fi

@@ -35,7 +35,7 @@ struct RelayIntegrationTests {
         try a.query("INSERT INTO \(outbox.schema).other VALUES (1, 'not an event')")
         // A table-less outbox event (sql/04-emit-message.sql).
         try a.query(try String(contentsOf: TestDatabase.repository.appendingPathComponent("sql/04-emit-message.sql"), encoding: .utf8))
-        try a.query("SELECT outbox_emit('invoice', '9', 'Issued', '{\"total\": 5}', '{\"trace\": \"t1\"}', '00000000-0000-0000-0000-00000000000d')")
+        try a.query("SELECT outbox_emit('invoice', '9', 'Issued', '{\"total\": 5}', '{\"trace\": \"t1\"}', '00000000-0000-0000-0000-00000000000d', '\(outbox.name)')")
 
         let events = try await file.waitForEvents(4)
         try await Task.sleep(for: .milliseconds(300))

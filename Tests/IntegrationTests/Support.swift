@@ -55,6 +55,9 @@ final class TestOutbox {
     func config(_ adjust: (inout RelayConfig) -> Void = { _ in }) -> RelayConfig {
         var routing = RoutingConfig()
         routing.schema = schema
+        // Logical messages reach every slot of the database: a prefix of its own
+        // keeps other tests' messages out of this test's relay.
+        routing.messagePrefix = name
         var config = RelayConfig(replication: options, routing: routing)
         config.minStatusIntervalMilliseconds = 20
         config.initialBackoffMilliseconds = 100
