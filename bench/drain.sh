@@ -3,7 +3,9 @@
 # pg_recvlogical (the ceiling: the walsender's decoding speed) and by
 # outbox-relay with the durable file sink (fsync before acknowledging), on
 # the same throwaway PostgreSQL 15, in the same run. Prints a Markdown table
-# and writes it to bench/results/drain.md.
+# and writes it to bench/results/drain.md. The Kafka rows publish to a local
+# tansu broker (see scripts/kafka-env.sh) with the relay's default producer
+# settings; the run ends when the slot is confirmed, i.e. every event acked.
 #
 #   bash bench/drain.sh [N=200000]
 set -euo pipefail
@@ -12,13 +14,16 @@ N=${1:-200000}
 swift build -c release --product outbox-relay >/dev/null
 RELAY=$PWD/.build/release/outbox-relay
 source scripts/pg-env.sh
+source scripts/kafka-env.sh
+kafka_setup
+kafka_start
 pg_start "synchronous_commit = off" "shared_buffers = 256MB" "max_wal_size = 4GB"
 WORK=$(mktemp -d /tmp/outbox-drain.XXXXXX)
-trap 'pg_stop; rm -rf "$WORK"' EXIT
+trap 'kafka_stop; pg_stop; rm -rf "$WORK"' EXIT
 for f in sql/01-outbox-table.sql sql/02-publication.sql; do psql -X -q -v ON_ERROR_STOP=1 -f "$f" >/dev/null; done
 # Two slots per tool, drained in the order recv, relay, relay, recv, so that
 # neither tool alone benefits from a warm page cache.
-for s in drain_recv_1 drain_relay_1 drain_relay_2 drain_recv_2; do
+for s in drain_recv_1 drain_relay_1 drain_kafka_1 drain_kafka_2 drain_relay_2 drain_recv_2; do
   psql -X -q -c "SELECT pg_create_logical_replication_slot('$s', 'pgoutput')" >/dev/null
 done
 
@@ -36,8 +41,8 @@ echo "backlog: $N transactions, $backlog of WAL, written in ${write_s}s" >&2
 
 measure() { # name function slot: wall seconds and peak RSS of the tool's process
   local name=$1; shift
-  export -f recv_cmd relay_cmd
-  export PG_BIN OUTBOX_TEST_PG END RELAY WORK N
+  export -f recv_cmd relay_cmd kafka_cmd
+  export PG_BIN OUTBOX_TEST_PG END RELAY WORK N KAFKA_TEST_BROKERS
   /usr/bin/time -f "%e %M" -o "$WORK/time" bash -c '"$@"' _ "$@" >/dev/null 2>"$WORK/$name.log" || { cat "$WORK/$name.log" >&2; exit 1; }
   read -r secs rss <"$WORK/time"
   echo "$name $secs $rss"
@@ -49,9 +54,14 @@ relay_cmd() {
   lines=$(wc -l <"$WORK/events.ndjson")
   [ "$lines" -eq "$N" ] || { echo "relay wrote $lines events, expected $N" >&2; return 1; }
 }
+kafka_cmd() {
+  "$RELAY" run --source "$OUTBOX_TEST_PG" --slot "$1" --sink kafka --kafka-brokers "$KAFKA_TEST_BROKERS" -X linger.ms=5 --end-lsn "$END"
+}
 rows=()
 rows+=("$(measure "pg_recvlogical-1" recv_cmd drain_recv_1)")
 rows+=("$(measure "outbox-relay-1" relay_cmd drain_relay_1)")
+rows+=("$(measure "kafka-1" kafka_cmd drain_kafka_1)")
+rows+=("$(measure "kafka-2" kafka_cmd drain_kafka_2)")
 rows+=("$(measure "outbox-relay-2" relay_cmd drain_relay_2)")
 rows+=("$(measure "pg_recvlogical-2" recv_cmd drain_recv_2)")
 
@@ -66,6 +76,7 @@ rows+=("$(measure "pg_recvlogical-2" recv_cmd drain_recv_2)")
     rate=$(echo "$N / $secs" | bc)
     case $name in
       pg_recvlogical*) what="pg_recvlogical to /dev/null (run ${name##*-})" ;;
+      kafka*) what="outbox-relay, Kafka sink (tansu, acks=all, idempotent) (run ${name##*-})" ;;
       *) what="outbox-relay, file sink with fsync (run ${name##*-})" ;;
     esac
     echo "| $what | $N | $secs | $rate | $((rss / 1024)) MiB |"
