@@ -154,6 +154,26 @@ struct RelayIntegrationTests {
         await running.stop()
     }
 
+    /// With status updates rarer than wal_sender_timeout (10 s in scripts/test.sh),
+    /// only our immediate replies to keepalives that request one keep the
+    /// walsender from dropping the idle connection.
+    @Test func repliesToKeepalivesKeepAnIdleConnectionAlive() async throws {
+        let outbox = try TestOutbox()
+        let timeout = try outbox.sql.query("SHOW wal_sender_timeout")[0, "wal_sender_timeout"] ?? ""
+        try #require(timeout == "10s", "the test server should run with wal_sender_timeout = 10s, has \(timeout)")
+        let file = SinkFile()
+        defer { file.remove() }
+        let running = RunningRelay(config: outbox.config { $0.statusIntervalMilliseconds = 60_000 }, sink: try file.sink())
+        try await running.waitFor("streaming") { $0.state == .streaming }
+        try await Task.sleep(for: .seconds(13))
+        #expect(running.relay.currentStats.reconnects == 0)
+        #expect(running.relay.currentStats.state == .streaming)
+        #expect(running.relay.currentStats.statusUpdates > 0)
+        let ids = try outbox.insert()
+        #expect(try await file.waitForEvents(1).map { $0["id"] as! String } == ids)
+        await running.stop()
+    }
+
     @Test func secondRelayWaitsAsHotStandbyAndTakesOver() async throws {
         let outbox = try TestOutbox()
         let file = SinkFile()
