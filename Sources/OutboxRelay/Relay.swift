@@ -127,10 +127,11 @@ public final class Relay: @unchecked Sendable {
                 drainAfterDisconnect()
                 let wait: Int
                 if case .slotInUse = error {
-                    setState(.standby)
-                    if stats.state != .standby || backoff == config.initialBackoffMilliseconds {
+                    // One line when this relay becomes a standby, not one per retry.
+                    if stats.state != .standby {
                         logger.notice("slot in use; waiting as hot standby", metadata: ["reason": "\(error)"])
                     }
+                    setState(.standby)
                     wait = config.standbyRetryMilliseconds
                 } else {
                     if Self.nowMilliseconds() - attemptStart > 10_000 { backoff = config.initialBackoffMilliseconds }
@@ -359,8 +360,11 @@ public final class Relay: @unchecked Sendable {
     /// short bound so the next stream starts as late as safely possible.
     private func drainAfterDisconnect() {
         guard var tracker, tracker.inFlightEvents > 0 else { return }
-        if let acks = try? sink.flush(timeoutMilliseconds: 5_000) {
-            for ack in acks { tracker.acknowledge(ticket: ack.ticket, weight: ack.weight) }
+        do {
+            for ack in try sink.flush(timeoutMilliseconds: 5_000) { tracker.acknowledge(ticket: ack.ticket, weight: ack.weight) }
+        } catch {
+            // Unacknowledged events stay unconfirmed and are redelivered by the next stream.
+            logger.warning("sink failed while draining before a reconnect", metadata: ["error": "\(error)"])
         }
         self.tracker = tracker
     }
