@@ -91,10 +91,10 @@ public struct AckTracker: Sendable {
     /// acknowledged it may be confirmed. Inside a transaction it is ignored.
     public mutating func serverWALEnd(_ lsn: LSN) {
         guard openTicket == nil, lsn > confirmed else { return }
-        if head < entries.count, entries.count - 1 >= head, var last = entries.last, last.pending == 0, last.endLSN != nil {
+        let last = entries.count - 1
+        if last >= head, entries[last].pending == 0, let end = entries[last].endLSN {
             // Coalesce with a trailing fully acknowledged entry: only the newest position matters.
-            last.endLSN = max(last.endLSN!, lsn)
-            entries[entries.count - 1] = last
+            entries[last].endLSN = max(end, lsn)
         } else {
             entries.append(Entry(ticket: nextTicket, pending: 0, endLSN: lsn))
             nextTicket += 1

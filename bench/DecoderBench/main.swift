@@ -22,10 +22,18 @@ func measure(_ name: String, _ body: () throws -> Int) rethrows -> (String, Doub
     return (name, Double(iterations) / seconds)
 }
 
+/// A decoder that has seen the outbox Relation message, and a router that knows the table.
+func primed() throws -> (PGOutputDecoder, OutboxRouter) {
+    var decoder = PGOutputDecoder()
+    guard case .relation(let r) = try decoder.decode(relation) else { fatalError("fixture message 1 is not a Relation") }
+    var router = OutboxRouter(config: RoutingConfig())
+    router.relationChanged(r)
+    return (decoder, router)
+}
+
 var results: [(String, Double)] = []
 results.append(try measure("decode (B + I + C)") {
-    var decoder = PGOutputDecoder()
-    _ = try decoder.decode(relation)
+    var (decoder, _) = try primed()
     var count = 0
     for _ in 0..<iterations {
         _ = try decoder.decode(begin)
@@ -35,10 +43,7 @@ results.append(try measure("decode (B + I + C)") {
     return count
 })
 results.append(try measure("decode + route") {
-    var decoder = PGOutputDecoder()
-    guard case .relation(let r) = try decoder.decode(relation) else { fatalError() }
-    var router = OutboxRouter(config: RoutingConfig())
-    router.relationChanged(r)
+    var (decoder, router) = try primed()
     var count = 0
     for _ in 0..<iterations {
         guard case .begin(let b) = try decoder.decode(begin), case .insert(let i) = try decoder.decode(insert) else { fatalError() }
@@ -48,10 +53,7 @@ results.append(try measure("decode + route") {
     return count
 })
 results.append(try measure("decode + route + NDJSON line") {
-    var decoder = PGOutputDecoder()
-    guard case .relation(let r) = try decoder.decode(relation) else { fatalError() }
-    var router = OutboxRouter(config: RoutingConfig())
-    router.relationChanged(r)
+    var (decoder, router) = try primed()
     var out: [UInt8] = []
     out.reserveCapacity(1 << 20)
     var count = 0
