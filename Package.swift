@@ -50,10 +50,18 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // The polling baseline and fallback: FOR UPDATE SKIP LOCKED batches, LISTEN/NOTIFY waker, same router and sinks.
+        .target(
+            name: "PollingRelay",
+            dependencies: [
+                "OutboxRelay", "PostgresReplication", "PGOutput",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .executableTarget(
             name: "OutboxRelayCLI",
             dependencies: [
-                "OutboxRelay", "PGOutput", "KafkaSink",
+                "OutboxRelay", "PGOutput", "KafkaSink", "PollingRelay",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -69,7 +77,7 @@ let package = Package(
         .testTarget(name: "OutboxRelayTests", dependencies: ["OutboxRelay", "PGOutput", "TestFixtures"]),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["OutboxRelay", "PostgresReplication", "PGOutput", "CLibPQ", "KafkaSink"]
+            dependencies: ["OutboxRelay", "PostgresReplication", "PGOutput", "CLibPQ", "KafkaSink", "PollingRelay"]
         ),
     ],
     swiftLanguageModes: [.v6]
