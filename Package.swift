@@ -10,6 +10,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         // System library: a module map over libpq, nothing else.
@@ -70,6 +71,12 @@ let package = Package(
             name: "DecoderBench",
             dependencies: ["PGOutput", "OutboxRelay", "TestFixtures"],
             path: "bench/DecoderBench"
+        ),
+        // End-to-end latency: writer and Kafka consumer in one process, the relay binary under test in another (bench/latency.sh).
+        .executableTarget(
+            name: "LatencyBench",
+            dependencies: ["CLibPQ", "CRdKafka", "PostgresReplication", .product(name: "Histogram", package: "hdrhistogram-swift")],
+            path: "bench/LatencyBench"
         ),
         // Loads the pgoutput messages captured by scripts/capture-fixtures.sh.
         .target(name: "TestFixtures", dependencies: ["PGOutput"], path: "Tests/TestFixtures", exclude: ["Fixtures"]),

@@ -7,7 +7,7 @@
 -- and allow it in pg_hba.conf for "replication" and for the database, e.g.
 --   host  replication  outbox_relay  10.0.0.0/8  scram-sha-256
 --   host  app          outbox_relay  10.0.0.0/8  scram-sha-256
--- A polling relay (outbox-relay poll) also needs DELETE (or UPDATE) on the
+-- A polling relay (outbox-relay poll) also needs UPDATE and DELETE on the
 -- outbox; grant that only where polling is used.
 DO $$
 BEGIN

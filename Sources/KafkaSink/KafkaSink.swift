@@ -5,54 +5,54 @@ import OutboxRelay
 
 /// How the Kafka sink connects and publishes.
 public struct KafkaSinkConfig: Sendable {
-  /// `bootstrap.servers`.
-  public var brokers: String
-  /// librdkafka properties from `-X key=value`; they win over the defaults.
-  public var properties: [(key: String, value: String)] = []
-  /// Permanent per-event failures go here (with the error in headers) instead of stopping the relay.
-  public var deadLetterTopic: String?
+    /// `bootstrap.servers`.
+    public var brokers: String
+    /// librdkafka properties from `-X key=value`; they win over the defaults.
+    public var properties: [(key: String, value: String)] = []
+    /// Permanent per-event failures go here (with the error in headers) instead of stopping the relay.
+    public var deadLetterTopic: String?
 
-  public init(brokers: String) { self.brokers = brokers }
+    public init(brokers: String) { self.brokers = brokers }
 
-  /// The defaults that make delivery safe, before the user's properties:
-  /// an idempotent producer with `acks=all` keeps order per partition through
-  /// retries; `message.timeout.ms=0` retries transient failures (a broker
-  /// down) for ever instead of failing events; `murmur2_random` places keys
-  /// on the same partitions as the Java client (Debezium, Kafka Connect).
-  public static let defaults: [(key: String, value: String)] = [
-    ("enable.idempotence", "true"), ("acks", "all"), ("message.timeout.ms", "0"),
-    ("partitioner", "murmur2_random"), ("client.id", "outbox-relay"), ("linger.ms", "5"),
-  ]
+    /// The defaults that make delivery safe, before the user's properties:
+    /// an idempotent producer with `acks=all` keeps order per partition through
+    /// retries; `message.timeout.ms=0` retries transient failures (a broker
+    /// down) for ever instead of failing events; `murmur2_random` places keys
+    /// on the same partitions as the Java client (Debezium, Kafka Connect).
+    public static let defaults: [(key: String, value: String)] = [
+        ("enable.idempotence", "true"), ("acks", "all"), ("message.timeout.ms", "0"),
+        ("partitioner", "murmur2_random"), ("client.id", "outbox-relay"), ("linger.ms", "5"),
+    ]
 
-  public var effectiveProperties: [(key: String, value: String)] {
-    var merged = Self.defaults + [("bootstrap.servers", brokers)] + properties
-    merged.append(("log.queue", "true"))  // logs arrive as events we route to our logger
-    // Keep the last value of each key, in first-seen order.
-    var seen: [String: Int] = [:]
-    var out: [(key: String, value: String)] = []
-    for (key, value) in merged {
-      if let index = seen[key] {
-        out[index].value = value
-      } else {
-        seen[key] = out.count
-        out.append((key, value))
-      }
+    public var effectiveProperties: [(key: String, value: String)] {
+        var merged = Self.defaults + [("bootstrap.servers", brokers)] + properties
+        merged.append(("log.queue", "true"))  // logs arrive as events we route to our logger
+        // Keep the last value of each key, in first-seen order.
+        var seen: [String: Int] = [:]
+        var out: [(key: String, value: String)] = []
+        for (key, value) in merged {
+            if let index = seen[key] {
+                out[index].value = value
+            } else {
+                seen[key] = out.count
+                out.append((key, value))
+            }
+        }
+        return out
     }
-    return out
-  }
 
-  /// Properties whose values never reach a log.
-  public static func isSecret(_ key: String) -> Bool {
-    let k = key.lowercased()
-    return k.contains("password") || k.contains("secret") || k.contains("jaas")
-      || k.hasSuffix(".key.pem") || k == "ssl.key.pem" || k.contains("token")
-  }
+    /// Properties whose values never reach a log.
+    public static func isSecret(_ key: String) -> Bool {
+        let k = key.lowercased()
+        return k.contains("password") || k.contains("secret") || k.contains("jaas")
+            || k.hasSuffix(".key.pem") || k == "ssl.key.pem" || k.contains("token")
+    }
 
-  /// `key=value …` with secret values replaced by `[redacted]`.
-  public var redactedDescription: String {
-    effectiveProperties.map { "\($0.key)=\(Self.isSecret($0.key) ? "[redacted]" : $0.value)" }
-      .joined(separator: " ")
-  }
+    /// `key=value …` with secret values replaced by `[redacted]`.
+    public var redactedDescription: String {
+        effectiveProperties.map { "\($0.key)=\(Self.isSecret($0.key) ? "[redacted]" : $0.value)" }
+            .joined(separator: " ")
+    }
 }
 
 /// `EventSink` over librdkafka.
@@ -71,223 +71,223 @@ public struct KafkaSinkConfig: Sendable {
 ///
 /// Used only from the relay's I/O thread.
 public final class KafkaSink: EventSink {
-  public let name = "kafka"
-  public let config: KafkaSinkConfig
-  private let producer: KafkaProducer
-  private let logger: Logger
+    public let name = "kafka"
+    public let config: KafkaSinkConfig
+    private let producer: KafkaProducer
+    private let logger: Logger
 
-  struct Pending {
-    var ticket: UInt64
-    var weight: Int
-    var eventID: String
-    var lsn: String
-    var deadLetter: Bool
-  }
-
-  /// Records produced and not yet reported, by the opaque they carry.
-  private var pending: [UInt64: Pending] = [:]
-  private var nextOpaque: UInt64 = 1
-  private var ready: [Acknowledgement] = []
-  /// False after librdkafka reported all brokers down, until a delivery succeeds.
-  public private(set) var brokersReachable = true
-  /// Records sent to the dead-letter topic (after a permanent failure, or poison rows).
-  public private(set) var deadLettered = 0
-
-  public init(config: KafkaSinkConfig, logger: Logger) throws {
-    self.config = config
-    self.logger = logger
-    do {
-      producer = try KafkaProducer(configuration: config.effectiveProperties)
-    } catch {
-      throw SinkError("\(error)")
+    struct Pending {
+        var ticket: UInt64
+        var weight: Int
+        var eventID: String
+        var lsn: String
+        var deadLetter: Bool
     }
-    logger.info(
-      "Kafka producer created",
-      metadata: [
-        "librdkafka": "\(KafkaProducer.libraryVersion)", "config": "\(config.redactedDescription)",
-      ])
-    switch producer.brokerCount(timeoutMilliseconds: 5_000) {
-    case .success(let count): logger.notice("Kafka connected", metadata: ["brokers": "\(count)"])
-    case .failure(let error):
-      brokersReachable = false
-      logger.warning(
-        "Kafka brokers unreachable; events wait in the relay and PostgreSQL until they are",
-        metadata: ["error": "\(error.message)"])
-    }
-  }
 
-  public var inFlight: Int { pending.count }
+    /// Records produced and not yet reported, by the opaque they carry.
+    private var pending: [UInt64: Pending] = [:]
+    private var nextOpaque: UInt64 = 1
+    private var ready: [Acknowledgement] = []
+    /// False after librdkafka reported all brokers down, until a delivery succeeds.
+    public private(set) var brokersReachable = true
+    /// Records sent to the dead-letter topic (after a permanent failure, or poison rows).
+    public private(set) var deadLettered = 0
 
-  public func send(_ event: OutboxEvent, ticket: UInt64) throws {
-    let value: [UInt8]? = event.tombstone ? nil : (event.payload ?? Self.jsonNull)
-    var headers = event.headers
-    // Polled events (`outbox-relay poll`) have no LSN and no lsn header.
-    if event.lsn != .zero { headers.append(("lsn", event.lsn.description)) }
-    let record = Pending(
-      ticket: ticket, weight: event.weight, eventID: event.id, lsn: event.lsn.description,
-      deadLetter: false)
-    if let failure = try produce(
-      topic: event.topic, key: event.key, value: value, headers: headers, record: record)
-    {
-      // Refused at once (e.g. larger than message.max.bytes): a permanent failure of this event.
-      try handlePermanentFailure(
-        record, topic: event.topic, key: Array(event.key.utf8), value: value, headers: headers,
-        code: failure.code, message: failure.message)
-    }
-  }
-
-  public func deadLetter(_ poison: PoisonEvent, ticket: UInt64) throws -> Bool {
-    guard let topic = config.deadLetterTopic else { return false }
-    let record = Pending(
-      ticket: ticket, weight: poison.payload?.count ?? 0, eventID: poison.id ?? "",
-      lsn: poison.lsn.description, deadLetter: true)
-    let headers: [(name: String, value: String)] = [
-      ("id", poison.id ?? ""), ("lsn", poison.lsn.description), ("dlq.reason", poison.reason),
-      ("dlq.source", poison.source),
-    ]
-    if let failure = try produce(
-      topic: topic, key: poison.id ?? "", value: poison.payload, headers: headers, record: record)
-    {
-      throw SinkError(
-        "dead-letter topic \(topic) refused row id=\(poison.id ?? "?") (LSN \(poison.lsn)): \(failure.message); \(poison)"
-      )
-    }
-    deadLettered += 1
-    return true
-  }
-
-  public func poll(timeoutMilliseconds: Int) throws -> [Acknowledgement] {
-    try drainEvents(timeoutMilliseconds: timeoutMilliseconds)
-    defer { ready.removeAll(keepingCapacity: true) }
-    return ready
-  }
-
-  public func flush(timeoutMilliseconds: Int) throws -> [Acknowledgement] {
-    let deadline = Date().addingTimeInterval(Double(timeoutMilliseconds) / 1000)
-    while !pending.isEmpty {
-      let left = Int(deadline.timeIntervalSinceNow * 1000)
-      if left <= 0 { break }
-      try drainEvents(timeoutMilliseconds: min(left, 100))
-    }
-    return try poll(timeoutMilliseconds: 0)
-  }
-
-  static let jsonNull = Array("null".utf8)
-
-  /// Produces, waiting (and collecting reports) while librdkafka's queue is full.
-  /// Returns the error of a refused record; the record is then not pending.
-  private func produce(
-    topic: String, key: String, value: [UInt8]?, headers: [(name: String, value: String)],
-    record: Pending
-  ) throws -> KafkaProducer.ProduceError? {
-    let opaque = nextOpaque
-    nextOpaque += 1
-    while true {
-      guard
-        let failure = producer.produce(
-          topic: topic, key: key, value: value, headers: headers, opaque: opaque)
-      else {
-        pending[opaque] = record
-        return nil
-      }
-      if failure.isQueueFull {
-        try drainEvents(timeoutMilliseconds: 100)
-        continue
-      }
-      if failure.code == RD_KAFKA_RESP_ERR__FATAL {
-        throw SinkError("Kafka producer failed fatally: \(failure.message)")
-      }
-      return failure
-    }
-  }
-
-  private func handlePermanentFailure(
-    _ record: Pending, topic: String, key: [UInt8], value: [UInt8]?,
-    headers: [(name: String, value: String)], code: rd_kafka_resp_err_t, message: String
-  ) throws {
-    if record.deadLetter {
-      throw SinkError(
-        "dead-letter topic \(topic) rejected the record for event id=\(record.eventID) (LSN \(record.lsn)): \(message)"
-      )
-    }
-    guard let dlq = config.deadLetterTopic else {
-      throw SinkError(
-        "Kafka rejected event id=\(record.eventID) (commit LSN \(record.lsn)) for topic \(topic): \(message). Nothing from this transaction on was confirmed; fix the cause (or set --dlq-topic) and restart"
-      )
-    }
-    // Without the payload when the payload was the problem.
-    let tooLarge =
-      code == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE
-      || code == RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE
-    var dlqHeaders = headers
-    dlqHeaders += [
-      ("dlq.error", message), ("dlq.error.code", "\(code.rawValue)"), ("dlq.original.topic", topic),
-    ]
-    if tooLarge { dlqHeaders.append(("dlq.payload.omitted", "\(value?.count ?? 0) bytes")) }
-    var dlqRecord = record
-    dlqRecord.deadLetter = true
-    if let failure = try produce(
-      topic: dlq, key: String(decoding: key, as: UTF8.self), value: tooLarge ? nil : value,
-      headers: dlqHeaders, record: dlqRecord)
-    {
-      throw SinkError(
-        "dead-letter topic \(dlq) refused event id=\(record.eventID) (LSN \(record.lsn)): \(failure.message)"
-      )
-    }
-    deadLettered += 1
-    logger.warning(
-      "event sent to the dead-letter topic",
-      metadata: [
-        "id": "\(record.eventID)", "lsn": "\(record.lsn)", "topic": "\(topic)",
-        "error": "\(message)",
-      ])
-  }
-
-  /// Handles queued events: the first waits up to the timeout, the rest are taken as they are.
-  private func drainEvents(timeoutMilliseconds: Int) throws {
-    var wait = timeoutMilliseconds
-    for _ in 0..<10_000 {
-      guard let event = producer.poll(timeoutMilliseconds: wait) else { return }
-      wait = 0
-      switch event {
-      case .delivery(let reports):
-        for report in reports {
-          guard let record = pending.removeValue(forKey: report.opaque) else { continue }
-          if report.error == RD_KAFKA_RESP_ERR_NO_ERROR {
-            if !brokersReachable {
-              brokersReachable = true
-              logger.notice("Kafka brokers reachable again; delivering")
-            }
-            ready.append(Acknowledgement(ticket: record.ticket, weight: record.weight))
-          } else if report.error == RD_KAFKA_RESP_ERR__MSG_TIMED_OUT {
-            throw SinkError(
-              "event id=\(record.eventID) (LSN \(record.lsn)) was not delivered within message.timeout.ms; it stays unconfirmed. Leave message.timeout.ms at 0 to retry until the brokers are back"
-            )
-          } else {
-            try handlePermanentFailure(
-              record, topic: report.topic, key: report.key, value: report.value,
-              headers: report.headers, code: report.error, message: report.errorMessage)
-          }
+    public init(config: KafkaSinkConfig, logger: Logger) throws {
+        self.config = config
+        self.logger = logger
+        do {
+            producer = try KafkaProducer(configuration: config.effectiveProperties)
+        } catch {
+            throw SinkError("\(error)")
         }
-      case .error(let code, let message, let fatal):
-        if fatal { throw SinkError("Kafka producer failed fatally: \(message)") }
-        if code == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN {
-          if brokersReachable {
+        logger.info(
+            "Kafka producer created",
+            metadata: [
+                "librdkafka": "\(KafkaProducer.libraryVersion)", "config": "\(config.redactedDescription)",
+            ])
+        switch producer.brokerCount(timeoutMilliseconds: 5_000) {
+        case .success(let count): logger.notice("Kafka connected", metadata: ["brokers": "\(count)"])
+        case .failure(let error):
             brokersReachable = false
             logger.warning(
-              "Kafka brokers unreachable; retrying, nothing new is confirmed meanwhile",
-              metadata: ["error": "\(message)"])
-          }
-        } else {
-          logger.debug(
-            "Kafka client error", metadata: ["code": "\(code.rawValue)", "error": "\(message)"])
+                "Kafka brokers unreachable; events wait in the relay and PostgreSQL until they are",
+                metadata: ["error": "\(error.message)"])
         }
-      case .log(let level, let facility, let message):
-        // Connection errors repeat while a broker is down; our own state line covers them.
-        logger.log(
-          level: level <= 2 ? .error : level <= 6 ? .debug : .trace, "librdkafka: \(message)",
-          metadata: ["facility": "\(facility)"])
-      }
     }
-  }
+
+    public var inFlight: Int { pending.count }
+
+    public func send(_ event: OutboxEvent, ticket: UInt64) throws {
+        let value: [UInt8]? = event.tombstone ? nil : (event.payload ?? Self.jsonNull)
+        var headers = event.headers
+        // Polled events (`outbox-relay poll`) have no LSN and no lsn header.
+        if event.lsn != .zero { headers.append(("lsn", event.lsn.description)) }
+        let record = Pending(
+            ticket: ticket, weight: event.weight, eventID: event.id, lsn: event.lsn.description,
+            deadLetter: false)
+        if let failure = try produce(
+            topic: event.topic, key: event.key, value: value, headers: headers, record: record)
+        {
+            // Refused at once (e.g. larger than message.max.bytes): a permanent failure of this event.
+            try handlePermanentFailure(
+                record, topic: event.topic, key: Array(event.key.utf8), value: value, headers: headers,
+                code: failure.code, message: failure.message)
+        }
+    }
+
+    public func deadLetter(_ poison: PoisonEvent, ticket: UInt64) throws -> Bool {
+        guard let topic = config.deadLetterTopic else { return false }
+        let record = Pending(
+            ticket: ticket, weight: poison.payload?.count ?? 0, eventID: poison.id ?? "",
+            lsn: poison.lsn.description, deadLetter: true)
+        let headers: [(name: String, value: String)] = [
+            ("id", poison.id ?? ""), ("lsn", poison.lsn.description), ("dlq.reason", poison.reason),
+            ("dlq.source", poison.source),
+        ]
+        if let failure = try produce(
+            topic: topic, key: poison.id ?? "", value: poison.payload, headers: headers, record: record)
+        {
+            throw SinkError(
+                "dead-letter topic \(topic) refused row id=\(poison.id ?? "?") (LSN \(poison.lsn)): \(failure.message); \(poison)"
+            )
+        }
+        deadLettered += 1
+        return true
+    }
+
+    public func poll(timeoutMilliseconds: Int) throws -> [Acknowledgement] {
+        try drainEvents(timeoutMilliseconds: timeoutMilliseconds)
+        defer { ready.removeAll(keepingCapacity: true) }
+        return ready
+    }
+
+    public func flush(timeoutMilliseconds: Int) throws -> [Acknowledgement] {
+        let deadline = Date().addingTimeInterval(Double(timeoutMilliseconds) / 1000)
+        while !pending.isEmpty {
+            let left = Int(deadline.timeIntervalSinceNow * 1000)
+            if left <= 0 { break }
+            try drainEvents(timeoutMilliseconds: min(left, 100))
+        }
+        return try poll(timeoutMilliseconds: 0)
+    }
+
+    static let jsonNull = Array("null".utf8)
+
+    /// Produces, waiting (and collecting reports) while librdkafka's queue is full.
+    /// Returns the error of a refused record; the record is then not pending.
+    private func produce(
+        topic: String, key: String, value: [UInt8]?, headers: [(name: String, value: String)],
+        record: Pending
+    ) throws -> KafkaProducer.ProduceError? {
+        let opaque = nextOpaque
+        nextOpaque += 1
+        while true {
+            guard
+                let failure = producer.produce(
+                    topic: topic, key: key, value: value, headers: headers, opaque: opaque)
+            else {
+                pending[opaque] = record
+                return nil
+            }
+            if failure.isQueueFull {
+                try drainEvents(timeoutMilliseconds: 100)
+                continue
+            }
+            if failure.code == RD_KAFKA_RESP_ERR__FATAL {
+                throw SinkError("Kafka producer failed fatally: \(failure.message)")
+            }
+            return failure
+        }
+    }
+
+    private func handlePermanentFailure(
+        _ record: Pending, topic: String, key: [UInt8], value: [UInt8]?,
+        headers: [(name: String, value: String)], code: rd_kafka_resp_err_t, message: String
+    ) throws {
+        if record.deadLetter {
+            throw SinkError(
+                "dead-letter topic \(topic) rejected the record for event id=\(record.eventID) (LSN \(record.lsn)): \(message)"
+            )
+        }
+        guard let dlq = config.deadLetterTopic else {
+            throw SinkError(
+                "Kafka rejected event id=\(record.eventID) (commit LSN \(record.lsn)) for topic \(topic): \(message). Nothing from this transaction on was confirmed; fix the cause (or set --dlq-topic) and restart"
+            )
+        }
+        // Without the payload when the payload was the problem.
+        let tooLarge =
+            code == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE
+            || code == RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE
+        var dlqHeaders = headers
+        dlqHeaders += [
+            ("dlq.error", message), ("dlq.error.code", "\(code.rawValue)"), ("dlq.original.topic", topic),
+        ]
+        if tooLarge { dlqHeaders.append(("dlq.payload.omitted", "\(value?.count ?? 0) bytes")) }
+        var dlqRecord = record
+        dlqRecord.deadLetter = true
+        if let failure = try produce(
+            topic: dlq, key: String(decoding: key, as: UTF8.self), value: tooLarge ? nil : value,
+            headers: dlqHeaders, record: dlqRecord)
+        {
+            throw SinkError(
+                "dead-letter topic \(dlq) refused event id=\(record.eventID) (LSN \(record.lsn)): \(failure.message)"
+            )
+        }
+        deadLettered += 1
+        logger.warning(
+            "event sent to the dead-letter topic",
+            metadata: [
+                "id": "\(record.eventID)", "lsn": "\(record.lsn)", "topic": "\(topic)",
+                "error": "\(message)",
+            ])
+    }
+
+    /// Handles queued events: the first waits up to the timeout, the rest are taken as they are.
+    private func drainEvents(timeoutMilliseconds: Int) throws {
+        var wait = timeoutMilliseconds
+        for _ in 0..<10_000 {
+            guard let event = producer.poll(timeoutMilliseconds: wait) else { return }
+            wait = 0
+            switch event {
+            case .delivery(let reports):
+                for report in reports {
+                    guard let record = pending.removeValue(forKey: report.opaque) else { continue }
+                    if report.error == RD_KAFKA_RESP_ERR_NO_ERROR {
+                        if !brokersReachable {
+                            brokersReachable = true
+                            logger.notice("Kafka brokers reachable again; delivering")
+                        }
+                        ready.append(Acknowledgement(ticket: record.ticket, weight: record.weight))
+                    } else if report.error == RD_KAFKA_RESP_ERR__MSG_TIMED_OUT {
+                        throw SinkError(
+                            "event id=\(record.eventID) (LSN \(record.lsn)) was not delivered within message.timeout.ms; it stays unconfirmed. Leave message.timeout.ms at 0 to retry until the brokers are back"
+                        )
+                    } else {
+                        try handlePermanentFailure(
+                            record, topic: report.topic, key: report.key, value: report.value,
+                            headers: report.headers, code: report.error, message: report.errorMessage)
+                    }
+                }
+            case .error(let code, let message, let fatal):
+                if fatal { throw SinkError("Kafka producer failed fatally: \(message)") }
+                if code == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN {
+                    if brokersReachable {
+                        brokersReachable = false
+                        logger.warning(
+                            "Kafka brokers unreachable; retrying, nothing new is confirmed meanwhile",
+                            metadata: ["error": "\(message)"])
+                    }
+                } else {
+                    logger.debug(
+                        "Kafka client error", metadata: ["code": "\(code.rawValue)", "error": "\(message)"])
+                }
+            case .log(let level, let facility, let message):
+                // Connection errors repeat while a broker is down; our own state line covers them.
+                logger.log(
+                    level: level <= 2 ? .error : level <= 6 ? .debug : .trace, "librdkafka: \(message)",
+                    metadata: ["facility": "\(facility)"])
+            }
+        }
+    }
 }

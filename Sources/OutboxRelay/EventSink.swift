@@ -16,41 +16,41 @@
 ///
 /// Sinks are driven from the relay's single I/O thread and need not be thread-safe.
 public protocol EventSink: AnyObject {
-  /// For logs: `stdout`, `file:/path`, `kafka`.
-  var name: String { get }
-  /// Takes an event for delivery.
-  func send(_ event: OutboxEvent, ticket: UInt64) throws
-  /// Completes what can be completed and returns the acknowledgements since the
-  /// last call, waiting at most `timeoutMilliseconds` for one when none is ready.
-  func poll(timeoutMilliseconds: Int) throws -> [Acknowledgement]
-  /// Delivers everything accepted, waiting at most `timeoutMilliseconds`, and
-  /// returns the acknowledgements. Called on shutdown and before a reconnect.
-  func flush(timeoutMilliseconds: Int) throws -> [Acknowledgement]
-  /// Sends a row that cannot become an event to the sink's dead-letter
-  /// destination, if it has one. Returns false when it has none (the relay
-  /// then stops with the poison row's error). When it returns true, the
-  /// record counts as in flight under `ticket` and is acknowledged like an
-  /// event, with weight `poison.payload?.count ?? 0`.
-  func deadLetter(_ poison: PoisonEvent, ticket: UInt64) throws -> Bool
+    /// For logs: `stdout`, `file:/path`, `kafka`.
+    var name: String { get }
+    /// Takes an event for delivery.
+    func send(_ event: OutboxEvent, ticket: UInt64) throws
+    /// Completes what can be completed and returns the acknowledgements since the
+    /// last call, waiting at most `timeoutMilliseconds` for one when none is ready.
+    func poll(timeoutMilliseconds: Int) throws -> [Acknowledgement]
+    /// Delivers everything accepted, waiting at most `timeoutMilliseconds`, and
+    /// returns the acknowledgements. Called on shutdown and before a reconnect.
+    func flush(timeoutMilliseconds: Int) throws -> [Acknowledgement]
+    /// Sends a row that cannot become an event to the sink's dead-letter
+    /// destination, if it has one. Returns false when it has none (the relay
+    /// then stops with the poison row's error). When it returns true, the
+    /// record counts as in flight under `ticket` and is acknowledged like an
+    /// event, with weight `poison.payload?.count ?? 0`.
+    func deadLetter(_ poison: PoisonEvent, ticket: UInt64) throws -> Bool
 }
 
 extension EventSink {
-  public func deadLetter(_ poison: PoisonEvent, ticket: UInt64) throws -> Bool { false }
+    public func deadLetter(_ poison: PoisonEvent, ticket: UInt64) throws -> Bool { false }
 }
 
 /// One event acknowledged by a sink.
 public struct Acknowledgement: Sendable, Hashable {
-  public var ticket: UInt64
-  public var weight: Int
-  public init(ticket: UInt64, weight: Int) {
-    self.ticket = ticket
-    self.weight = weight
-  }
+    public var ticket: UInt64
+    public var weight: Int
+    public init(ticket: UInt64, weight: Int) {
+        self.ticket = ticket
+        self.weight = weight
+    }
 }
 
 /// A sink failure that the relay cannot work around.
 public struct SinkError: Error, Sendable, CustomStringConvertible {
-  public var message: String
-  public init(_ message: String) { self.message = message }
-  public var description: String { message }
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
 }

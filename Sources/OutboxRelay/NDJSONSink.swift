@@ -8,73 +8,73 @@ import Glibc
 /// a crash of the relay or the machine (the durable sink of the crash tests).
 /// For stdout an event is acknowledged once `write(2)` returned.
 public final class NDJSONSink: EventSink {
-  public let name: String
-  private let fd: Int32
-  private let ownsDescriptor: Bool
-  private let durable: Bool
-  private var buffer: [UInt8] = []
-  private var pending: [Acknowledgement] = []
-  /// Write the batch when it grows past this many bytes, even mid-poll.
-  private let batchBytes = 1 << 20
+    public let name: String
+    private let fd: Int32
+    private let ownsDescriptor: Bool
+    private let durable: Bool
+    private var buffer: [UInt8] = []
+    private var pending: [Acknowledgement] = []
+    /// Write the batch when it grows past this many bytes, even mid-poll.
+    private let batchBytes = 1 << 20
 
-  /// The process's standard output.
-  public static func stdout() -> NDJSONSink {
-    NDJSONSink(name: "stdout", fd: STDOUT_FILENO, owns: false, durable: false)
-  }
-
-  /// A file opened for appending (created 0644 if missing); acks after fsync.
-  public static func file(path: String) throws -> NDJSONSink {
-    let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
-    guard fd >= 0 else {
-      throw SinkError("cannot open sink file \(path): \(String(cString: strerror(errno)))")
+    /// The process's standard output.
+    public static func stdout() -> NDJSONSink {
+        NDJSONSink(name: "stdout", fd: STDOUT_FILENO, owns: false, durable: false)
     }
-    return NDJSONSink(name: "file:\(path)", fd: fd, owns: true, durable: true)
-  }
 
-  private init(name: String, fd: Int32, owns: Bool, durable: Bool) {
-    self.name = name
-    self.fd = fd
-    self.ownsDescriptor = owns
-    self.durable = durable
-    buffer.reserveCapacity(batchBytes + 4096)
-  }
-
-  deinit { if ownsDescriptor { close(fd) } }
-
-  public func send(_ event: OutboxEvent, ticket: UInt64) throws {
-    event.appendJSONLine(to: &buffer)
-    pending.append(Acknowledgement(ticket: ticket, weight: event.weight))
-    if buffer.count >= batchBytes { try writeBuffer() }
-  }
-
-  public func poll(timeoutMilliseconds: Int) throws -> [Acknowledgement] {
-    guard !pending.isEmpty else { return [] }
-    try writeBuffer()
-    if durable {
-      guard fsync(fd) == 0 else {
-        throw SinkError("fsync of \(name) failed: \(String(cString: strerror(errno)))")
-      }
+    /// A file opened for appending (created 0644 if missing); acks after fsync.
+    public static func file(path: String) throws -> NDJSONSink {
+        let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else {
+            throw SinkError("cannot open sink file \(path): \(String(cString: strerror(errno)))")
+        }
+        return NDJSONSink(name: "file:\(path)", fd: fd, owns: true, durable: true)
     }
-    defer { pending.removeAll(keepingCapacity: true) }
-    return pending
-  }
 
-  public func flush(timeoutMilliseconds: Int) throws -> [Acknowledgement] {
-    try poll(timeoutMilliseconds: timeoutMilliseconds)
-  }
-
-  private func writeBuffer() throws {
-    var offset = 0
-    while offset < buffer.count {
-      let written = buffer.withUnsafeBytes {
-        write(fd, $0.baseAddress! + offset, $0.count - offset)
-      }
-      if written < 0 {
-        if errno == EINTR { continue }
-        throw SinkError("write to \(name) failed: \(String(cString: strerror(errno)))")
-      }
-      offset += written
+    private init(name: String, fd: Int32, owns: Bool, durable: Bool) {
+        self.name = name
+        self.fd = fd
+        self.ownsDescriptor = owns
+        self.durable = durable
+        buffer.reserveCapacity(batchBytes + 4096)
     }
-    buffer.removeAll(keepingCapacity: true)
-  }
+
+    deinit { if ownsDescriptor { close(fd) } }
+
+    public func send(_ event: OutboxEvent, ticket: UInt64) throws {
+        event.appendJSONLine(to: &buffer)
+        pending.append(Acknowledgement(ticket: ticket, weight: event.weight))
+        if buffer.count >= batchBytes { try writeBuffer() }
+    }
+
+    public func poll(timeoutMilliseconds: Int) throws -> [Acknowledgement] {
+        guard !pending.isEmpty else { return [] }
+        try writeBuffer()
+        if durable {
+            guard fsync(fd) == 0 else {
+                throw SinkError("fsync of \(name) failed: \(String(cString: strerror(errno)))")
+            }
+        }
+        defer { pending.removeAll(keepingCapacity: true) }
+        return pending
+    }
+
+    public func flush(timeoutMilliseconds: Int) throws -> [Acknowledgement] {
+        try poll(timeoutMilliseconds: timeoutMilliseconds)
+    }
+
+    private func writeBuffer() throws {
+        var offset = 0
+        while offset < buffer.count {
+            let written = buffer.withUnsafeBytes {
+                write(fd, $0.baseAddress! + offset, $0.count - offset)
+            }
+            if written < 0 {
+                if errno == EINTR { continue }
+                throw SinkError("write to \(name) failed: \(String(cString: strerror(errno)))")
+            }
+            offset += written
+        }
+        buffer.removeAll(keepingCapacity: true)
+    }
 }

@@ -4,74 +4,74 @@ import PGOutput
 /// How outbox rows and messages become events. Defaults follow Debezium's
 /// outbox event router, so tables built for it work unchanged.
 public struct RoutingConfig: Sendable, Equatable {
-  public var schema = "public"
-  public var table = "outbox"
-  public var idColumn = "id"
-  public var aggregateTypeColumn = "aggregatetype"
-  public var aggregateIDColumn = "aggregateid"
-  public var typeColumn = "type"
-  public var payloadColumn = "payload"
-  /// A JSON object column whose members become headers; nil for none.
-  public var headersColumn: String? = "headers"
-  /// Extra columns sent as headers: (column, header name).
-  public var headerColumns: [HeaderColumn] = []
-  /// `{aggregatetype}` and `{type}` are replaced by the row's values.
-  public var topicTemplate = "outbox.event.{aggregatetype}"
-  /// A NULL payload becomes a tombstone (key, null value) instead of an event with a null payload.
-  public var tombstones = false
-  /// Transactional logical decoding messages with this prefix are events; nil to ignore all messages.
-  public var messagePrefix: String? = "outbox"
+    public var schema = "public"
+    public var table = "outbox"
+    public var idColumn = "id"
+    public var aggregateTypeColumn = "aggregatetype"
+    public var aggregateIDColumn = "aggregateid"
+    public var typeColumn = "type"
+    public var payloadColumn = "payload"
+    /// A JSON object column whose members become headers; nil for none.
+    public var headersColumn: String? = "headers"
+    /// Extra columns sent as headers: (column, header name).
+    public var headerColumns: [HeaderColumn] = []
+    /// `{aggregatetype}` and `{type}` are replaced by the row's values.
+    public var topicTemplate = "outbox.event.{aggregatetype}"
+    /// A NULL payload becomes a tombstone (key, null value) instead of an event with a null payload.
+    public var tombstones = false
+    /// Transactional logical decoding messages with this prefix are events; nil to ignore all messages.
+    public var messagePrefix: String? = "outbox"
 
-  public struct HeaderColumn: Sendable, Equatable {
-    public var column: String
-    public var header: String
-    public init(column: String, header: String) {
-      self.column = column
-      self.header = header
+    public struct HeaderColumn: Sendable, Equatable {
+        public var column: String
+        public var header: String
+        public init(column: String, header: String) {
+            self.column = column
+            self.header = header
+        }
     }
-  }
 
-  public init() {}
+    public init() {}
 
-  /// Problems with the configuration itself, found before connecting.
-  public func validate() -> [String] {
-    var problems: [String] = []
-    for (name, value) in [
-      ("table", table), ("schema", schema), ("id column", idColumn),
-      ("aggregate type column", aggregateTypeColumn), ("aggregate id column", aggregateIDColumn),
-      ("type column", typeColumn), ("payload column", payloadColumn),
-    ] where value.isEmpty {
-      problems.append("\(name) must not be empty")
+    /// Problems with the configuration itself, found before connecting.
+    public func validate() -> [String] {
+        var problems: [String] = []
+        for (name, value) in [
+            ("table", table), ("schema", schema), ("id column", idColumn),
+            ("aggregate type column", aggregateTypeColumn), ("aggregate id column", aggregateIDColumn),
+            ("type column", typeColumn), ("payload column", payloadColumn),
+        ] where value.isEmpty {
+            problems.append("\(name) must not be empty")
+        }
+        if topicTemplate.isEmpty { problems.append("topic template must not be empty") }
+        let stripped = topicTemplate.replacingOccurrences(of: "{aggregatetype}", with: "a")
+            .replacingOccurrences(of: "{type}", with: "t")
+        if stripped.contains("{") || stripped.contains("}") {
+            problems.append(
+                "topic template \"\(topicTemplate)\" has an unknown placeholder; use {aggregatetype} and {type}"
+            )
+        }
+        if let prefix = messagePrefix, prefix.isEmpty {
+            problems.append("message prefix must not be empty")
+        }
+        return problems
     }
-    if topicTemplate.isEmpty { problems.append("topic template must not be empty") }
-    let stripped = topicTemplate.replacingOccurrences(of: "{aggregatetype}", with: "a")
-      .replacingOccurrences(of: "{type}", with: "t")
-    if stripped.contains("{") || stripped.contains("}") {
-      problems.append(
-        "topic template \"\(topicTemplate)\" has an unknown placeholder; use {aggregatetype} and {type}"
-      )
-    }
-    if let prefix = messagePrefix, prefix.isEmpty {
-      problems.append("message prefix must not be empty")
-    }
-    return problems
-  }
 }
 
 /// A row or message that cannot become an event. It names the row and LSN, so
 /// the relay can stop (or dead-letter it) before confirming its transaction.
 public struct PoisonEvent: Error, Sendable, Equatable, CustomStringConvertible {
-  /// The row's id when it could be read.
-  public var id: String?
-  public var source: String
-  public var lsn: LSN
-  public var reason: String
-  /// What raw bytes there were, for a dead-letter record.
-  public var payload: [UInt8]?
+    /// The row's id when it could be read.
+    public var id: String?
+    public var source: String
+    public var lsn: LSN
+    public var reason: String
+    /// What raw bytes there were, for a dead-letter record.
+    public var payload: [UInt8]?
 
-  public var description: String {
-    "cannot relay \(source) row id=\(id.map { "\"\($0)\"" } ?? "<unknown>")\(lsn == .zero ? "" : " in the transaction committed at LSN \(lsn)"): \(reason)"
-  }
+    public var description: String {
+        "cannot relay \(source) row id=\(id.map { "\"\($0)\"" } ?? "<unknown>")\(lsn == .zero ? "" : " in the transaction committed at LSN \(lsn)"): \(reason)"
+    }
 }
 
 /// Turns decoded changes into events. Pure: knows nothing of sockets or sinks.
@@ -80,330 +80,336 @@ public struct PoisonEvent: Error, Sendable, Equatable, CustomStringConvertible {
 /// Relation message arrives, so `ALTER TABLE` mid-stream (adding, reordering
 /// or dropping other columns) is followed.
 public struct OutboxRouter: Sendable {
-  public let config: RoutingConfig
+    public let config: RoutingConfig
 
-  struct Layout: Sendable {
-    var id: Int?, aggregateType: Int?, aggregateID: Int?, type: Int?, payload: Int?, headers: Int?
-    var payloadType: UInt32 = 0
-    var extra: [(index: Int, header: String)] = []
-    var missing: [String] = []
-  }
-
-  /// Why a value cannot be used.
-  struct Failure: Error {
-    var reason: String
-  }
-
-  static func fail<T>(_ reason: String) -> Result<T, Failure> { .failure(Failure(reason: reason)) }
-
-  /// Relation OID → the outbox layout; absent for other tables.
-  private var layouts: [UInt32: Layout] = [:]
-
-  /// The topic template split once into literals and placeholders.
-  enum TemplatePart: Sendable, Equatable {
-    case literal(String)
-    case aggregateType, type
-  }
-  private let template: [TemplatePart]
-
-  public init(config: RoutingConfig) {
-    self.config = config
-    self.template = Self.compile(config.topicTemplate)
-  }
-
-  static func compile(_ template: String) -> [TemplatePart] {
-    var parts: [TemplatePart] = []
-    var rest = Substring(template)
-    while let open = rest.firstIndex(of: "{") {
-      let tail = rest[open...]
-      let placeholder: TemplatePart? =
-        tail.hasPrefix("{aggregatetype}") ? .aggregateType : tail.hasPrefix("{type}") ? .type : nil
-      guard let placeholder else {
-        parts.append(.literal(String(rest[...open])))
-        rest = rest[rest.index(after: open)...]
-        continue
-      }
-      if open > rest.startIndex { parts.append(.literal(String(rest[..<open]))) }
-      parts.append(placeholder)
-      rest = tail.dropFirst(placeholder == .aggregateType ? 15 : 6)
+    struct Layout: Sendable {
+        var id: Int?, aggregateType: Int?, aggregateID: Int?, type: Int?, payload: Int?, headers: Int?
+        var payloadType: UInt32 = 0
+        var extra: [(index: Int, header: String)] = []
+        var missing: [String] = []
     }
-    if !rest.isEmpty { parts.append(.literal(String(rest))) }
-    return parts
-  }
 
-  func topic(aggregateType: String, type: String) -> String {
-    var topic = ""
-    for part in template {
-      switch part {
-      case .literal(let text): topic += text
-      case .aggregateType: topic += aggregateType
-      case .type: topic += type
-      }
+    /// Why a value cannot be used.
+    struct Failure: Error {
+        var reason: String
     }
-    return topic
-  }
 
-  /// Records a relation's columns. Only the configured outbox table gets a layout.
-  public mutating func relationChanged(_ relation: Relation) {
-    guard relation.namespace == config.schema && relation.name == config.table else {
-      layouts[relation.oid] = nil
-      return
-    }
-    let names = relation.columns.map(\.name)
-    var layout = Layout()
-    func find(_ column: String, required: Bool) -> Int? {
-      let index = names.firstIndex(of: column)
-      if index == nil && required { layout.missing.append(column) }
-      return index
-    }
-    layout.id = find(config.idColumn, required: true)
-    layout.aggregateType = find(config.aggregateTypeColumn, required: true)
-    layout.aggregateID = find(config.aggregateIDColumn, required: true)
-    layout.type = find(config.typeColumn, required: true)
-    layout.payload = find(config.payloadColumn, required: true)
-    layout.headers = config.headersColumn.flatMap { find($0, required: false) }
-    layout.payloadType = layout.payload.map { relation.columns[$0].typeOID } ?? 0
-    for extra in config.headerColumns {
-      if let index = find(extra.column, required: true) {
-        layout.extra.append((index, extra.header))
-      }
-    }
-    layouts[relation.oid] = layout
-  }
+    static func fail<T>(_ reason: String) -> Result<T, Failure> { .failure(Failure(reason: reason)) }
 
-  /// Forget everything (a new stream re-sends Relation messages).
-  public mutating func reset() { layouts.removeAll() }
+    /// Relation OID → the outbox layout; absent for other tables.
+    private var layouts: [UInt32: Layout] = [:]
 
-  public func isOutbox(_ relationOID: UInt32) -> Bool { layouts[relationOID] != nil }
+    /// The topic template split once into literals and placeholders.
+    enum TemplatePart: Sendable, Equatable {
+        case literal(String)
+        case aggregateType, type
+    }
+    private let template: [TemplatePart]
 
-  /// An inserted row: nil if it is not in the outbox table, else the event or why it cannot be one.
-  public func route(_ insert: Insert, lsn: LSN, commitTime: PostgresTimestamp) -> Result<
-    OutboxEvent, PoisonEvent
-  >? {
-    guard let layout = layouts[insert.relationOID] else { return nil }
-    let row = insert.newTuple
-    let source = "\(config.schema).\(config.table)"
-    let rowID = layout.id.flatMap { row.bytes(at: $0) }.map { String(decoding: $0, as: UTF8.self) }
-    func poison(_ reason: String) -> Result<OutboxEvent, PoisonEvent> {
-      .failure(
-        PoisonEvent(
-          id: rowID, source: source, lsn: lsn, reason: reason,
-          payload: layout.payload.flatMap { row.bytes(at: $0) }.map(Array.init)))
+    public init(config: RoutingConfig) {
+        self.config = config
+        self.template = Self.compile(config.topicTemplate)
     }
-    if !layout.missing.isEmpty {
-      return poison(
-        "table \(source) has no column \(layout.missing.map { "\"\($0)\"" }.joined(separator: ", ")) (configured column names do not match the table)"
-      )
-    }
-    func text(_ index: Int?, _ name: String) -> Result<String, Failure> {
-      guard let index else { return Self.fail("column \"\(name)\" is missing") }
-      switch row.columns[index] {
-      case .null: return Self.fail("column \"\(name)\" is NULL")
-      case .unchanged: return Self.fail("column \"\(name)\" was not sent (unchanged TOAST value)")
-      case .binary: return Self.fail("column \"\(name)\" arrived in binary format")
-      case .text(let range):
-        guard let value = UTF8Text.string(row.storage[range]) else {
-          return Self.fail("column \"\(name)\" is not valid UTF-8")
+
+    static func compile(_ template: String) -> [TemplatePart] {
+        var parts: [TemplatePart] = []
+        var rest = Substring(template)
+        while let open = rest.firstIndex(of: "{") {
+            let tail = rest[open...]
+            let placeholder: TemplatePart? =
+                tail.hasPrefix("{aggregatetype}") ? .aggregateType : tail.hasPrefix("{type}") ? .type : nil
+            guard let placeholder else {
+                parts.append(.literal(String(rest[...open])))
+                rest = rest[rest.index(after: open)...]
+                continue
+            }
+            if open > rest.startIndex { parts.append(.literal(String(rest[..<open]))) }
+            parts.append(placeholder)
+            rest = tail.dropFirst(placeholder == .aggregateType ? 15 : 6)
         }
-        return .success(value)
-      }
-    }
-    let id: String
-    let aggregateType: String
-    let key: String
-    let type: String
-    switch (
-      text(layout.id, config.idColumn), text(layout.aggregateType, config.aggregateTypeColumn),
-      text(layout.aggregateID, config.aggregateIDColumn), text(layout.type, config.typeColumn)
-    ) {
-    case (.success(let a), .success(let b), .success(let c), .success(let d)):
-      (id, aggregateType, key, type) = (a, b, c, d)
-    case (.failure(let e), _, _, _), (_, .failure(let e), _, _), (_, _, .failure(let e), _),
-      (_, _, _, .failure(let e)):
-      return poison(e.reason)
+        if !rest.isEmpty { parts.append(.literal(String(rest))) }
+        return parts
     }
 
-    var payload: [UInt8]?
-    var format = OutboxEvent.PayloadFormat.json
-    if let index = layout.payload {
-      switch row.columns[index] {
-      case .null: payload = nil
-      case .unchanged:
-        return poison("column \"\(config.payloadColumn)\" was not sent (unchanged TOAST value)")
-      case .binary: return poison("column \"\(config.payloadColumn)\" arrived in binary format")
-      case .text(let range):
-        switch layout.payloadType {
-        case 3802, 114:
-          format = .json  // jsonb, json: already JSON text
-          payload = Array(row.storage[range])
-        case 17:  // bytea: text form is \x followed by hex
-          guard let bytes = Self.decodeByteaHex(row.storage[range]) else {
-            return poison("column \"\(config.payloadColumn)\" is bytea in an unexpected text form")
-          }
-          format = .bytes
-          payload = bytes
-        default:
-          guard UTF8Text.string(row.storage[range]) != nil else {
-            return poison("column \"\(config.payloadColumn)\" is not valid UTF-8")
-          }
-          format = .text
-          payload = Array(row.storage[range])
+    func topic(aggregateType: String, type: String) -> String {
+        var topic = ""
+        for part in template {
+            switch part {
+            case .literal(let text): topic += text
+            case .aggregateType: topic += aggregateType
+            case .type: topic += type
+            }
         }
-      }
+        return topic
     }
 
-    var headers: [(name: String, value: String)] = [("id", id), ("type", type)]
-    if let index = layout.headers, let raw = row.bytes(at: index) {
-      switch Self.headerMembers(Array(raw), column: config.headersColumn ?? "headers") {
-      case .success(let members): headers += members
-      case .failure(let failure): return poison(failure.reason)
-      }
-    }
-    for extra in layout.extra {
-      if case .text(let range) = row.columns[extra.index] {
-        guard let value = UTF8Text.string(row.storage[range]) else {
-          return poison("column for header \"\(extra.header)\" is not valid UTF-8")
+    /// Records a relation's columns. Only the configured outbox table gets a layout.
+    public mutating func relationChanged(_ relation: Relation) {
+        guard relation.namespace == config.schema && relation.name == config.table else {
+            layouts[relation.oid] = nil
+            return
         }
-        headers.append((extra.header, value))
-      }
-    }
-    return makeEvent(
-      id: id, aggregateType: aggregateType, key: key, type: type, payload: payload, format: format,
-      headers: headers, lsn: lsn, commitTime: commitTime, poison: poison)
-  }
-
-  /// A logical decoding message: nil if its prefix is not ours or it is not
-  /// transactional; else the event or why its content cannot be one.
-  public func route(_ message: LogicalMessage, lsn: LSN, commitTime: PostgresTimestamp) -> Result<
-    OutboxEvent, PoisonEvent
-  >? {
-    guard let prefix = config.messagePrefix, message.prefix == prefix, message.isTransactional
-    else { return nil }
-    let content = message.content
-    let source = "logical message with prefix \"\(prefix)\" (at \(message.lsn))"
-    var rowID: String?
-    func poison(_ reason: String) -> Result<OutboxEvent, PoisonEvent> {
-      .failure(PoisonEvent(id: rowID, source: source, lsn: lsn, reason: reason, payload: content))
-    }
-    let members: [JSONText.Member]
-    do { members = try JSONText.objectMembers(content) } catch {
-      return poison("content is not a JSON object: \(error)")
-    }
-    func member(_ name: String) -> JSONText.Member? { members.last { $0.name == name } }
-    func text(_ name: String) -> Result<String, Failure> {
-      guard let m = member(name) else { return Self.fail("member \"\(name)\" is missing") }
-      switch m.kind {
-      case .string:
-        do { return .success(try JSONText.stringValue(content, m.range)) } catch {
-          return Self.fail("member \"\(name)\": \(error)")
+        let names = relation.columns.map(\.name)
+        var layout = Layout()
+        func find(_ column: String, required: Bool) -> Int? {
+            let index = names.firstIndex(of: column)
+            if index == nil && required { layout.missing.append(column) }
+            return index
         }
-      case .number: return .success(String(decoding: content[m.range], as: UTF8.self))
-      case .null: return Self.fail("member \"\(name)\" is null")
-      default: return Self.fail("member \"\(name)\" must be a string or number")
-      }
+        layout.id = find(config.idColumn, required: true)
+        layout.aggregateType = find(config.aggregateTypeColumn, required: true)
+        layout.aggregateID = find(config.aggregateIDColumn, required: true)
+        layout.type = find(config.typeColumn, required: true)
+        layout.payload = find(config.payloadColumn, required: true)
+        layout.headers = config.headersColumn.flatMap { find($0, required: false) }
+        layout.payloadType = layout.payload.map { relation.columns[$0].typeOID } ?? 0
+        for extra in config.headerColumns {
+            if let index = find(extra.column, required: true) {
+                layout.extra.append((index, extra.header))
+            }
+        }
+        layouts[relation.oid] = layout
     }
-    if case .success(let id) = text(config.idColumn) { rowID = id }
-    let id: String
-    let aggregateType: String
-    let key: String
-    let type: String
-    switch (
-      text(config.idColumn), text(config.aggregateTypeColumn), text(config.aggregateIDColumn),
-      text(config.typeColumn)
-    ) {
-    case (.success(let a), .success(let b), .success(let c), .success(let d)):
-      (id, aggregateType, key, type) = (a, b, c, d)
-    case (.failure(let e), _, _, _), (_, .failure(let e), _, _), (_, _, .failure(let e), _),
-      (_, _, _, .failure(let e)):
-      return poison(e.reason)
-    }
-    var payload: [UInt8]?
-    if let m = member(config.payloadColumn), m.kind != .null { payload = Array(content[m.range]) }
-    var headers: [(name: String, value: String)] = [("id", id), ("type", type)]
-    if let name = config.headersColumn, let m = member(name), m.kind != .null {
-      guard m.kind == .object else { return poison("member \"\(name)\" is not a JSON object") }
-      switch Self.headerMembers(Array(content[m.range]), column: name) {
-      case .success(let more): headers += more
-      case .failure(let failure): return poison(failure.reason)
-      }
-    }
-    for extra in config.headerColumns {
-      guard let m = member(extra.column), m.kind != .null else { continue }
-      let value =
-        m.kind == .string
-        ? ((try? JSONText.stringValue(content, m.range)) ?? "")
-        : String(decoding: content[m.range], as: UTF8.self)
-      headers.append((extra.header, value))
-    }
-    return makeEvent(
-      id: id, aggregateType: aggregateType, key: key, type: type, payload: payload, format: .json,
-      headers: headers, lsn: lsn, commitTime: commitTime, poison: poison)
-  }
 
-  private func makeEvent(
-    id: String, aggregateType: String, key: String, type: String, payload: [UInt8]?,
-    format: OutboxEvent.PayloadFormat, headers: [(name: String, value: String)], lsn: LSN,
-    commitTime: PostgresTimestamp, poison: (String) -> Result<OutboxEvent, PoisonEvent>
-  ) -> Result<OutboxEvent, PoisonEvent> {
-    let topic = topic(aggregateType: aggregateType, type: type)
-    if let problem = Self.topicProblem(topic) { return poison(problem) }
-    let tombstone = payload == nil && config.tombstones
-    return .success(
-      OutboxEvent(
-        id: id, topic: topic, key: key, type: type, payload: payload, payloadFormat: format,
-        headers: headers, tombstone: tombstone, lsn: lsn, commitTime: commitTime))
-  }
+    /// Forget everything (a new stream re-sends Relation messages).
+    public mutating func reset() { layouts.removeAll() }
 
-  /// Kafka's rules for topic names: 1–249 of `[A-Za-z0-9._-]`, not `.` or `..`.
-  public static func topicProblem(_ topic: String) -> String? {
-    let valid = topic.utf8.allSatisfy {
-      (48...57).contains($0) || (65...90).contains($0) || (97...122).contains($0) || $0 == 46
-        || $0 == 95 || $0 == 45
-    }
-    if topic.isEmpty || topic.utf8.count > 249 || !valid || topic == "." || topic == ".." {
-      return "topic \"\(topic)\" is not a valid topic name (1–249 characters of A-Z a-z 0-9 . _ -)"
-    }
-    return nil
-  }
+    public func isOutbox(_ relationOID: UInt32) -> Bool { layouts[relationOID] != nil }
 
-  /// Members of a JSON object as headers: strings unescaped, other values as JSON text.
-  static func headerMembers(_ raw: [UInt8], column: String) -> Result<
-    [(name: String, value: String)], Failure
-  > {
-    do {
-      return .success(
-        try JSONText.objectMembers(raw).map { m throws(JSONText.SyntaxError) in
-          (
-            m.name,
-            m.kind == .string
-              ? try JSONText.stringValue(raw, m.range)
-              : String(decoding: raw[m.range], as: UTF8.self)
-          )
-        })
-    } catch {
-      return Self.fail("column \"\(column)\" is not a JSON object: \(error)")
-    }
-  }
+    /// An inserted row: nil if it is not in the outbox table, else the event or why it cannot be one.
+    public func route(
+        _ insert: Insert, lsn: LSN, commitTime: PostgresTimestamp
+    ) -> Result<
+        OutboxEvent, PoisonEvent
+    >? {
+        guard let layout = layouts[insert.relationOID] else { return nil }
+        let row = insert.newTuple
+        let source = "\(config.schema).\(config.table)"
+        let rowID = layout.id.flatMap { row.bytes(at: $0) }.map { String(decoding: $0, as: UTF8.self) }
+        func poison(_ reason: String) -> Result<OutboxEvent, PoisonEvent> {
+            .failure(
+                PoisonEvent(
+                    id: rowID, source: source, lsn: lsn, reason: reason,
+                    payload: layout.payload.flatMap { row.bytes(at: $0) }.map(Array.init)))
+        }
+        if !layout.missing.isEmpty {
+            return poison(
+                "table \(source) has no column \(layout.missing.map { "\"\($0)\"" }.joined(separator: ", ")) (configured column names do not match the table)"
+            )
+        }
+        func text(_ index: Int?, _ name: String) -> Result<String, Failure> {
+            guard let index else { return Self.fail("column \"\(name)\" is missing") }
+            switch row.columns[index] {
+            case .null: return Self.fail("column \"\(name)\" is NULL")
+            case .unchanged: return Self.fail("column \"\(name)\" was not sent (unchanged TOAST value)")
+            case .binary: return Self.fail("column \"\(name)\" arrived in binary format")
+            case .text(let range):
+                guard let value = UTF8Text.string(row.storage[range]) else {
+                    return Self.fail("column \"\(name)\" is not valid UTF-8")
+                }
+                return .success(value)
+            }
+        }
+        let id: String
+        let aggregateType: String
+        let key: String
+        let type: String
+        switch (
+            text(layout.id, config.idColumn), text(layout.aggregateType, config.aggregateTypeColumn),
+            text(layout.aggregateID, config.aggregateIDColumn), text(layout.type, config.typeColumn)
+        ) {
+        case (.success(let a), .success(let b), .success(let c), .success(let d)):
+            (id, aggregateType, key, type) = (a, b, c, d)
+        case (.failure(let e), _, _, _), (_, .failure(let e), _, _), (_, _, .failure(let e), _),
+            (_, _, _, .failure(let e)):
+            return poison(e.reason)
+        }
 
-  static func decodeByteaHex(_ text: ArraySlice<UInt8>) -> [UInt8]? {
-    guard text.count >= 2, text.first == 92, text[text.startIndex + 1] == 120, text.count % 2 == 0
-    else { return nil }
-    var out: [UInt8] = []
-    out.reserveCapacity((text.count - 2) / 2)
-    var i = text.startIndex + 2
-    func nibble(_ c: UInt8) -> UInt8? {
-      switch c {
-      case 48...57: c - 48
-      case 97...102: c - 87
-      case 65...70: c - 55
-      default: nil
-      }
+        var payload: [UInt8]?
+        var format = OutboxEvent.PayloadFormat.json
+        if let index = layout.payload {
+            switch row.columns[index] {
+            case .null: payload = nil
+            case .unchanged:
+                return poison("column \"\(config.payloadColumn)\" was not sent (unchanged TOAST value)")
+            case .binary: return poison("column \"\(config.payloadColumn)\" arrived in binary format")
+            case .text(let range):
+                switch layout.payloadType {
+                case 3802, 114:
+                    format = .json  // jsonb, json: already JSON text
+                    payload = Array(row.storage[range])
+                case 17:  // bytea: text form is \x followed by hex
+                    guard let bytes = Self.decodeByteaHex(row.storage[range]) else {
+                        return poison("column \"\(config.payloadColumn)\" is bytea in an unexpected text form")
+                    }
+                    format = .bytes
+                    payload = bytes
+                default:
+                    guard UTF8Text.string(row.storage[range]) != nil else {
+                        return poison("column \"\(config.payloadColumn)\" is not valid UTF-8")
+                    }
+                    format = .text
+                    payload = Array(row.storage[range])
+                }
+            }
+        }
+
+        var headers: [(name: String, value: String)] = [("id", id), ("type", type)]
+        if let index = layout.headers, let raw = row.bytes(at: index) {
+            switch Self.headerMembers(Array(raw), column: config.headersColumn ?? "headers") {
+            case .success(let members): headers += members
+            case .failure(let failure): return poison(failure.reason)
+            }
+        }
+        for extra in layout.extra {
+            if case .text(let range) = row.columns[extra.index] {
+                guard let value = UTF8Text.string(row.storage[range]) else {
+                    return poison("column for header \"\(extra.header)\" is not valid UTF-8")
+                }
+                headers.append((extra.header, value))
+            }
+        }
+        return makeEvent(
+            id: id, aggregateType: aggregateType, key: key, type: type, payload: payload, format: format,
+            headers: headers, lsn: lsn, commitTime: commitTime, poison: poison)
     }
-    while i < text.endIndex {
-      guard let hi = nibble(text[i]), let lo = nibble(text[i + 1]) else { return nil }
-      out.append(hi << 4 | lo)
-      i += 2
+
+    /// A logical decoding message: nil if its prefix is not ours or it is not
+    /// transactional; else the event or why its content cannot be one.
+    public func route(
+        _ message: LogicalMessage, lsn: LSN, commitTime: PostgresTimestamp
+    ) -> Result<
+        OutboxEvent, PoisonEvent
+    >? {
+        guard let prefix = config.messagePrefix, message.prefix == prefix, message.isTransactional
+        else { return nil }
+        let content = message.content
+        let source = "logical message with prefix \"\(prefix)\" (at \(message.lsn))"
+        var rowID: String?
+        func poison(_ reason: String) -> Result<OutboxEvent, PoisonEvent> {
+            .failure(PoisonEvent(id: rowID, source: source, lsn: lsn, reason: reason, payload: content))
+        }
+        let members: [JSONText.Member]
+        do { members = try JSONText.objectMembers(content) } catch {
+            return poison("content is not a JSON object: \(error)")
+        }
+        func member(_ name: String) -> JSONText.Member? { members.last { $0.name == name } }
+        func text(_ name: String) -> Result<String, Failure> {
+            guard let m = member(name) else { return Self.fail("member \"\(name)\" is missing") }
+            switch m.kind {
+            case .string:
+                do { return .success(try JSONText.stringValue(content, m.range)) } catch {
+                    return Self.fail("member \"\(name)\": \(error)")
+                }
+            case .number: return .success(String(decoding: content[m.range], as: UTF8.self))
+            case .null: return Self.fail("member \"\(name)\" is null")
+            default: return Self.fail("member \"\(name)\" must be a string or number")
+            }
+        }
+        if case .success(let id) = text(config.idColumn) { rowID = id }
+        let id: String
+        let aggregateType: String
+        let key: String
+        let type: String
+        switch (
+            text(config.idColumn), text(config.aggregateTypeColumn), text(config.aggregateIDColumn),
+            text(config.typeColumn)
+        ) {
+        case (.success(let a), .success(let b), .success(let c), .success(let d)):
+            (id, aggregateType, key, type) = (a, b, c, d)
+        case (.failure(let e), _, _, _), (_, .failure(let e), _, _), (_, _, .failure(let e), _),
+            (_, _, _, .failure(let e)):
+            return poison(e.reason)
+        }
+        var payload: [UInt8]?
+        if let m = member(config.payloadColumn), m.kind != .null { payload = Array(content[m.range]) }
+        var headers: [(name: String, value: String)] = [("id", id), ("type", type)]
+        if let name = config.headersColumn, let m = member(name), m.kind != .null {
+            guard m.kind == .object else { return poison("member \"\(name)\" is not a JSON object") }
+            switch Self.headerMembers(Array(content[m.range]), column: name) {
+            case .success(let more): headers += more
+            case .failure(let failure): return poison(failure.reason)
+            }
+        }
+        for extra in config.headerColumns {
+            guard let m = member(extra.column), m.kind != .null else { continue }
+            let value =
+                m.kind == .string
+                ? ((try? JSONText.stringValue(content, m.range)) ?? "")
+                : String(decoding: content[m.range], as: UTF8.self)
+            headers.append((extra.header, value))
+        }
+        return makeEvent(
+            id: id, aggregateType: aggregateType, key: key, type: type, payload: payload, format: .json,
+            headers: headers, lsn: lsn, commitTime: commitTime, poison: poison)
     }
-    return out
-  }
+
+    private func makeEvent(
+        id: String, aggregateType: String, key: String, type: String, payload: [UInt8]?,
+        format: OutboxEvent.PayloadFormat, headers: [(name: String, value: String)], lsn: LSN,
+        commitTime: PostgresTimestamp, poison: (String) -> Result<OutboxEvent, PoisonEvent>
+    ) -> Result<OutboxEvent, PoisonEvent> {
+        let topic = topic(aggregateType: aggregateType, type: type)
+        if let problem = Self.topicProblem(topic) { return poison(problem) }
+        let tombstone = payload == nil && config.tombstones
+        return .success(
+            OutboxEvent(
+                id: id, topic: topic, key: key, type: type, payload: payload, payloadFormat: format,
+                headers: headers, tombstone: tombstone, lsn: lsn, commitTime: commitTime))
+    }
+
+    /// Kafka's rules for topic names: 1–249 of `[A-Za-z0-9._-]`, not `.` or `..`.
+    public static func topicProblem(_ topic: String) -> String? {
+        let valid = topic.utf8.allSatisfy {
+            (48...57).contains($0) || (65...90).contains($0) || (97...122).contains($0) || $0 == 46
+                || $0 == 95 || $0 == 45
+        }
+        if topic.isEmpty || topic.utf8.count > 249 || !valid || topic == "." || topic == ".." {
+            return "topic \"\(topic)\" is not a valid topic name (1–249 characters of A-Z a-z 0-9 . _ -)"
+        }
+        return nil
+    }
+
+    /// Members of a JSON object as headers: strings unescaped, other values as JSON text.
+    static func headerMembers(
+        _ raw: [UInt8], column: String
+    ) -> Result<
+        [(name: String, value: String)], Failure
+    > {
+        do {
+            return .success(
+                try JSONText.objectMembers(raw).map { m throws(JSONText.SyntaxError) in
+                    (
+                        m.name,
+                        m.kind == .string
+                            ? try JSONText.stringValue(raw, m.range)
+                            : String(decoding: raw[m.range], as: UTF8.self)
+                    )
+                })
+        } catch {
+            return Self.fail("column \"\(column)\" is not a JSON object: \(error)")
+        }
+    }
+
+    static func decodeByteaHex(_ text: ArraySlice<UInt8>) -> [UInt8]? {
+        guard text.count >= 2, text.first == 92, text[text.startIndex + 1] == 120, text.count % 2 == 0
+        else { return nil }
+        var out: [UInt8] = []
+        out.reserveCapacity((text.count - 2) / 2)
+        var i = text.startIndex + 2
+        func nibble(_ c: UInt8) -> UInt8? {
+            switch c {
+            case 48...57: c - 48
+            case 97...102: c - 87
+            case 65...70: c - 55
+            default: nil
+            }
+        }
+        while i < text.endIndex {
+            guard let hi = nibble(text[i]), let lo = nibble(text[i + 1]) else { return nil }
+            out.append(hi << 4 | lo)
+            i += 2
+        }
+        return out
+    }
 }

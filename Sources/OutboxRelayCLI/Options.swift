@@ -8,198 +8,200 @@ import PostgresReplication
 
 /// The database connection, shared by every command.
 struct SourceOptions: ParsableArguments {
-  @Option(
-    help: ArgumentHelp(
-      "libpq connection string or URI of the database (never logged). Defaults to $OUTBOX_RELAY_SOURCE.",
-      valueName: "conninfo"))
-  var source: String?
+    @Option(
+        help: ArgumentHelp(
+            "libpq connection string or URI of the database (never logged). Defaults to $OUTBOX_RELAY_SOURCE.",
+            valueName: "conninfo"))
+    var source: String?
 
-  func validate() throws {
-    guard let source = resolved() else {
-      throw ValidationError("--source is required (or set OUTBOX_RELAY_SOURCE)")
+    func validate() throws {
+        guard let source = resolved() else {
+            throw ValidationError("--source is required (or set OUTBOX_RELAY_SOURCE)")
+        }
+        if let problem = Conninfo.validate(source) { throw ValidationError("--source: \(problem)") }
     }
-    if let problem = Conninfo.validate(source) { throw ValidationError("--source: \(problem)") }
-  }
 
-  func resolved() -> String? {
-    source ?? ProcessInfo.processInfo.environment["OUTBOX_RELAY_SOURCE"]
-  }
+    func resolved() -> String? {
+        source ?? ProcessInfo.processInfo.environment["OUTBOX_RELAY_SOURCE"]
+    }
 }
 
 /// Where events go.
 struct SinkOptions: ParsableArguments {
-  @Option(
-    help: ArgumentHelp(
-      "Where events go: kafka, stdout, or file:PATH (appends NDJSON; acknowledged after fsync).",
-      valueName: "sink"))
-  var sink = "stdout"
+    @Option(
+        help: ArgumentHelp(
+            "Where events go: kafka, stdout, or file:PATH (appends NDJSON; acknowledged after fsync).",
+            valueName: "sink"))
+    var sink = "stdout"
 
-  @Option(
-    help: ArgumentHelp("Kafka bootstrap servers (with --sink kafka).", valueName: "host:port,…"))
-  var kafkaBrokers: String?
+    @Option(
+        help: ArgumentHelp("Kafka bootstrap servers (with --sink kafka).", valueName: "host:port,…"))
+    var kafkaBrokers: String?
 
-  @Option(
-    name: .customShort("X"),
-    help: ArgumentHelp(
-      "A librdkafka property, e.g. -X compression.type=zstd (repeatable; TLS and SASL too; secret values are never logged).",
-      valueName: "key=value"))
-  var kafkaProperties: [String] = []
+    @Option(
+        name: .customShort("X"),
+        help: ArgumentHelp(
+            "A librdkafka property, e.g. -X compression.type=zstd (repeatable; TLS and SASL too; secret values are never logged).",
+            valueName: "key=value"))
+    var kafkaProperties: [String] = []
 
-  @Option(
-    help: ArgumentHelp(
-      "Kafka topic for events that can never be delivered as they are (too large, invalid topic, unauthorized) and rows that cannot become events. Without it such an event stops the relay.",
-      valueName: "topic"))
-  var dlqTopic: String?
+    @Option(
+        help: ArgumentHelp(
+            "Kafka topic for events that can never be delivered as they are (too large, invalid topic, unauthorized) and rows that cannot become events. Without it such an event stops the relay.",
+            valueName: "topic"))
+    var dlqTopic: String?
 
-  func validate() throws {
-    if sink != "stdout" && sink != "kafka" && !(sink.hasPrefix("file:") && sink.count > 5) {
-      throw ValidationError("--sink must be kafka, stdout or file:PATH, got \"\(sink)\"")
+    func validate() throws {
+        if sink != "stdout" && sink != "kafka" && !(sink.hasPrefix("file:") && sink.count > 5) {
+            throw ValidationError("--sink must be kafka, stdout or file:PATH, got \"\(sink)\"")
+        }
+        if sink == "kafka" && (kafkaBrokers ?? "").isEmpty {
+            throw ValidationError("--sink kafka needs --kafka-brokers")
+        }
+        if sink != "kafka" && (kafkaBrokers != nil || !kafkaProperties.isEmpty || dlqTopic != nil) {
+            throw ValidationError("--kafka-brokers, -X and --dlq-topic apply only to --sink kafka")
+        }
+        for property in kafkaProperties where !property.contains("=") || property.hasPrefix("=") {
+            throw ValidationError(
+                "-X takes key=value, got \"\(property.split(separator: "=").first ?? "")…\"")
+        }
+        if let dlqTopic, let problem = OutboxRouter.topicProblem(dlqTopic) {
+            throw ValidationError("--dlq-topic: \(problem)")
+        }
     }
-    if sink == "kafka" && (kafkaBrokers ?? "").isEmpty {
-      throw ValidationError("--sink kafka needs --kafka-brokers")
-    }
-    if sink != "kafka" && (kafkaBrokers != nil || !kafkaProperties.isEmpty || dlqTopic != nil) {
-      throw ValidationError("--kafka-brokers, -X and --dlq-topic apply only to --sink kafka")
-    }
-    for property in kafkaProperties where !property.contains("=") || property.hasPrefix("=") {
-      throw ValidationError(
-        "-X takes key=value, got \"\(property.split(separator: "=").first ?? "")…\"")
-    }
-    if let dlqTopic, let problem = OutboxRouter.topicProblem(dlqTopic) {
-      throw ValidationError("--dlq-topic: \(problem)")
-    }
-  }
 
-  func makeSink(logger: Logger) throws -> any EventSink {
-    switch sink {
-    case "stdout": return NDJSONSink.stdout()
-    case "kafka":
-      var kafka = KafkaSinkConfig(brokers: kafkaBrokers!)
-      kafka.properties = kafkaProperties.map { property in
-        let parts = property.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-          .map(String.init)
-        return (parts[0], parts[1])
-      }
-      kafka.deadLetterTopic = dlqTopic
-      return try KafkaSink(config: kafka, logger: logger)
-    default: return try NDJSONSink.file(path: String(sink.dropFirst(5)))
+    func makeSink(logger: Logger) throws -> any EventSink {
+        switch sink {
+        case "stdout": return NDJSONSink.stdout()
+        case "kafka":
+            var kafka = KafkaSinkConfig(brokers: kafkaBrokers!)
+            kafka.properties = kafkaProperties.map { property in
+                let parts = property.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+                    .map(String.init)
+                return (parts[0], parts[1])
+            }
+            kafka.deadLetterTopic = dlqTopic
+            return try KafkaSink(config: kafka, logger: logger)
+        default: return try NDJSONSink.file(path: String(sink.dropFirst(5)))
+        }
     }
-  }
 }
 
 /// How rows become events: the same for log tailing and polling.
 struct RoutingOptions: ParsableArguments {
-  @Option(help: ArgumentHelp("The outbox table.", valueName: "schema.table"))
-  var table = "public.outbox"
+    @Option(help: ArgumentHelp("The outbox table.", valueName: "schema.table"))
+    var table = "public.outbox"
 
-  @Option(help: "Column holding the event id (header id).") var idColumn = "id"
-  @Option(help: "Column holding the route (topic template {aggregatetype}).")
-  var aggregateTypeColumn = "aggregatetype"
-  @Option(help: "Column holding the key.") var aggregateIdColumn = "aggregateid"
-  @Option(help: "Column holding the event type (header type).") var typeColumn = "type"
-  @Option(help: "Column holding the payload (jsonb, json, text or bytea).") var payloadColumn =
-    "payload"
-  @Option(help: "JSON object column whose members become headers; empty for none.")
-  var headersColumn = "headers"
+    @Option(help: "Column holding the event id (header id).") var idColumn = "id"
+    @Option(help: "Column holding the route (topic template {aggregatetype}).")
+    var aggregateTypeColumn = "aggregatetype"
+    @Option(help: "Column holding the key.") var aggregateIdColumn = "aggregateid"
+    @Option(help: "Column holding the event type (header type).") var typeColumn = "type"
+    @Option(help: "Column holding the payload (jsonb, json, text or bytea).") var payloadColumn =
+        "payload"
+    @Option(help: "JSON object column whose members become headers; empty for none.")
+    var headersColumn = "headers"
 
-  @Option(
-    name: .customLong("header-column"),
-    help: ArgumentHelp(
-      "Also send this column as a header (repeatable).", valueName: "column[:header]"))
-  var headerColumns: [String] = []
+    @Option(
+        name: .customLong("header-column"),
+        help: ArgumentHelp(
+            "Also send this column as a header (repeatable).", valueName: "column[:header]"))
+    var headerColumns: [String] = []
 
-  @Option(help: "Topic template; {aggregatetype} and {type} are replaced by the row's values.")
-  var topicTemplate = "outbox.event.{aggregatetype}"
+    @Option(help: "Topic template; {aggregatetype} and {type} are replaced by the row's values.")
+    var topicTemplate = "outbox.event.{aggregatetype}"
 
-  @Flag(
-    help:
-      "A NULL payload becomes a tombstone (key, null value). Without it, an event with a null payload."
-  )
-  var tombstones = false
+    @Flag(
+        help:
+            "A NULL payload becomes a tombstone (key, null value). Without it, an event with a null payload."
+    )
+    var tombstones = false
 
-  @Option(
-    help:
-      "Prefix of transactional logical messages that are events; empty to ignore messages (log tailing only)."
-  )
-  var messagePrefix = "outbox"
+    @Option(
+        help:
+            "Prefix of transactional logical messages that are events; empty to ignore messages (log tailing only)."
+    )
+    var messagePrefix = "outbox"
 
-  func validate() throws {
-    if splitTable() == nil {
-      throw ValidationError("--table must be schema.table or table, got \"\(table)\"")
+    func validate() throws {
+        if splitTable() == nil {
+            throw ValidationError("--table must be schema.table or table, got \"\(table)\"")
+        }
+        for spec in headerColumns where spec.isEmpty || spec.hasPrefix(":") || spec.hasSuffix(":") {
+            throw ValidationError("--header-column must be column or column:header, got \"\(spec)\"")
+        }
+        for problem in routing().validate() { throw ValidationError(problem) }
     }
-    for spec in headerColumns where spec.isEmpty || spec.hasPrefix(":") || spec.hasSuffix(":") {
-      throw ValidationError("--header-column must be column or column:header, got \"\(spec)\"")
-    }
-    for problem in routing().validate() { throw ValidationError(problem) }
-  }
 
-  func splitTable() -> (schema: String, name: String)? {
-    let parts = table.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
-    switch parts.count {
-    case 1 where !parts[0].isEmpty: return ("public", parts[0])
-    case 2 where !parts[0].isEmpty && !parts[1].isEmpty: return (parts[0], parts[1])
-    default: return nil
+    func splitTable() -> (schema: String, name: String)? {
+        let parts = table.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
+        switch parts.count {
+        case 1 where !parts[0].isEmpty: return ("public", parts[0])
+        case 2 where !parts[0].isEmpty && !parts[1].isEmpty: return (parts[0], parts[1])
+        default: return nil
+        }
     }
-  }
 
-  func routing() -> RoutingConfig {
-    var routing = RoutingConfig()
-    if let table = splitTable() { (routing.schema, routing.table) = table }
-    routing.idColumn = idColumn
-    routing.aggregateTypeColumn = aggregateTypeColumn
-    routing.aggregateIDColumn = aggregateIdColumn
-    routing.typeColumn = typeColumn
-    routing.payloadColumn = payloadColumn
-    routing.headersColumn = headersColumn.isEmpty ? nil : headersColumn
-    routing.headerColumns = headerColumns.map { spec in
-      let parts = spec.split(separator: ":", maxSplits: 1).map(String.init)
-      return RoutingConfig.HeaderColumn(
-        column: parts[0], header: parts.count > 1 ? parts[1] : parts[0])
+    func routing() -> RoutingConfig {
+        var routing = RoutingConfig()
+        if let table = splitTable() { (routing.schema, routing.table) = table }
+        routing.idColumn = idColumn
+        routing.aggregateTypeColumn = aggregateTypeColumn
+        routing.aggregateIDColumn = aggregateIdColumn
+        routing.typeColumn = typeColumn
+        routing.payloadColumn = payloadColumn
+        routing.headersColumn = headersColumn.isEmpty ? nil : headersColumn
+        routing.headerColumns = headerColumns.map { spec in
+            let parts = spec.split(separator: ":", maxSplits: 1).map(String.init)
+            return RoutingConfig.HeaderColumn(
+                column: parts[0], header: parts.count > 1 ? parts[1] : parts[0])
+        }
+        routing.topicTemplate = topicTemplate
+        routing.tombstones = tombstones
+        routing.messagePrefix = messagePrefix.isEmpty ? nil : messagePrefix
+        return routing
     }
-    routing.topicTemplate = topicTemplate
-    routing.tombstones = tombstones
-    routing.messagePrefix = messagePrefix.isEmpty ? nil : messagePrefix
-    return routing
-  }
 }
 
 struct LogOptions: ParsableArguments {
-  @Option(help: "trace, debug, info, notice, warning, error or critical.")
-  var logLevel = "info"
+    @Option(help: "trace, debug, info, notice, warning, error or critical.")
+    var logLevel = "info"
 
-  func validate() throws {
-    if Logger.Level(rawValue: logLevel) == nil {
-      throw ValidationError(
-        "--log-level must be one of trace, debug, info, notice, warning, error, critical")
+    func validate() throws {
+        if Logger.Level(rawValue: logLevel) == nil {
+            throw ValidationError(
+                "--log-level must be one of trace, debug, info, notice, warning, error, critical")
+        }
     }
-  }
 
-  func bootstrap() -> Logger {
-    let level = Logger.Level(rawValue: logLevel) ?? .info
-    LoggingSystem.bootstrap { label in
-      var handler = StreamLogHandler.standardError(label: label)
-      handler.logLevel = level
-      return handler
+    func bootstrap() -> Logger {
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        return Logger(label: "outbox-relay")
     }
-    return Logger(label: "outbox-relay")
-  }
 }
 
 /// SIGINT and SIGTERM call `stop` (once each); SIGPIPE is ignored. Keep the result alive.
-func installStopSignals(logger: Logger, stop: @escaping @Sendable () -> Void)
-  -> [any DispatchSourceSignal]
+func installStopSignals(
+    logger: Logger, stop: @escaping @Sendable () -> Void
+)
+    -> [any DispatchSourceSignal]
 {
-  signal(SIGPIPE, SIG_IGN)
-  return [SIGINT, SIGTERM].map { number -> any DispatchSourceSignal in
-    signal(number, SIG_IGN)
-    let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-    source.setEventHandler {
-      logger.notice(
-        "signal received; stopping",
-        metadata: ["signal": "\(number == SIGINT ? "SIGINT" : "SIGTERM")"])
-      stop()
+    signal(SIGPIPE, SIG_IGN)
+    return [SIGINT, SIGTERM].map { number -> any DispatchSourceSignal in
+        signal(number, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+        source.setEventHandler {
+            logger.notice(
+                "signal received; stopping",
+                metadata: ["signal": "\(number == SIGINT ? "SIGINT" : "SIGTERM")"])
+            stop()
+        }
+        source.resume()
+        return source
     }
-    source.resume()
-    return source
-  }
 }

@@ -9,285 +9,286 @@ import PGOutput
 /// blocking calls here (`PQconnectdbParams`, `poll(2)` on the socket) never
 /// run on Swift's cooperative thread pool.
 public final class PGConnection {
-  let conn: OpaquePointer
+    let conn: OpaquePointer
 
-  /// Connects. `replication: true` opens a walsender connection
-  /// (`replication=database`), which accepts replication commands and plain SQL
-  /// over the simple query protocol.
-  ///
-  /// The user's string may be `key=value` or a URI; it is passed as an
-  /// expanded `dbname`, so its values win over our defaults placed before it
-  /// (connect timeout, TCP keepalives), and `replication` placed after it wins.
-  public init(conninfo: String, replication: Bool, applicationName: String = "outbox-relay")
-    throws(ReplicationError)
-  {
-    if let problem = Conninfo.validate(conninfo) {
-      throw .invalidConfiguration("invalid PostgreSQL connection string: \(problem)")
-    }
-    var pairs: [(String, String)] = [
-      ("connect_timeout", "10"), ("keepalives", "1"), ("keepalives_idle", "30"),
-      ("keepalives_interval", "10"), ("keepalives_count", "3"),
-      ("fallback_application_name", applicationName), ("dbname", conninfo),
-    ]
-    if replication { pairs.append(("replication", "database")) }
-    let keys = pairs.map { strdup($0.0) }
-    let values = pairs.map { strdup($0.1) }
-    defer { (keys + values).forEach { free($0) } }
-    let keyPointers = keys.map { UnsafePointer($0) } + [nil]
-    let valuePointers = values.map { UnsafePointer($0) } + [nil]
-    guard let conn = PQconnectdbParams(keyPointers, valuePointers, 1) else {
-      throw .connectionFailed("out of memory")
-    }
-    guard PQstatus(conn) == CONNECTION_OK else {
-      let message = String(cString: PQerrorMessage(conn)).trimmingTrailingNewlines
-      PQfinish(conn)
-      throw .connectionFailed(message)
-    }
-    self.conn = conn
-  }
-
-  deinit { PQfinish(conn) }
-
-  /// `host=… port=… dbname=… user=…` of the live connection; no secrets.
-  public var serverDescription: String {
-    func s(_ p: UnsafeMutablePointer<CChar>?) -> String { p.map { String(cString: $0) } ?? "?" }
-    return
-      "host=\(s(PQhost(conn))) port=\(s(PQport(conn))) dbname=\(s(PQdb(conn))) user=\(s(PQuser(conn)))"
-  }
-
-  public var serverVersion: Int { Int(PQserverVersion(conn)) }
-
-  /// Rows of a simple-protocol query, as text (nil for NULL).
-  public struct Rows: Sendable {
-    public var columns: [String]
-    public var values: [[String?]]
-    public subscript(row: Int, column: String) -> String? {
-      guard let index = columns.firstIndex(of: column), values.indices.contains(row) else {
-        return nil
-      }
-      return values[row][index]
-    }
-    public var count: Int { values.count }
-  }
-
-  /// Runs one statement with the simple query protocol (the only one a
-  /// replication connection accepts). Build literals with `literal(_:)`.
-  @discardableResult
-  public func query(_ sql: String, label: String? = nil) throws(ReplicationError) -> Rows {
-    guard let result = PQexec(conn, sql) else { throw connectionError(label ?? sql) }
-    defer { PQclear(result) }
-    switch PQresultStatus(result) {
-    case PGRES_TUPLES_OK, PGRES_COMMAND_OK, PGRES_EMPTY_QUERY:
-      return Self.rows(result)
-    default:
-      throw resultError(result, command: label ?? sql)
-    }
-  }
-
-  /// A result in the shape pgoutput gives rows: column names and type OIDs,
-  /// and each row as `TupleData` (text format, one buffer per row), so rows
-  /// read by a query go through the same router as rows read from the log.
-  public struct TupleRows: Sendable {
-    public var columns: [(name: String, typeOID: UInt32)]
-    public var rows: [TupleData]
-  }
-
-  /// Runs a simple-protocol query string (it may hold several statements;
-  /// the last result is returned) and returns its rows as `TupleData`.
-  public func queryTuples(_ sql: String, label: String) throws(ReplicationError) -> TupleRows {
-    guard let result = PQexec(conn, sql) else { throw connectionError(label) }
-    defer { PQclear(result) }
-    switch PQresultStatus(result) {
-    case PGRES_TUPLES_OK, PGRES_COMMAND_OK, PGRES_EMPTY_QUERY: break
-    default: throw resultError(result, command: label)
-    }
-    let columnCount = PQnfields(result)
-    let rowCount = PQntuples(result)
-    let columns = (0..<columnCount).map {
-      (name: String(cString: PQfname(result, $0)), typeOID: UInt32(PQftype(result, $0)))
-    }
-    var rows: [TupleData] = []
-    rows.reserveCapacity(Int(rowCount))
-    for row in 0..<rowCount {
-      var size = 0
-      for column in 0..<columnCount { size += Int(PQgetlength(result, row, column)) }
-      var storage: [UInt8] = []
-      storage.reserveCapacity(size)
-      var values: [TupleData.Column] = []
-      values.reserveCapacity(Int(columnCount))
-      for column in 0..<columnCount {
-        if PQgetisnull(result, row, column) == 1 {
-          values.append(.null)
-          continue
+    /// Connects. `replication: true` opens a walsender connection
+    /// (`replication=database`), which accepts replication commands and plain SQL
+    /// over the simple query protocol.
+    ///
+    /// The user's string may be `key=value` or a URI; it is passed as an
+    /// expanded `dbname`, so its values win over our defaults placed before it
+    /// (connect timeout, TCP keepalives), and `replication` placed after it wins.
+    public init(
+        conninfo: String, replication: Bool, applicationName: String = "outbox-relay"
+    )
+        throws(ReplicationError)
+    {
+        if let problem = Conninfo.validate(conninfo) {
+            throw .invalidConfiguration("invalid PostgreSQL connection string: \(problem)")
         }
-        let length = Int(PQgetlength(result, row, column))
-        let start = storage.count
-        if let value = PQgetvalue(result, row, column) {
-          value.withMemoryRebound(to: UInt8.self, capacity: length) {
-            storage.append(contentsOf: UnsafeBufferPointer(start: $0, count: length))
-          }
+        var pairs: [(String, String)] = [
+            ("connect_timeout", "10"), ("keepalives", "1"), ("keepalives_idle", "30"),
+            ("keepalives_interval", "10"), ("keepalives_count", "3"),
+            ("fallback_application_name", applicationName), ("dbname", conninfo),
+        ]
+        if replication { pairs.append(("replication", "database")) }
+        let keys = pairs.map { strdup($0.0) }
+        let values = pairs.map { strdup($0.1) }
+        defer { (keys + values).forEach { free($0) } }
+        let keyPointers = keys.map { UnsafePointer($0) } + [nil]
+        let valuePointers = values.map { UnsafePointer($0) } + [nil]
+        guard let conn = PQconnectdbParams(keyPointers, valuePointers, 1) else {
+            throw .connectionFailed("out of memory")
         }
-        values.append(.text(start..<storage.count))
-      }
-      rows.append(TupleData(storage: storage, columns: values))
-    }
-    return TupleRows(columns: columns, rows: rows)
-  }
-
-  /// Waits up to `timeoutMilliseconds` for notifications on the channels
-  /// this session LISTENs to, and returns their channel names (empty when
-  /// none came). Only valid while no query is running.
-  public func waitForNotifications(timeoutMilliseconds: Int32) throws(ReplicationError) -> [String]
-  {
-    var channels: [String] = []
-    func drain() {
-      while let notification = PQnotifies(conn) {
-        channels.append(String(cString: notification.pointee.relname))
-        PQfreemem(notification)
-      }
-    }
-    guard PQconsumeInput(conn) == 1 else { throw .connectionLost(errorMessage) }
-    drain()
-    if !channels.isEmpty || timeoutMilliseconds <= 0 { return channels }
-    var descriptor = pollfd(fd: PQsocket(conn), events: Int16(POLLIN), revents: 0)
-    guard descriptor.fd >= 0 else { throw .connectionLost("socket closed") }
-    let ready = poll(&descriptor, 1, timeoutMilliseconds)
-    if ready < 0 && errno != EINTR {
-      throw .connectionLost("poll: \(String(cString: strerror(errno)))")
-    }
-    if ready > 0 {
-      guard PQconsumeInput(conn) == 1 else { throw .connectionLost(errorMessage) }
-      drain()
-    }
-    return channels
-  }
-
-  /// Sends a command that enters COPY BOTH mode (`START_REPLICATION`).
-  public func startCopyBoth(_ command: String, label: String) throws(ReplicationError) {
-    guard let result = PQexec(conn, command) else { throw connectionError(label) }
-    defer { PQclear(result) }
-    guard PQresultStatus(result) == PGRES_COPY_BOTH else {
-      throw resultError(result, command: label)
-    }
-  }
-
-  /// Outcome of one read attempt.
-  public enum CopyRead {
-    case message(ReplicationMessage)
-    /// Nothing arrived before the deadline.
-    case timedOut
-  }
-
-  /// The next CopyData message, waiting on the socket until `timeoutMilliseconds`
-  /// (0 = only what is already buffered). The pattern of pg_recvlogical's
-  /// `StreamLogicalLog`: `PQgetCopyData(…, async: 1)`, `poll` on `PQsocket`,
-  /// `PQconsumeInput`; every buffer goes back with `PQfreemem`.
-  public func readCopyData(timeoutMilliseconds: Int32) throws(ReplicationError) -> CopyRead {
-    var waited = false
-    while true {
-      var buffer: UnsafeMutablePointer<CChar>?
-      let length = PQgetCopyData(conn, &buffer, 1)
-      if length > 0, let buffer {
-        defer { PQfreemem(buffer) }
-        do {
-          return .message(
-            try ReplicationMessage.decode(UnsafeRawBufferPointer(start: buffer, count: Int(length)))
-          )
-        } catch {
-          throw .undecodable(error)
+        guard PQstatus(conn) == CONNECTION_OK else {
+            let message = String(cString: PQerrorMessage(conn)).trimmingTrailingNewlines
+            PQfinish(conn)
+            throw .connectionFailed(message)
         }
-      }
-      if length == -1 { throw streamEnded() }
-      if length < -1 { throw .connectionLost(errorMessage) }
-      // length == 0: nothing complete buffered.
-      if waited || timeoutMilliseconds <= 0 { return .timedOut }
-      var descriptor = pollfd(fd: PQsocket(conn), events: Int16(POLLIN), revents: 0)
-      guard descriptor.fd >= 0 else { throw .connectionLost("socket closed") }
-      let ready = poll(&descriptor, 1, timeoutMilliseconds)
-      if ready < 0 && errno != EINTR {
-        throw .connectionLost("poll: \(String(cString: strerror(errno)))")
-      }
-      if ready == 0 { return .timedOut }
-      guard PQconsumeInput(conn) == 1 else { throw .connectionLost(errorMessage) }
-      waited = true
+        self.conn = conn
     }
-  }
 
-  /// Sends one CopyData message and flushes it.
-  public func sendCopyData(_ bytes: [UInt8]) throws(ReplicationError) {
-    let sent = bytes.withUnsafeBufferPointer { buffer in
-      buffer.withMemoryRebound(to: CChar.self) {
-        PQputCopyData(conn, $0.baseAddress, Int32($0.count))
-      }
+    deinit { PQfinish(conn) }
+
+    /// `host=… port=… dbname=… user=…` of the live connection; no secrets.
+    public var serverDescription: String {
+        func s(_ p: UnsafeMutablePointer<CChar>?) -> String { p.map { String(cString: $0) } ?? "?" }
+        return
+            "host=\(s(PQhost(conn))) port=\(s(PQport(conn))) dbname=\(s(PQdb(conn))) user=\(s(PQuser(conn)))"
     }
-    guard sent == 1, PQflush(conn) == 0 else { throw .connectionLost(errorMessage) }
-  }
 
-  /// Ends COPY BOTH from our side (clean shutdown).
-  public func endCopy() {
-    _ = PQputCopyEnd(conn, nil)
-    _ = PQflush(conn)
-  }
+    public var serverVersion: Int { Int(PQserverVersion(conn)) }
 
-  /// A string literal for the simple query protocol, escaped by libpq.
-  public func literal(_ value: String) -> String {
-    guard let escaped = PQescapeLiteral(conn, value, value.utf8.count) else { return "''" }
-    defer { PQfreemem(escaped) }
-    return String(cString: escaped)
-  }
-
-  /// An identifier, quoted by libpq.
-  public func identifier(_ value: String) -> String {
-    guard let escaped = PQescapeIdentifier(conn, value, value.utf8.count) else { return "\"\"" }
-    defer { PQfreemem(escaped) }
-    return String(cString: escaped)
-  }
-
-  var errorMessage: String { String(cString: PQerrorMessage(conn)).trimmingTrailingNewlines }
-
-  private func connectionError(_ command: String) -> ReplicationError {
-    PQstatus(conn) == CONNECTION_OK
-      ? .serverError(command: command, sqlState: "XX000", message: errorMessage)
-      : .connectionLost(errorMessage)
-  }
-
-  private func resultError(_ result: OpaquePointer, command: String) -> ReplicationError {
-    if PQstatus(conn) != CONNECTION_OK { return .connectionLost(errorMessage) }
-    let state =
-      PQresultErrorField(result, Int32(UInt8(ascii: "C"))).map { String(cString: $0) } ?? "XX000"
-    let message =
-      PQresultErrorField(result, Int32(UInt8(ascii: "M"))).map { String(cString: $0) }
-      ?? errorMessage
-    return .serverError(command: command, sqlState: state, message: message)
-  }
-
-  /// The server ended COPY BOTH: fetch its reason (an ErrorResponse, e.g. the
-  /// publication vanished, or the walsender's shutdown).
-  private func streamEnded() -> ReplicationError {
-    var failure: ReplicationError = .connectionLost("server ended the replication stream")
-    while let result = PQgetResult(conn) {
-      if PQresultStatus(result) == PGRES_FATAL_ERROR {
-        failure = resultError(result, command: "replication stream")
-      }
-      PQclear(result)
+    /// Rows of a simple-protocol query, as text (nil for NULL).
+    public struct Rows: Sendable {
+        public var columns: [String]
+        public var values: [[String?]]
+        public subscript(row: Int, column: String) -> String? {
+            guard let index = columns.firstIndex(of: column), values.indices.contains(row) else {
+                return nil
+            }
+            return values[row][index]
+        }
+        public var count: Int { values.count }
     }
-    if PQstatus(conn) != CONNECTION_OK { return .connectionLost(errorMessage) }
-    return failure
-  }
 
-  private static func rows(_ result: OpaquePointer) -> Rows {
-    let columnCount = PQnfields(result)
-    let rowCount = PQntuples(result)
-    let columns = (0..<columnCount).map { String(cString: PQfname(result, $0)) }
-    var values: [[String?]] = []
-    values.reserveCapacity(Int(rowCount))
-    for row in 0..<rowCount {
-      values.append(
-        (0..<columnCount).map { column in
-          PQgetisnull(result, row, column) == 1
-            ? nil : String(cString: PQgetvalue(result, row, column))
-        })
+    /// Runs one statement with the simple query protocol (the only one a
+    /// replication connection accepts). Build literals with `literal(_:)`.
+    @discardableResult
+    public func query(_ sql: String, label: String? = nil) throws(ReplicationError) -> Rows {
+        guard let result = PQexec(conn, sql) else { throw connectionError(label ?? sql) }
+        defer { PQclear(result) }
+        switch PQresultStatus(result) {
+        case PGRES_TUPLES_OK, PGRES_COMMAND_OK, PGRES_EMPTY_QUERY:
+            return Self.rows(result)
+        default:
+            throw resultError(result, command: label ?? sql)
+        }
     }
-    return Rows(columns: columns, values: values)
-  }
+
+    /// A result in the shape pgoutput gives rows: column names and type OIDs,
+    /// and each row as `TupleData` (text format, one buffer per row), so rows
+    /// read by a query go through the same router as rows read from the log.
+    public struct TupleRows: Sendable {
+        public var columns: [(name: String, typeOID: UInt32)]
+        public var rows: [TupleData]
+    }
+
+    /// Runs a simple-protocol query string (it may hold several statements;
+    /// the last result is returned) and returns its rows as `TupleData`.
+    public func queryTuples(_ sql: String, label: String) throws(ReplicationError) -> TupleRows {
+        guard let result = PQexec(conn, sql) else { throw connectionError(label) }
+        defer { PQclear(result) }
+        switch PQresultStatus(result) {
+        case PGRES_TUPLES_OK, PGRES_COMMAND_OK, PGRES_EMPTY_QUERY: break
+        default: throw resultError(result, command: label)
+        }
+        let columnCount = PQnfields(result)
+        let rowCount = PQntuples(result)
+        let columns = (0..<columnCount).map {
+            (name: String(cString: PQfname(result, $0)), typeOID: UInt32(PQftype(result, $0)))
+        }
+        var rows: [TupleData] = []
+        rows.reserveCapacity(Int(rowCount))
+        for row in 0..<rowCount {
+            var size = 0
+            for column in 0..<columnCount { size += Int(PQgetlength(result, row, column)) }
+            var storage: [UInt8] = []
+            storage.reserveCapacity(size)
+            var values: [TupleData.Column] = []
+            values.reserveCapacity(Int(columnCount))
+            for column in 0..<columnCount {
+                if PQgetisnull(result, row, column) == 1 {
+                    values.append(.null)
+                    continue
+                }
+                let length = Int(PQgetlength(result, row, column))
+                let start = storage.count
+                if let value = PQgetvalue(result, row, column) {
+                    value.withMemoryRebound(to: UInt8.self, capacity: length) {
+                        storage.append(contentsOf: UnsafeBufferPointer(start: $0, count: length))
+                    }
+                }
+                values.append(.text(start..<storage.count))
+            }
+            rows.append(TupleData(storage: storage, columns: values))
+        }
+        return TupleRows(columns: columns, rows: rows)
+    }
+
+    /// Waits up to `timeoutMilliseconds` for notifications on the channels
+    /// this session LISTENs to, and returns their channel names (empty when
+    /// none came). Only valid while no query is running.
+    public func waitForNotifications(timeoutMilliseconds: Int32) throws(ReplicationError) -> [String] {
+        var channels: [String] = []
+        func drain() {
+            while let notification = PQnotifies(conn) {
+                channels.append(String(cString: notification.pointee.relname))
+                PQfreemem(notification)
+            }
+        }
+        guard PQconsumeInput(conn) == 1 else { throw .connectionLost(errorMessage) }
+        drain()
+        if !channels.isEmpty || timeoutMilliseconds <= 0 { return channels }
+        var descriptor = pollfd(fd: PQsocket(conn), events: Int16(POLLIN), revents: 0)
+        guard descriptor.fd >= 0 else { throw .connectionLost("socket closed") }
+        let ready = poll(&descriptor, 1, timeoutMilliseconds)
+        if ready < 0 && errno != EINTR {
+            throw .connectionLost("poll: \(String(cString: strerror(errno)))")
+        }
+        if ready > 0 {
+            guard PQconsumeInput(conn) == 1 else { throw .connectionLost(errorMessage) }
+            drain()
+        }
+        return channels
+    }
+
+    /// Sends a command that enters COPY BOTH mode (`START_REPLICATION`).
+    public func startCopyBoth(_ command: String, label: String) throws(ReplicationError) {
+        guard let result = PQexec(conn, command) else { throw connectionError(label) }
+        defer { PQclear(result) }
+        guard PQresultStatus(result) == PGRES_COPY_BOTH else {
+            throw resultError(result, command: label)
+        }
+    }
+
+    /// Outcome of one read attempt.
+    public enum CopyRead {
+        case message(ReplicationMessage)
+        /// Nothing arrived before the deadline.
+        case timedOut
+    }
+
+    /// The next CopyData message, waiting on the socket until `timeoutMilliseconds`
+    /// (0 = only what is already buffered). The pattern of pg_recvlogical's
+    /// `StreamLogicalLog`: `PQgetCopyData(…, async: 1)`, `poll` on `PQsocket`,
+    /// `PQconsumeInput`; every buffer goes back with `PQfreemem`.
+    public func readCopyData(timeoutMilliseconds: Int32) throws(ReplicationError) -> CopyRead {
+        var waited = false
+        while true {
+            var buffer: UnsafeMutablePointer<CChar>?
+            let length = PQgetCopyData(conn, &buffer, 1)
+            if length > 0, let buffer {
+                defer { PQfreemem(buffer) }
+                do {
+                    return .message(
+                        try ReplicationMessage.decode(UnsafeRawBufferPointer(start: buffer, count: Int(length)))
+                    )
+                } catch {
+                    throw .undecodable(error)
+                }
+            }
+            if length == -1 { throw streamEnded() }
+            if length < -1 { throw .connectionLost(errorMessage) }
+            // length == 0: nothing complete buffered.
+            if waited || timeoutMilliseconds <= 0 { return .timedOut }
+            var descriptor = pollfd(fd: PQsocket(conn), events: Int16(POLLIN), revents: 0)
+            guard descriptor.fd >= 0 else { throw .connectionLost("socket closed") }
+            let ready = poll(&descriptor, 1, timeoutMilliseconds)
+            if ready < 0 && errno != EINTR {
+                throw .connectionLost("poll: \(String(cString: strerror(errno)))")
+            }
+            if ready == 0 { return .timedOut }
+            guard PQconsumeInput(conn) == 1 else { throw .connectionLost(errorMessage) }
+            waited = true
+        }
+    }
+
+    /// Sends one CopyData message and flushes it.
+    public func sendCopyData(_ bytes: [UInt8]) throws(ReplicationError) {
+        let sent = bytes.withUnsafeBufferPointer { buffer in
+            buffer.withMemoryRebound(to: CChar.self) {
+                PQputCopyData(conn, $0.baseAddress, Int32($0.count))
+            }
+        }
+        guard sent == 1, PQflush(conn) == 0 else { throw .connectionLost(errorMessage) }
+    }
+
+    /// Ends COPY BOTH from our side (clean shutdown).
+    public func endCopy() {
+        _ = PQputCopyEnd(conn, nil)
+        _ = PQflush(conn)
+    }
+
+    /// A string literal for the simple query protocol, escaped by libpq.
+    public func literal(_ value: String) -> String {
+        guard let escaped = PQescapeLiteral(conn, value, value.utf8.count) else { return "''" }
+        defer { PQfreemem(escaped) }
+        return String(cString: escaped)
+    }
+
+    /// An identifier, quoted by libpq.
+    public func identifier(_ value: String) -> String {
+        guard let escaped = PQescapeIdentifier(conn, value, value.utf8.count) else { return "\"\"" }
+        defer { PQfreemem(escaped) }
+        return String(cString: escaped)
+    }
+
+    var errorMessage: String { String(cString: PQerrorMessage(conn)).trimmingTrailingNewlines }
+
+    private func connectionError(_ command: String) -> ReplicationError {
+        PQstatus(conn) == CONNECTION_OK
+            ? .serverError(command: command, sqlState: "XX000", message: errorMessage)
+            : .connectionLost(errorMessage)
+    }
+
+    private func resultError(_ result: OpaquePointer, command: String) -> ReplicationError {
+        if PQstatus(conn) != CONNECTION_OK { return .connectionLost(errorMessage) }
+        let state =
+            PQresultErrorField(result, Int32(UInt8(ascii: "C"))).map { String(cString: $0) } ?? "XX000"
+        let message =
+            PQresultErrorField(result, Int32(UInt8(ascii: "M"))).map { String(cString: $0) }
+            ?? errorMessage
+        return .serverError(command: command, sqlState: state, message: message)
+    }
+
+    /// The server ended COPY BOTH: fetch its reason (an ErrorResponse, e.g. the
+    /// publication vanished, or the walsender's shutdown).
+    private func streamEnded() -> ReplicationError {
+        var failure: ReplicationError = .connectionLost("server ended the replication stream")
+        while let result = PQgetResult(conn) {
+            if PQresultStatus(result) == PGRES_FATAL_ERROR {
+                failure = resultError(result, command: "replication stream")
+            }
+            PQclear(result)
+        }
+        if PQstatus(conn) != CONNECTION_OK { return .connectionLost(errorMessage) }
+        return failure
+    }
+
+    private static func rows(_ result: OpaquePointer) -> Rows {
+        let columnCount = PQnfields(result)
+        let rowCount = PQntuples(result)
+        let columns = (0..<columnCount).map { String(cString: PQfname(result, $0)) }
+        var values: [[String?]] = []
+        values.reserveCapacity(Int(rowCount))
+        for row in 0..<rowCount {
+            values.append(
+                (0..<columnCount).map { column in
+                    PQgetisnull(result, row, column) == 1
+                        ? nil : String(cString: PQgetvalue(result, row, column))
+                })
+        }
+        return Rows(columns: columns, values: values)
+    }
 }

@@ -5,60 +5,60 @@ import PGOutput
 /// relay reconnect with backoff; the others stop it before anything more is
 /// confirmed, because retrying could not help or could skip events.
 public enum ReplicationError: Error, Sendable, CustomStringConvertible {
-  /// Could not connect (server down, bad host, authentication failed, …).
-  case connectionFailed(String)
-  /// The connection dropped or the server ended the stream.
-  case connectionLost(String)
-  /// Another process streams from the slot; this relay waits as a hot standby.
-  case slotInUse(slot: String, pid: Int?)
-  /// The slot does not exist and `--create-slot` was not given (or it vanished while we ran).
-  case slotMissing(slot: String, hint: String)
-  /// `wal_status = lost`: WAL the slot needs was removed; events are gone from the log.
-  case slotLost(slot: String)
-  /// The slot uses another output plugin, is physical, or belongs to another database.
-  case slotUnusable(slot: String, reason: String)
-  case publicationMissing(String)
-  case publicationUnusable(publication: String, reason: String)
-  /// The server rejected a command; `sqlState` says why.
-  case serverError(command: String, sqlState: String, message: String)
-  /// The stream carried bytes we could not decode.
-  case undecodable(DecodeError)
-  /// Invalid configuration (e.g. a slot name PostgreSQL would reject).
-  case invalidConfiguration(String)
+    /// Could not connect (server down, bad host, authentication failed, …).
+    case connectionFailed(String)
+    /// The connection dropped or the server ended the stream.
+    case connectionLost(String)
+    /// Another process streams from the slot; this relay waits as a hot standby.
+    case slotInUse(slot: String, pid: Int?)
+    /// The slot does not exist and `--create-slot` was not given (or it vanished while we ran).
+    case slotMissing(slot: String, hint: String)
+    /// `wal_status = lost`: WAL the slot needs was removed; events are gone from the log.
+    case slotLost(slot: String)
+    /// The slot uses another output plugin, is physical, or belongs to another database.
+    case slotUnusable(slot: String, reason: String)
+    case publicationMissing(String)
+    case publicationUnusable(publication: String, reason: String)
+    /// The server rejected a command; `sqlState` says why.
+    case serverError(command: String, sqlState: String, message: String)
+    /// The stream carried bytes we could not decode.
+    case undecodable(DecodeError)
+    /// Invalid configuration (e.g. a slot name PostgreSQL would reject).
+    case invalidConfiguration(String)
 
-  public var isRetryable: Bool {
-    switch self {
-    case .connectionFailed, .connectionLost, .slotInUse: return true
-    case .serverError(_, let state, _):
-      // Class 08 connection exceptions, 53 insufficient resources, 57P admin shutdown/cannot connect now.
-      return state.hasPrefix("08") || state.hasPrefix("53") || state.hasPrefix("57P")
-    default: return false
+    public var isRetryable: Bool {
+        switch self {
+        case .connectionFailed, .connectionLost, .slotInUse: return true
+        case .serverError(_, let state, _):
+            // Class 08 connection exceptions, 53 insufficient resources, 57P admin shutdown/cannot connect now.
+            return state.hasPrefix("08") || state.hasPrefix("53") || state.hasPrefix("57P")
+        default: return false
+        }
     }
-  }
 
-  public var description: String {
-    switch self {
-    case .connectionFailed(let m): return "cannot connect to PostgreSQL: \(m)"
-    case .connectionLost(let m): return "replication connection lost: \(m)"
-    case .slotInUse(let slot, let pid):
-      return
-        "replication slot \"\(slot)\" is in use by another process\(pid.map { " (PID \($0))" } ?? ""); waiting as a hot standby"
-    case .slotMissing(let slot, let hint):
-      return "replication slot \"\(slot)\" does not exist: \(hint)"
-    case .slotLost(let slot):
-      return
-        "replication slot \"\(slot)\" is invalidated (wal_status = lost): PostgreSQL removed WAL it still needed, so events after its confirmed position are gone from the log. Recover them from the outbox table or the service, then drop and recreate the slot deliberately"
-    case .slotUnusable(let slot, let reason):
-      return "replication slot \"\(slot)\" cannot be used: \(reason)"
-    case .publicationMissing(let p):
-      return
-        "publication \"\(p)\" does not exist: create it (sql/02-publication.sql) or start with --create-slot"
-    case .publicationUnusable(let p, let reason):
-      return "publication \"\(p)\" cannot be used: \(reason)"
-    case .serverError(let command, let state, let message):
-      return "\(command) failed (SQLSTATE \(state)): \(message)"
-    case .undecodable(let error): return "undecodable replication message: \(error)"
-    case .invalidConfiguration(let m): return m
+    public var description: String {
+        switch self {
+        case .connectionFailed(let m): return "cannot connect to PostgreSQL: \(m)"
+        case .connectionLost(let m): return "replication connection lost: \(m)"
+        case .slotInUse(let slot, let pid):
+            return
+                "replication slot \"\(slot)\" is in use by another process\(pid.map { " (PID \($0))" } ?? ""); waiting as a hot standby"
+        case .slotMissing(let slot, let hint):
+            return "replication slot \"\(slot)\" does not exist: \(hint)"
+        case .slotLost(let slot):
+            return
+                "replication slot \"\(slot)\" is invalidated (wal_status = lost): PostgreSQL removed WAL it still needed, so events after its confirmed position are gone from the log. Recover them from the outbox table or the service, then drop and recreate the slot deliberately"
+        case .slotUnusable(let slot, let reason):
+            return "replication slot \"\(slot)\" cannot be used: \(reason)"
+        case .publicationMissing(let p):
+            return
+                "publication \"\(p)\" does not exist: create it (sql/02-publication.sql) or start with --create-slot"
+        case .publicationUnusable(let p, let reason):
+            return "publication \"\(p)\" cannot be used: \(reason)"
+        case .serverError(let command, let state, let message):
+            return "\(command) failed (SQLSTATE \(state)): \(message)"
+        case .undecodable(let error): return "undecodable replication message: \(error)"
+        case .invalidConfiguration(let m): return m
+        }
     }
-  }
 }

@@ -4,52 +4,52 @@ import PGOutput
 
 /// What to stream and how.
 public struct ReplicationOptions: Sendable {
-  public var conninfo: String
-  public var slot: String
-  public var publication: String
-  /// The outbox table the publication must publish (`schema`, `name`); nil for a
-  /// message-only outbox.
-  public var table: (schema: String, name: String)?
-  /// Create the slot and the publication if they are missing (first start only).
-  public var createSlot: Bool
-  /// pgoutput `proto_version`. The relay runs 1: transactions arrive whole at commit.
-  public var protocolVersion: Int
-  /// pgoutput `messages`: include logical decoding messages.
-  public var messages: Bool
+    public var conninfo: String
+    public var slot: String
+    public var publication: String
+    /// The outbox table the publication must publish (`schema`, `name`); nil for a
+    /// message-only outbox.
+    public var table: (schema: String, name: String)?
+    /// Create the slot and the publication if they are missing (first start only).
+    public var createSlot: Bool
+    /// pgoutput `proto_version`. The relay runs 1: transactions arrive whole at commit.
+    public var protocolVersion: Int
+    /// pgoutput `messages`: include logical decoding messages.
+    public var messages: Bool
 
-  public init(
-    conninfo: String, slot: String, publication: String, table: (schema: String, name: String)?,
-    createSlot: Bool = false, protocolVersion: Int = 1, messages: Bool = true
-  ) {
-    self.conninfo = conninfo
-    self.slot = slot
-    self.publication = publication
-    self.table = table
-    self.createSlot = createSlot
-    self.protocolVersion = protocolVersion
-    self.messages = messages
-  }
-
-  /// Slot names: lowercase letters, digits and underscores, at most 63 (NAMEDATALEN - 1).
-  public static func validateSlotName(_ name: String) -> String? {
-    guard !name.isEmpty, name.utf8.count <= 63,
-      name.utf8.allSatisfy({ (97...122).contains($0) || (48...57).contains($0) || $0 == 95 })
-    else {
-      return "invalid slot name \"\(name)\": use 1–63 lowercase letters, digits and underscores"
+    public init(
+        conninfo: String, slot: String, publication: String, table: (schema: String, name: String)?,
+        createSlot: Bool = false, protocolVersion: Int = 1, messages: Bool = true
+    ) {
+        self.conninfo = conninfo
+        self.slot = slot
+        self.publication = publication
+        self.table = table
+        self.createSlot = createSlot
+        self.protocolVersion = protocolVersion
+        self.messages = messages
     }
-    return nil
-  }
+
+    /// Slot names: lowercase letters, digits and underscores, at most 63 (NAMEDATALEN - 1).
+    public static func validateSlotName(_ name: String) -> String? {
+        guard !name.isEmpty, name.utf8.count <= 63,
+            name.utf8.allSatisfy({ (97...122).contains($0) || (48...57).contains($0) || $0 == 95 })
+        else {
+            return "invalid slot name \"\(name)\": use 1–63 lowercase letters, digits and underscores"
+        }
+        return nil
+    }
 }
 
 /// A state a slot is in, read from `pg_replication_slots`.
 public struct SlotInfo: Sendable {
-  public var plugin: String?
-  public var slotType: String
-  public var database: String?
-  public var active: Bool
-  public var activePID: Int?
-  public var walStatus: String?
-  public var confirmedFlush: LSN?
+    public var plugin: String?
+    public var slotType: String
+    public var database: String?
+    public var active: Bool
+    public var activePID: Int?
+    public var walStatus: String?
+    public var confirmedFlush: LSN?
 }
 
 /// One replication connection from connect to stream end: checks the slot and
@@ -57,228 +57,229 @@ public struct SlotInfo: Sendable {
 ///
 /// Used from a single thread (the relay's I/O thread), like its `PGConnection`.
 public final class ReplicationSession {
-  public let connection: PGConnection
-  public let options: ReplicationOptions
-  public let systemID: String
-  public let timeline: Int
-  /// The server's WAL position when we connected.
-  public let serverPosition: LSN
-  /// The slot's `confirmed_flush_lsn` when we connected: where streaming resumes.
-  public let slotConfirmedFlush: LSN
-  /// True when this session created the slot.
-  public let createdSlot: Bool
-  private var lastSentFlush = LSN.zero
-  private let logger: Logger
+    public let connection: PGConnection
+    public let options: ReplicationOptions
+    public let systemID: String
+    public let timeline: Int
+    /// The server's WAL position when we connected.
+    public let serverPosition: LSN
+    /// The slot's `confirmed_flush_lsn` when we connected: where streaming resumes.
+    public let slotConfirmedFlush: LSN
+    /// True when this session created the slot.
+    public let createdSlot: Bool
+    private var lastSentFlush = LSN.zero
+    private let logger: Logger
 
-  /// Connects and checks everything a stream needs before it starts, so that
-  /// misconfiguration fails here with a precise message rather than at the
-  /// first decoded change (START_REPLICATION accepts a missing publication).
-  /// `mayCreate` allows creating a missing slot/publication (only on the
-  /// process's first connect: a slot that vanishes later is never recreated,
-  /// which would silently skip events).
-  public init(options: ReplicationOptions, mayCreate: Bool, logger: Logger) throws(ReplicationError)
-  {
-    if let problem = ReplicationOptions.validateSlotName(options.slot) {
-      throw .invalidConfiguration(problem)
-    }
-    guard (1...4).contains(options.protocolVersion) else {
-      throw .invalidConfiguration("pgoutput protocol version must be 1–4")
-    }
-    self.options = options
-    self.logger = logger
-    let connection = try PGConnection(conninfo: options.conninfo, replication: true)
-    self.connection = connection
-
-    let identity = try connection.query("IDENTIFY_SYSTEM")
-    guard identity.count == 1, let position = identity[0, "xlogpos"].flatMap({ LSN(string: $0) })
-    else {
-      throw .serverError(
-        command: "IDENTIFY_SYSTEM", sqlState: "XX000",
-        message: "unexpected reply; is this a replication=database connection?")
-    }
-    systemID = identity[0, "systemid"] ?? "?"
-    timeline = Int(identity[0, "timeline"] ?? "") ?? 0
-    serverPosition = position
-    guard identity[0, "dbname"] != nil else {
-      throw .invalidConfiguration(
-        "the connection is a physical replication connection; logical decoding needs a database (dbname=…)"
-      )
-    }
-
-    var slot = try Self.slotInfo(connection, options.slot)
-    var created = false
-    if slot == nil {
-      guard options.createSlot && mayCreate else {
-        throw .slotMissing(
-          slot: options.slot,
-          hint: options.createSlot
-            ? "it disappeared while the relay was running; it is not recreated automatically, because a new slot would skip every event committed in between"
-            : "create it (start once with --create-slot, or SELECT pg_create_logical_replication_slot('\(options.slot)', 'pgoutput'))"
-        )
-      }
-      do {
-        let reply = try connection.query(
-          "CREATE_REPLICATION_SLOT \(connection.identifier(options.slot)) LOGICAL pgoutput NOEXPORT_SNAPSHOT",
-          label: "CREATE_REPLICATION_SLOT")
-        created = true
-        logger.notice(
-          "created replication slot",
-          metadata: [
-            "slot": "\(options.slot)", "consistent_point": "\(reply[0, "consistent_point"] ?? "?")",
-          ])
-      } catch .serverError(_, "42710", _) {
-        // Another relay created it first: use theirs.
-      }
-      slot = try Self.slotInfo(connection, options.slot)
-    }
-    guard let slot else {
-      throw .slotMissing(slot: options.slot, hint: "it was dropped while starting")
-    }
-    createdSlot = created
-    guard slot.slotType == "logical" else {
-      throw .slotUnusable(
-        slot: options.slot, reason: "it is a \(slot.slotType) slot; a logical slot is needed")
-    }
-    guard slot.plugin == "pgoutput" else {
-      throw .slotUnusable(
-        slot: options.slot,
-        reason:
-          "it uses output plugin \"\(slot.plugin ?? "?")\"; the relay needs \"pgoutput\". Create a new slot with plugin pgoutput"
-      )
-    }
-    let database = try connection.query("SELECT current_database() AS db")[0, "db"]
-    guard slot.database == database else {
-      throw .slotUnusable(
-        slot: options.slot,
-        reason:
-          "it belongs to database \"\(slot.database ?? "?")\", but the connection is to \"\(database ?? "?")\""
-      )
-    }
-    if slot.walStatus == "lost" { throw .slotLost(slot: options.slot) }
-    if slot.active { throw .slotInUse(slot: options.slot, pid: slot.activePID) }
-    slotConfirmedFlush = slot.confirmedFlush ?? .zero
-
-    try Self.checkPublication(connection, options, mayCreate: mayCreate, logger: logger)
-  }
-
-  static func slotInfo(_ c: PGConnection, _ name: String) throws(ReplicationError) -> SlotInfo? {
-    let rows = try c.query(
-      "SELECT slot_type, plugin, database, active, active_pid, wal_status, confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = \(c.literal(name))",
-      label: "reading pg_replication_slots")
-    guard rows.count == 1 else { return nil }
-    return SlotInfo(
-      plugin: rows[0, "plugin"], slotType: rows[0, "slot_type"] ?? "?",
-      database: rows[0, "database"], active: rows[0, "active"] == "t",
-      activePID: rows[0, "active_pid"].flatMap { Int($0) }, walStatus: rows[0, "wal_status"],
-      confirmedFlush: rows[0, "confirmed_flush_lsn"].flatMap { LSN(string: $0) })
-  }
-
-  static func checkPublication(
-    _ c: PGConnection, _ options: ReplicationOptions, mayCreate: Bool, logger: Logger
-  ) throws(ReplicationError) {
-    let pub = c.literal(options.publication)
-    func read() throws(ReplicationError) -> PGConnection.Rows {
-      let tableTest =
-        options.table.map {
-          "EXISTS (SELECT 1 FROM pg_publication_tables t WHERE t.pubname = p.pubname AND t.schemaname = \(c.literal($0.schema)) AND t.tablename = \(c.literal($0.name)))"
+    /// Connects and checks everything a stream needs before it starts, so that
+    /// misconfiguration fails here with a precise message rather than at the
+    /// first decoded change (START_REPLICATION accepts a missing publication).
+    /// `mayCreate` allows creating a missing slot/publication (only on the
+    /// process's first connect: a slot that vanishes later is never recreated,
+    /// which would silently skip events).
+    public init(options: ReplicationOptions, mayCreate: Bool, logger: Logger) throws(ReplicationError) {
+        if let problem = ReplicationOptions.validateSlotName(options.slot) {
+            throw .invalidConfiguration(problem)
         }
-        ?? "true"
-      return try c.query(
-        "SELECT p.pubinsert, \(tableTest) AS has_table FROM pg_publication p WHERE p.pubname = \(pub)",
-        label: "reading pg_publication")
+        guard (1...4).contains(options.protocolVersion) else {
+            throw .invalidConfiguration("pgoutput protocol version must be 1–4")
+        }
+        self.options = options
+        self.logger = logger
+        let connection = try PGConnection(conninfo: options.conninfo, replication: true)
+        self.connection = connection
+
+        let identity = try connection.query("IDENTIFY_SYSTEM")
+        guard identity.count == 1, let position = identity[0, "xlogpos"].flatMap({ LSN(string: $0) })
+        else {
+            throw .serverError(
+                command: "IDENTIFY_SYSTEM", sqlState: "XX000",
+                message: "unexpected reply; is this a replication=database connection?")
+        }
+        systemID = identity[0, "systemid"] ?? "?"
+        timeline = Int(identity[0, "timeline"] ?? "") ?? 0
+        serverPosition = position
+        guard identity[0, "dbname"] != nil else {
+            throw .invalidConfiguration(
+                "the connection is a physical replication connection; logical decoding needs a database (dbname=…)"
+            )
+        }
+
+        var slot = try Self.slotInfo(connection, options.slot)
+        var created = false
+        if slot == nil {
+            guard options.createSlot && mayCreate else {
+                throw .slotMissing(
+                    slot: options.slot,
+                    hint: options.createSlot
+                        ? "it disappeared while the relay was running; it is not recreated automatically, because a new slot would skip every event committed in between"
+                        : "create it (start once with --create-slot, or SELECT pg_create_logical_replication_slot('\(options.slot)', 'pgoutput'))"
+                )
+            }
+            do {
+                let reply = try connection.query(
+                    "CREATE_REPLICATION_SLOT \(connection.identifier(options.slot)) LOGICAL pgoutput NOEXPORT_SNAPSHOT",
+                    label: "CREATE_REPLICATION_SLOT")
+                created = true
+                logger.notice(
+                    "created replication slot",
+                    metadata: [
+                        "slot": "\(options.slot)", "consistent_point": "\(reply[0, "consistent_point"] ?? "?")",
+                    ])
+            } catch .serverError(_, "42710", _) {
+                // Another relay created it first: use theirs.
+            }
+            slot = try Self.slotInfo(connection, options.slot)
+        }
+        guard let slot else {
+            throw .slotMissing(slot: options.slot, hint: "it was dropped while starting")
+        }
+        createdSlot = created
+        guard slot.slotType == "logical" else {
+            throw .slotUnusable(
+                slot: options.slot, reason: "it is a \(slot.slotType) slot; a logical slot is needed")
+        }
+        guard slot.plugin == "pgoutput" else {
+            throw .slotUnusable(
+                slot: options.slot,
+                reason:
+                    "it uses output plugin \"\(slot.plugin ?? "?")\"; the relay needs \"pgoutput\". Create a new slot with plugin pgoutput"
+            )
+        }
+        let database = try connection.query("SELECT current_database() AS db")[0, "db"]
+        guard slot.database == database else {
+            throw .slotUnusable(
+                slot: options.slot,
+                reason:
+                    "it belongs to database \"\(slot.database ?? "?")\", but the connection is to \"\(database ?? "?")\""
+            )
+        }
+        if slot.walStatus == "lost" { throw .slotLost(slot: options.slot) }
+        if slot.active { throw .slotInUse(slot: options.slot, pid: slot.activePID) }
+        slotConfirmedFlush = slot.confirmedFlush ?? .zero
+
+        try Self.checkPublication(connection, options, mayCreate: mayCreate, logger: logger)
     }
-    var rows = try read()
-    if rows.count == 0 {
-      guard options.createSlot && mayCreate, let table = options.table else {
-        throw .publicationMissing(options.publication)
-      }
-      let qualified = "\(c.identifier(table.schema)).\(c.identifier(table.name))"
-      let exists =
-        try c.query("SELECT to_regclass(\(c.literal(qualified))) IS NOT NULL AS present")[
-          0, "present"] == "t"
-      guard exists else {
-        throw .publicationUnusable(
-          publication: options.publication,
-          reason:
-            "table \(table.schema).\(table.name) does not exist; create it first (sql/01-outbox-table.sql)"
-        )
-      }
-      do {
-        try c.query(
-          "CREATE PUBLICATION \(c.identifier(options.publication)) FOR TABLE \(qualified) WITH (publish = 'insert')",
-          label: "CREATE PUBLICATION")
-        logger.notice(
-          "created publication",
-          metadata: [
-            "publication": "\(options.publication)", "table": "\(table.schema).\(table.name)",
-            "publish": "insert",
-          ])
-      } catch .serverError(_, "42710", _) {}
-      rows = try read()
+
+    static func slotInfo(_ c: PGConnection, _ name: String) throws(ReplicationError) -> SlotInfo? {
+        let rows = try c.query(
+            "SELECT slot_type, plugin, database, active, active_pid, wal_status, confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = \(c.literal(name))",
+            label: "reading pg_replication_slots")
+        guard rows.count == 1 else { return nil }
+        return SlotInfo(
+            plugin: rows[0, "plugin"], slotType: rows[0, "slot_type"] ?? "?",
+            database: rows[0, "database"], active: rows[0, "active"] == "t",
+            activePID: rows[0, "active_pid"].flatMap { Int($0) }, walStatus: rows[0, "wal_status"],
+            confirmedFlush: rows[0, "confirmed_flush_lsn"].flatMap { LSN(string: $0) })
     }
-    guard rows.count == 1 else { throw .publicationMissing(options.publication) }
-    guard rows[0, "pubinsert"] == "t" else {
-      throw .publicationUnusable(
-        publication: options.publication,
-        reason: "it does not publish inserts (publish = 'insert' is needed)")
+
+    static func checkPublication(
+        _ c: PGConnection, _ options: ReplicationOptions, mayCreate: Bool, logger: Logger
+    ) throws(ReplicationError) {
+        let pub = c.literal(options.publication)
+        func read() throws(ReplicationError) -> PGConnection.Rows {
+            let tableTest =
+                options.table.map {
+                    "EXISTS (SELECT 1 FROM pg_publication_tables t WHERE t.pubname = p.pubname AND t.schemaname = \(c.literal($0.schema)) AND t.tablename = \(c.literal($0.name)))"
+                }
+                ?? "true"
+            return try c.query(
+                "SELECT p.pubinsert, \(tableTest) AS has_table FROM pg_publication p WHERE p.pubname = \(pub)",
+                label: "reading pg_publication")
+        }
+        var rows = try read()
+        if rows.count == 0 {
+            guard options.createSlot && mayCreate, let table = options.table else {
+                throw .publicationMissing(options.publication)
+            }
+            let qualified = "\(c.identifier(table.schema)).\(c.identifier(table.name))"
+            let exists =
+                try c.query("SELECT to_regclass(\(c.literal(qualified))) IS NOT NULL AS present")[
+                    0, "present"] == "t"
+            guard exists else {
+                throw .publicationUnusable(
+                    publication: options.publication,
+                    reason:
+                        "table \(table.schema).\(table.name) does not exist; create it first (sql/01-outbox-table.sql)"
+                )
+            }
+            do {
+                try c.query(
+                    "CREATE PUBLICATION \(c.identifier(options.publication)) FOR TABLE \(qualified) WITH (publish = 'insert')",
+                    label: "CREATE PUBLICATION")
+                logger.notice(
+                    "created publication",
+                    metadata: [
+                        "publication": "\(options.publication)", "table": "\(table.schema).\(table.name)",
+                        "publish": "insert",
+                    ])
+            } catch .serverError(_, "42710", _) {}
+            rows = try read()
+        }
+        guard rows.count == 1 else { throw .publicationMissing(options.publication) }
+        guard rows[0, "pubinsert"] == "t" else {
+            throw .publicationUnusable(
+                publication: options.publication,
+                reason: "it does not publish inserts (publish = 'insert' is needed)")
+        }
+        if let table = options.table, rows[0, "has_table"] != "t" {
+            throw .publicationUnusable(
+                publication: options.publication,
+                reason:
+                    "it does not include table \(table.schema).\(table.name): ALTER PUBLICATION \(options.publication) ADD TABLE \(table.schema).\(table.name)"
+            )
+        }
     }
-    if let table = options.table, rows[0, "has_table"] != "t" {
-      throw .publicationUnusable(
-        publication: options.publication,
-        reason:
-          "it does not include table \(table.schema).\(table.name): ALTER PUBLICATION \(options.publication) ADD TABLE \(table.schema).\(table.name)"
-      )
+
+    /// `START_REPLICATION SLOT … LOGICAL <lsn> (…)`. The server starts at
+    /// max(`lsn`, the slot's confirmed_flush_lsn); pass the relay's own confirmed
+    /// position, never the last received one.
+    public func start(from lsn: LSN) throws(ReplicationError) {
+        let publications = connection.literal(connection.identifier(options.publication))
+        var pluginOptions = [
+            "proto_version '\(options.protocolVersion)'", "publication_names \(publications)",
+        ]
+        if options.messages { pluginOptions.append("messages 'true'") }
+        let command =
+            "START_REPLICATION SLOT \(connection.identifier(options.slot)) LOGICAL \(lsn) (\(pluginOptions.joined(separator: ", ")))"
+        do {
+            try connection.startCopyBoth(command, label: "START_REPLICATION")
+        } catch .serverError(_, "55006", let message) {
+            // object_in_use: "replication slot … is active for PID n"
+            let pid = message.split(separator: " ").last.flatMap { Int($0) }
+            throw .slotInUse(slot: options.slot, pid: pid)
+        }
+        lastSentFlush = max(lastSentFlush, lsn)
     }
-  }
 
-  /// `START_REPLICATION SLOT … LOGICAL <lsn> (…)`. The server starts at
-  /// max(`lsn`, the slot's confirmed_flush_lsn); pass the relay's own confirmed
-  /// position, never the last received one.
-  public func start(from lsn: LSN) throws(ReplicationError) {
-    let publications = connection.literal(connection.identifier(options.publication))
-    var pluginOptions = [
-      "proto_version '\(options.protocolVersion)'", "publication_names \(publications)",
-    ]
-    if options.messages { pluginOptions.append("messages 'true'") }
-    let command =
-      "START_REPLICATION SLOT \(connection.identifier(options.slot)) LOGICAL \(lsn) (\(pluginOptions.joined(separator: ", ")))"
-    do {
-      try connection.startCopyBoth(command, label: "START_REPLICATION")
-    } catch .serverError(_, "55006", let message) {
-      // object_in_use: "replication slot … is active for PID n"
-      let pid = message.split(separator: " ").last.flatMap { Int($0) }
-      throw .slotInUse(slot: options.slot, pid: pid)
+    /// Reads the next message, waiting at most `timeoutMilliseconds`.
+    public func read(timeoutMilliseconds: Int32) throws(ReplicationError) -> PGConnection.CopyRead {
+        try connection.readCopyData(timeoutMilliseconds: timeoutMilliseconds)
     }
-    lastSentFlush = max(lastSentFlush, lsn)
-  }
 
-  /// Reads the next message, waiting at most `timeoutMilliseconds`.
-  public func read(timeoutMilliseconds: Int32) throws(ReplicationError) -> PGConnection.CopyRead {
-    try connection.readCopyData(timeoutMilliseconds: timeoutMilliseconds)
-  }
+    /// Sends a standby status update. The flush position never moves backwards,
+    /// whatever the caller passes.
+    public func sendStatus(
+        written: LSN, flushed: LSN, replyRequested: Bool = false
+    )
+        throws(ReplicationError)
+    {
+        let flush = max(flushed, lastSentFlush)
+        let update = StandbyStatusUpdate(
+            written: max(written, flush), flushed: flush, applied: flush,
+            clock: PostgresTimestamp(unixMicroseconds: Self.nowMicroseconds()),
+            replyRequested: replyRequested)
+        try connection.sendCopyData(update.encoded)
+        lastSentFlush = flush
+    }
 
-  /// Sends a standby status update. The flush position never moves backwards,
-  /// whatever the caller passes.
-  public func sendStatus(written: LSN, flushed: LSN, replyRequested: Bool = false)
-    throws(ReplicationError)
-  {
-    let flush = max(flushed, lastSentFlush)
-    let update = StandbyStatusUpdate(
-      written: max(written, flush), flushed: flush, applied: flush,
-      clock: PostgresTimestamp(unixMicroseconds: Self.nowMicroseconds()),
-      replyRequested: replyRequested)
-    try connection.sendCopyData(update.encoded)
-    lastSentFlush = flush
-  }
+    public var lastReportedFlush: LSN { lastSentFlush }
 
-  public var lastReportedFlush: LSN { lastSentFlush }
+    /// Ends the stream from our side.
+    public func close() { connection.endCopy() }
 
-  /// Ends the stream from our side.
-  public func close() { connection.endCopy() }
-
-  static func nowMicroseconds() -> Int64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_REALTIME, &ts)
-    return Int64(ts.tv_sec) * 1_000_000 + Int64(ts.tv_nsec) / 1000
-  }
+    static func nowMicroseconds() -> Int64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Int64(ts.tv_sec) * 1_000_000 + Int64(ts.tv_nsec) / 1000
+    }
 }

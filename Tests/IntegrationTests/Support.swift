@@ -11,224 +11,224 @@ import Testing
 /// `wal_level=logical` on 127.0.0.1 and sets it). Without it they are skipped,
 /// and `scripts/test.sh` refuses to run without it.
 enum TestDatabase {
-  static let conninfo = ProcessInfo.processInfo.environment["OUTBOX_TEST_PG"]
-  static var available: Bool { conninfo != nil }
-  static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-    .deletingLastPathComponent().deletingLastPathComponent()
+    static let conninfo = ProcessInfo.processInfo.environment["OUTBOX_TEST_PG"]
+    static var available: Bool { conninfo != nil }
+    static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent()
 
-  static func connect() throws -> PGConnection {
-    try PGConnection(conninfo: conninfo!, replication: false)
-  }
+    static func connect() throws -> PGConnection {
+        try PGConnection(conninfo: conninfo!, replication: false)
+    }
 }
 
 /// One test's own outbox: a schema holding the table from `sql/01-outbox-table.sql`,
 /// a publication (inserts only) and a slot, all uniquely named and dropped at the end.
 final class TestOutbox {
-  let name: String
-  let schema: String
-  let slot: String
-  let publication: String
-  let sql: PGConnection
+    let name: String
+    let schema: String
+    let slot: String
+    let publication: String
+    let sql: PGConnection
 
-  init(publish: String = "insert", createSlot: Bool = true) throws {
-    name = "it_" + UUID().uuidString.prefix(8).lowercased()
-    schema = name
-    slot = name + "_slot"
-    publication = name + "_pub"
-    sql = try TestDatabase.connect()
-    let ddl = try String(
-      contentsOf: TestDatabase.repository.appendingPathComponent("sql/01-outbox-table.sql"),
-      encoding: .utf8
-    )
-    .replacingOccurrences(of: "public.outbox", with: "\(schema).outbox")
-    try sql.query("CREATE SCHEMA \(schema)")
-    try sql.query(ddl)
-    try sql.query("CREATE TABLE \(schema).other (id int PRIMARY KEY, v text)")
-    try sql.query(
-      "CREATE PUBLICATION \(publication) FOR TABLE \(schema).outbox WITH (publish = '\(publish)')")
-    if createSlot {
-      try sql.query("SELECT pg_create_logical_replication_slot('\(slot)', 'pgoutput')")
+    init(publish: String = "insert", createSlot: Bool = true) throws {
+        name = "it_" + UUID().uuidString.prefix(8).lowercased()
+        schema = name
+        slot = name + "_slot"
+        publication = name + "_pub"
+        sql = try TestDatabase.connect()
+        let ddl = try String(
+            contentsOf: TestDatabase.repository.appendingPathComponent("sql/01-outbox-table.sql"),
+            encoding: .utf8
+        )
+        .replacingOccurrences(of: "public.outbox", with: "\(schema).outbox")
+        try sql.query("CREATE SCHEMA \(schema)")
+        try sql.query(ddl)
+        try sql.query("CREATE TABLE \(schema).other (id int PRIMARY KEY, v text)")
+        try sql.query(
+            "CREATE PUBLICATION \(publication) FOR TABLE \(schema).outbox WITH (publish = '\(publish)')")
+        if createSlot {
+            try sql.query("SELECT pg_create_logical_replication_slot('\(slot)', 'pgoutput')")
+        }
     }
-  }
 
-  deinit {
-    _ = try? sql.query(
-      "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '\(slot)' AND NOT active"
-    )
-    _ = try? sql.query("DROP PUBLICATION IF EXISTS \(publication)")
-    _ = try? sql.query("DROP SCHEMA IF EXISTS \(schema) CASCADE")
-  }
-
-  var options: ReplicationOptions {
-    ReplicationOptions(
-      conninfo: TestDatabase.conninfo!, slot: slot, publication: publication,
-      table: (schema, "outbox"))
-  }
-
-  func config(_ adjust: (inout RelayConfig) -> Void = { _ in }) -> RelayConfig {
-    var routing = RoutingConfig()
-    routing.schema = schema
-    // Logical messages reach every slot of the database: a prefix of its own
-    // keeps other tests' messages out of this test's relay.
-    routing.messagePrefix = name
-    var config = RelayConfig(replication: options, routing: routing)
-    config.minStatusIntervalMilliseconds = 20
-    config.initialBackoffMilliseconds = 100
-    config.standbyRetryMilliseconds = 200
-    adjust(&config)
-    return config
-  }
-
-  /// Inserts `count` events in one transaction; returns their ids in order.
-  @discardableResult
-  func insert(
-    _ count: Int = 1, aggregate: String = "order", key: String = "k", payload: String = #"{"n": 1}"#
-  ) throws -> [String] {
-    let rows = try sql.query(
-      """
-      INSERT INTO \(schema).outbox (aggregatetype, aggregateid, type, payload)
-      SELECT \(sql.literal(aggregate)), \(sql.literal(key)), 'Created', \(sql.literal(payload))::jsonb FROM generate_series(1, \(count))
-      RETURNING id
-      """)
-    return rows.values.map { $0[0]! }
-  }
-
-  var confirmedFlush: LSN {
-    get throws {
-      LSN(
-        string: try sql.query(
-          "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '\(slot)'")[
-            0, "confirmed_flush_lsn"] ?? "")!
+    deinit {
+        _ = try? sql.query(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '\(slot)' AND NOT active"
+        )
+        _ = try? sql.query("DROP PUBLICATION IF EXISTS \(publication)")
+        _ = try? sql.query("DROP SCHEMA IF EXISTS \(schema) CASCADE")
     }
-  }
 
-  var currentWAL: LSN {
-    get throws { LSN(string: try sql.query("SELECT pg_current_wal_lsn() AS l")[0, "l"]!)! }
-  }
+    var options: ReplicationOptions {
+        ReplicationOptions(
+            conninfo: TestDatabase.conninfo!, slot: slot, publication: publication,
+            table: (schema, "outbox"))
+    }
+
+    func config(_ adjust: (inout RelayConfig) -> Void = { _ in }) -> RelayConfig {
+        var routing = RoutingConfig()
+        routing.schema = schema
+        // Logical messages reach every slot of the database: a prefix of its own
+        // keeps other tests' messages out of this test's relay.
+        routing.messagePrefix = name
+        var config = RelayConfig(replication: options, routing: routing)
+        config.minStatusIntervalMilliseconds = 20
+        config.initialBackoffMilliseconds = 100
+        config.standbyRetryMilliseconds = 200
+        adjust(&config)
+        return config
+    }
+
+    /// Inserts `count` events in one transaction; returns their ids in order.
+    @discardableResult
+    func insert(
+        _ count: Int = 1, aggregate: String = "order", key: String = "k", payload: String = #"{"n": 1}"#
+    ) throws -> [String] {
+        let rows = try sql.query(
+            """
+            INSERT INTO \(schema).outbox (aggregatetype, aggregateid, type, payload)
+            SELECT \(sql.literal(aggregate)), \(sql.literal(key)), 'Created', \(sql.literal(payload))::jsonb FROM generate_series(1, \(count))
+            RETURNING id
+            """)
+        return rows.values.map { $0[0]! }
+    }
+
+    var confirmedFlush: LSN {
+        get throws {
+            LSN(
+                string: try sql.query(
+                    "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '\(slot)'")[
+                        0, "confirmed_flush_lsn"] ?? "")!
+        }
+    }
+
+    var currentWAL: LSN {
+        get throws { LSN(string: try sql.query("SELECT pg_current_wal_lsn() AS l")[0, "l"]!)! }
+    }
 }
 
 /// Runs a relay on its own thread for the duration of a test.
 final class RunningRelay: Sendable {
-  let relay: any RelayService
-  let task: Task<Result<Void, any Error>, Never>
+    let relay: any RelayService
+    let task: Task<Result<Void, any Error>, Never>
 
-  static var logger: Logger {
-    var logger = Logger(label: "test-relay")
-    logger.logLevel =
-      ProcessInfo.processInfo.environment["OUTBOX_TEST_LOG"] == nil ? .critical : .debug
-    return logger
-  }
-
-  convenience init(config: RelayConfig, sink: any EventSink) {
-    self.init(Relay(config: config, sink: sink, logger: Self.logger))
-  }
-
-  init(_ relay: any RelayService) {
-    self.relay = relay
-    task = Task.detached {
-      do {
-        try await relay.runDetached()
-        return .success(())
-      } catch { return .failure(error) }
+    static var logger: Logger {
+        var logger = Logger(label: "test-relay")
+        logger.logLevel =
+            ProcessInfo.processInfo.environment["OUTBOX_TEST_LOG"] == nil ? .critical : .debug
+        return logger
     }
-  }
 
-  /// Stops the relay and returns how it ended.
-  @discardableResult
-  func stop() async -> Result<Void, any Error> {
-    relay.stop()
-    return await task.value
-  }
-
-  /// Waits for the relay to end on its own (a fatal error).
-  func ended(within seconds: Double = 10) async -> Result<Void, any Error>? {
-    let deadline = Date().addingTimeInterval(seconds)
-    while Date() < deadline {
-      let state = relay.currentStats.state
-      if state == .failed || state == .stopped { return await task.value }
-      try? await Task.sleep(for: .milliseconds(20))
+    convenience init(config: RelayConfig, sink: any EventSink) {
+        self.init(Relay(config: config, sink: sink, logger: Self.logger))
     }
-    return nil
-  }
 
-  func waitFor(
-    _ what: String, within seconds: Double = 20, _ condition: (RelayStats) throws -> Bool
-  ) async throws {
-    let deadline = Date().addingTimeInterval(seconds)
-    while Date() < deadline {
-      if try condition(relay.currentStats) { return }
-      try await Task.sleep(for: .milliseconds(20))
+    init(_ relay: any RelayService) {
+        self.relay = relay
+        task = Task.detached {
+            do {
+                try await relay.runDetached()
+                return .success(())
+            } catch { return .failure(error) }
+        }
     }
-    Issue.record("timed out waiting for \(what); stats: \(relay.currentStats)")
-    throw CancellationError()
-  }
+
+    /// Stops the relay and returns how it ended.
+    @discardableResult
+    func stop() async -> Result<Void, any Error> {
+        relay.stop()
+        return await task.value
+    }
+
+    /// Waits for the relay to end on its own (a fatal error).
+    func ended(within seconds: Double = 10) async -> Result<Void, any Error>? {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            let state = relay.currentStats.state
+            if state == .failed || state == .stopped { return await task.value }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return nil
+    }
+
+    func waitFor(
+        _ what: String, within seconds: Double = 20, _ condition: (RelayStats) throws -> Bool
+    ) async throws {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if try condition(relay.currentStats) { return }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        Issue.record("timed out waiting for \(what); stats: \(relay.currentStats)")
+        throw CancellationError()
+    }
 }
 
 /// Reads back the NDJSON file sink.
 struct SinkFile {
-  let path = FileManager.default.temporaryDirectory.appendingPathComponent(
-    "outbox-relay-it-\(UUID()).ndjson"
-  ).path
+    let path = FileManager.default.temporaryDirectory.appendingPathComponent(
+        "outbox-relay-it-\(UUID()).ndjson"
+    ).path
 
-  func sink() throws -> NDJSONSink { try NDJSONSink.file(path: path) }
+    func sink() throws -> NDJSONSink { try NDJSONSink.file(path: path) }
 
-  var events: [[String: Any]] {
-    get throws {
-      guard let data = FileManager.default.contents(atPath: path) else { return [] }
-      return try data.split(separator: 10).map {
-        try JSONSerialization.jsonObject(with: Data($0)) as! [String: Any]
-      }
+    var events: [[String: Any]] {
+        get throws {
+            guard let data = FileManager.default.contents(atPath: path) else { return [] }
+            return try data.split(separator: 10).map {
+                try JSONSerialization.jsonObject(with: Data($0)) as! [String: Any]
+            }
+        }
     }
-  }
 
-  func waitForEvents(_ count: Int, within seconds: Double = 30) async throws -> [[String: Any]] {
-    let deadline = Date().addingTimeInterval(seconds)
-    while Date() < deadline {
-      let events = try self.events
-      if events.count >= count { return events }
-      try await Task.sleep(for: .milliseconds(20))
+    func waitForEvents(_ count: Int, within seconds: Double = 30) async throws -> [[String: Any]] {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            let events = try self.events
+            if events.count >= count { return events }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let events = try self.events
+        Issue.record("expected \(count) events, got \(events.count)")
+        return events
     }
-    let events = try self.events
-    Issue.record("expected \(count) events, got \(events.count)")
-    return events
-  }
 
-  func remove() { try? FileManager.default.removeItem(atPath: path) }
+    func remove() { try? FileManager.default.removeItem(atPath: path) }
 }
 
 /// A sink that holds every acknowledgement until the test releases it: lets a
 /// test observe what the relay confirms while the destination has not
 /// acknowledged, and what it does at its in-flight bound.
 final class GatedSink: EventSink, @unchecked Sendable {
-  // @unchecked Sendable: all state is behind `state`'s lock.
-  let name = "gated"
-  private let state = Mutex<(sent: [OutboxEvent], held: [Acknowledgement], open: Bool)>(
-    ([], [], false))
+    // @unchecked Sendable: all state is behind `state`'s lock.
+    let name = "gated"
+    private let state = Mutex<(sent: [OutboxEvent], held: [Acknowledgement], open: Bool)>(
+        ([], [], false))
 
-  var sentCount: Int { state.withLock { $0.sent.count } }
-  var sentIDs: [String] { state.withLock { $0.sent.map(\.id) } }
-  func release() { state.withLock { $0.open = true } }
+    var sentCount: Int { state.withLock { $0.sent.count } }
+    var sentIDs: [String] { state.withLock { $0.sent.map(\.id) } }
+    func release() { state.withLock { $0.open = true } }
 
-  func send(_ event: OutboxEvent, ticket: UInt64) throws {
-    state.withLock {
-      $0.sent.append(event)
-      $0.held.append(Acknowledgement(ticket: ticket, weight: event.weight))
+    func send(_ event: OutboxEvent, ticket: UInt64) throws {
+        state.withLock {
+            $0.sent.append(event)
+            $0.held.append(Acknowledgement(ticket: ticket, weight: event.weight))
+        }
     }
-  }
 
-  func poll(timeoutMilliseconds: Int) throws -> [Acknowledgement] {
-    state.withLock { s in
-      guard s.open else { return [] }
-      defer { s.held.removeAll() }
-      return s.held
+    func poll(timeoutMilliseconds: Int) throws -> [Acknowledgement] {
+        state.withLock { s in
+            guard s.open else { return [] }
+            defer { s.held.removeAll() }
+            return s.held
+        }
     }
-  }
 
-  func flush(timeoutMilliseconds: Int) throws -> [Acknowledgement] {
-    let acks = try poll(timeoutMilliseconds: 0)
-    if acks.isEmpty && state.withLock({ !$0.open }) {
-      usleep(UInt32(min(timeoutMilliseconds, 50)) * 1000)
+    func flush(timeoutMilliseconds: Int) throws -> [Acknowledgement] {
+        let acks = try poll(timeoutMilliseconds: 0)
+        if acks.isEmpty && state.withLock({ !$0.open }) {
+            usleep(UInt32(min(timeoutMilliseconds, 50)) * 1000)
+        }
+        return acks
     }
-    return acks
-  }
 }

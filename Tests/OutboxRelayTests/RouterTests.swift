@@ -6,145 +6,147 @@ import Testing
 
 /// Feeds the captured `v1-router` stream (tables in schema `loose`) through a
 /// router, as the relay does, and collects what each change becomes.
-private func routeFixture(_ configure: (inout RoutingConfig) -> Void = { _ in }) throws -> (
-  events: [OutboxEvent], poison: [PoisonEvent], outboxChanges: Int
+private func routeFixture(
+    _ configure: (inout RoutingConfig) -> Void = { _ in }
+) throws -> (
+    events: [OutboxEvent], poison: [PoisonEvent], outboxChanges: Int
 ) {
-  var config = RoutingConfig()
-  config.schema = "loose"
-  configure(&config)
-  var router = OutboxRouter(config: config)
-  var decoder = PGOutputDecoder()
-  var events: [OutboxEvent] = []
-  var poison: [PoisonEvent] = []
-  var suppressed = 0
-  var lsn = LSN.zero
-  var time = PostgresTimestamp(rawValue: 0)
-  for bytes in try Fixture.messages("v1-router") {
-    let result: Result<OutboxEvent, PoisonEvent>?
-    switch try decoder.decode(bytes) {
-    case .begin(let b):
-      (lsn, time) = (b.finalLSN, b.commitTimestamp)
-      continue
-    case .relation(let r):
-      router.relationChanged(r)
-      continue
-    case .insert(let i): result = router.route(i, lsn: lsn, commitTime: time)
-    case .message(let m): result = router.route(m, lsn: lsn, commitTime: time)
-    case .update(let u):
-      suppressed += router.isOutbox(u.relationOID) ? 1 : 0
-      continue
-    case .delete(let d):
-      suppressed += router.isOutbox(d.relationOID) ? 1 : 0
-      continue
-    default: continue
+    var config = RoutingConfig()
+    config.schema = "loose"
+    configure(&config)
+    var router = OutboxRouter(config: config)
+    var decoder = PGOutputDecoder()
+    var events: [OutboxEvent] = []
+    var poison: [PoisonEvent] = []
+    var suppressed = 0
+    var lsn = LSN.zero
+    var time = PostgresTimestamp(rawValue: 0)
+    for bytes in try Fixture.messages("v1-router") {
+        let result: Result<OutboxEvent, PoisonEvent>?
+        switch try decoder.decode(bytes) {
+        case .begin(let b):
+            (lsn, time) = (b.finalLSN, b.commitTimestamp)
+            continue
+        case .relation(let r):
+            router.relationChanged(r)
+            continue
+        case .insert(let i): result = router.route(i, lsn: lsn, commitTime: time)
+        case .message(let m): result = router.route(m, lsn: lsn, commitTime: time)
+        case .update(let u):
+            suppressed += router.isOutbox(u.relationOID) ? 1 : 0
+            continue
+        case .delete(let d):
+            suppressed += router.isOutbox(d.relationOID) ? 1 : 0
+            continue
+        default: continue
+        }
+        switch result {
+        case .success(let e)?: events.append(e)
+        case .failure(let p)?: poison.append(p)
+        case nil: break
+        }
     }
-    switch result {
-    case .success(let e)?: events.append(e)
-    case .failure(let p)?: poison.append(p)
-    case nil: break
-    }
-  }
-  return (events, poison, suppressed)
+    return (events, poison, suppressed)
 }
 
 @Suite("outbox router on rows captured from PostgreSQL 15")
 struct RouterTests {
-  @Test func debeziumCompatibleDefaults() throws {
-    let (events, _, _) = try routeFixture()
-    let r1 = try #require(events.first { $0.id == "r1" })
-    #expect(r1.topic == "outbox.event.order")
-    #expect(r1.key == "1")
-    #expect(r1.type == "Created")
-    #expect(String(decoding: r1.payload ?? [], as: UTF8.self) == #"{"x": 1}"#)
-    #expect(r1.payloadFormat == .json)
-    // jsonb stores object keys ordered by length, then bytes.
-    #expect(r1.headers.map(\.name) == ["id", "type", "h", "esc", "num", "obj"])
-    let headers = Dictionary(uniqueKeysWithValues: r1.headers.map { ($0.name, $0.value) })
-    #expect(headers["id"] == "r1" && headers["type"] == "Created" && headers["h"] == "v")
-    #expect(headers["num"] == "3" && headers["obj"] == #"{"a": [1]}"#)
-    #expect(headers["esc"] == "a\"bé")
-    #expect(!r1.tombstone)
-    #expect(r1.lsn > .zero)
-  }
-
-  @Test func poisonRowsNameRowAndReason() throws {
-    let (_, poison, _) = try routeFixture()
-    let reasons = Dictionary(uniqueKeysWithValues: poison.compactMap { p in p.id.map { ($0, p) } })
-    #expect(reasons["r2"]?.reason == #"column "aggregateid" is NULL"#)
-    #expect(reasons["r3"]?.reason.hasPrefix(#"column "headers" is not a JSON object"#) == true)
-    #expect(
-      reasons["r4"]?.reason.contains(#"topic "outbox.event.bad topic/x" is not a valid topic name"#)
-        == true)
-    let r2 = try #require(reasons["r2"])
-    #expect(r2.description.contains(#"row id="r2""#) && r2.description.contains("at LSN \(r2.lsn)"))
-    // Messages: invalid JSON and a missing member.
-    #expect(poison.contains { $0.id == nil && $0.reason.hasPrefix("content is not a JSON object") })
-    #expect(reasons["m3"]?.reason == #"member "aggregateid" is missing"#)
-  }
-
-  @Test func nullPayloadIsTombstoneOnlyWhenAsked() throws {
-    let plain = try #require(try routeFixture().events.first { $0.id == "r5" })
-    #expect(plain.payload == nil && !plain.tombstone)
-    let tomb = try #require(
-      try routeFixture { $0.tombstones = true }.events.first { $0.id == "r5" })
-    #expect(tomb.payload == nil && tomb.tombstone && tomb.key == "1")
-  }
-
-  @Test func updatesAndDeletesOfTheOutboxAreNotEvents() throws {
-    let (events, _, suppressed) = try routeFixture()
-    #expect(suppressed == 1 + 5)  // one UPDATE, five DELETEd rows (REPLICA IDENTITY FULL)
-    #expect(Set(events.map(\.id)) == ["r1", "r5", "m1"])
-  }
-
-  @Test func logicalMessageOutbox() throws {
-    let m1 = try #require(try routeFixture().events.first { $0.id == "m1" })
-    #expect(m1.topic == "outbox.event.invoice" && m1.key == "7" && m1.type == "Issued")
-    #expect(String(decoding: m1.payload ?? [], as: UTF8.self) == #"[1, {"z": null}]"#)
-    #expect(m1.headers.map(\.name) == ["id", "type", "k"])
-  }
-
-  @Test func otherTablesAndPayloadTypes() throws {
-    // bytes_outbox and text_outbox are not the configured table.
-    #expect(try routeFixture().events.allSatisfy { $0.topic != "outbox.event.blob" })
-    let bytes = try #require(try routeFixture { $0.table = "bytes_outbox" }.events.first)
-    #expect(bytes.payload == [0x00, 0xFF, 0x10] && bytes.payloadFormat == .bytes)
-    let text = try #require(try routeFixture { $0.table = "text_outbox" }.events.first)
-    #expect(
-      String(decoding: text.payload ?? [], as: UTF8.self) == #"plain "text""#
-        && text.payloadFormat == .text)
-  }
-
-  @Test func configurableColumnsTemplateAndExtraHeaders() throws {
-    let (events, _, _) = try routeFixture {
-      $0.topicTemplate = "{aggregatetype}.{type}.v1"
-      $0.headerColumns = [.init(column: "tenant", header: "x-tenant")]
-      $0.headersColumn = nil
+    @Test func debeziumCompatibleDefaults() throws {
+        let (events, _, _) = try routeFixture()
+        let r1 = try #require(events.first { $0.id == "r1" })
+        #expect(r1.topic == "outbox.event.order")
+        #expect(r1.key == "1")
+        #expect(r1.type == "Created")
+        #expect(String(decoding: r1.payload ?? [], as: UTF8.self) == #"{"x": 1}"#)
+        #expect(r1.payloadFormat == .json)
+        // jsonb stores object keys ordered by length, then bytes.
+        #expect(r1.headers.map(\.name) == ["id", "type", "h", "esc", "num", "obj"])
+        let headers = Dictionary(uniqueKeysWithValues: r1.headers.map { ($0.name, $0.value) })
+        #expect(headers["id"] == "r1" && headers["type"] == "Created" && headers["h"] == "v")
+        #expect(headers["num"] == "3" && headers["obj"] == #"{"a": [1]}"#)
+        #expect(headers["esc"] == "a\"bé")
+        #expect(!r1.tombstone)
+        #expect(r1.lsn > .zero)
     }
-    let r1 = try #require(events.first { $0.id == "r1" })
-    #expect(r1.topic == "order.Created.v1")
-    #expect(r1.headers.map(\.name) == ["id", "type", "x-tenant"])
-    #expect(r1.headers.last?.value == "acme")
-    let m1 = try #require(events.first { $0.id == "m1" })
-    #expect(m1.headers.last?.name == "x-tenant" && m1.headers.last?.value == "acme")
-  }
 
-  @Test func misnamedColumnPoisonsEveryRowWithAClearReason() throws {
-    let (events, poison, _) = try routeFixture { $0.aggregateIDColumn = "aggregate_id" }
-    #expect(events.allSatisfy { $0.id.hasPrefix("m") })
-    #expect(
-      poison.contains {
-        $0.reason
-          == #"table loose.outbox has no column "aggregate_id" (configured column names do not match the table)"#
-      })
-  }
+    @Test func poisonRowsNameRowAndReason() throws {
+        let (_, poison, _) = try routeFixture()
+        let reasons = Dictionary(uniqueKeysWithValues: poison.compactMap { p in p.id.map { ($0, p) } })
+        #expect(reasons["r2"]?.reason == #"column "aggregateid" is NULL"#)
+        #expect(reasons["r3"]?.reason.hasPrefix(#"column "headers" is not a JSON object"#) == true)
+        #expect(
+            reasons["r4"]?.reason.contains(#"topic "outbox.event.bad topic/x" is not a valid topic name"#)
+                == true)
+        let r2 = try #require(reasons["r2"])
+        #expect(r2.description.contains(#"row id="r2""#) && r2.description.contains("at LSN \(r2.lsn)"))
+        // Messages: invalid JSON and a missing member.
+        #expect(poison.contains { $0.id == nil && $0.reason.hasPrefix("content is not a JSON object") })
+        #expect(reasons["m3"]?.reason == #"member "aggregateid" is missing"#)
+    }
 
-  @Test func configValidation() {
-    var config = RoutingConfig()
-    #expect(config.validate().isEmpty)
-    config.topicTemplate = "x.{aggregate}"
-    #expect(
-      config.validate() == [
-        #"topic template "x.{aggregate}" has an unknown placeholder; use {aggregatetype} and {type}"#
-      ])
-  }
+    @Test func nullPayloadIsTombstoneOnlyWhenAsked() throws {
+        let plain = try #require(try routeFixture().events.first { $0.id == "r5" })
+        #expect(plain.payload == nil && !plain.tombstone)
+        let tomb = try #require(
+            try routeFixture { $0.tombstones = true }.events.first { $0.id == "r5" })
+        #expect(tomb.payload == nil && tomb.tombstone && tomb.key == "1")
+    }
+
+    @Test func updatesAndDeletesOfTheOutboxAreNotEvents() throws {
+        let (events, _, suppressed) = try routeFixture()
+        #expect(suppressed == 1 + 5)  // one UPDATE, five DELETEd rows (REPLICA IDENTITY FULL)
+        #expect(Set(events.map(\.id)) == ["r1", "r5", "m1"])
+    }
+
+    @Test func logicalMessageOutbox() throws {
+        let m1 = try #require(try routeFixture().events.first { $0.id == "m1" })
+        #expect(m1.topic == "outbox.event.invoice" && m1.key == "7" && m1.type == "Issued")
+        #expect(String(decoding: m1.payload ?? [], as: UTF8.self) == #"[1, {"z": null}]"#)
+        #expect(m1.headers.map(\.name) == ["id", "type", "k"])
+    }
+
+    @Test func otherTablesAndPayloadTypes() throws {
+        // bytes_outbox and text_outbox are not the configured table.
+        #expect(try routeFixture().events.allSatisfy { $0.topic != "outbox.event.blob" })
+        let bytes = try #require(try routeFixture { $0.table = "bytes_outbox" }.events.first)
+        #expect(bytes.payload == [0x00, 0xFF, 0x10] && bytes.payloadFormat == .bytes)
+        let text = try #require(try routeFixture { $0.table = "text_outbox" }.events.first)
+        #expect(
+            String(decoding: text.payload ?? [], as: UTF8.self) == #"plain "text""#
+                && text.payloadFormat == .text)
+    }
+
+    @Test func configurableColumnsTemplateAndExtraHeaders() throws {
+        let (events, _, _) = try routeFixture {
+            $0.topicTemplate = "{aggregatetype}.{type}.v1"
+            $0.headerColumns = [.init(column: "tenant", header: "x-tenant")]
+            $0.headersColumn = nil
+        }
+        let r1 = try #require(events.first { $0.id == "r1" })
+        #expect(r1.topic == "order.Created.v1")
+        #expect(r1.headers.map(\.name) == ["id", "type", "x-tenant"])
+        #expect(r1.headers.last?.value == "acme")
+        let m1 = try #require(events.first { $0.id == "m1" })
+        #expect(m1.headers.last?.name == "x-tenant" && m1.headers.last?.value == "acme")
+    }
+
+    @Test func misnamedColumnPoisonsEveryRowWithAClearReason() throws {
+        let (events, poison, _) = try routeFixture { $0.aggregateIDColumn = "aggregate_id" }
+        #expect(events.allSatisfy { $0.id.hasPrefix("m") })
+        #expect(
+            poison.contains {
+                $0.reason
+                    == #"table loose.outbox has no column "aggregate_id" (configured column names do not match the table)"#
+            })
+    }
+
+    @Test func configValidation() {
+        var config = RoutingConfig()
+        #expect(config.validate().isEmpty)
+        config.topicTemplate = "x.{aggregate}"
+        #expect(
+            config.validate() == [
+                #"topic template "x.{aggregate}" has an unknown placeholder; use {aggregatetype} and {type}"#
+            ])
+    }
 }

@@ -32,39 +32,42 @@ func primed() throws -> (PGOutputDecoder, OutboxRouter) {
 }
 
 var results: [(String, Double)] = []
-results.append(try measure("decode (B + I + C)") {
-    var (decoder, _) = try primed()
-    var count = 0
-    for _ in 0..<iterations {
-        _ = try decoder.decode(begin)
-        if case .insert(let i) = try decoder.decode(insert) { count += i.newTuple.count }
-        _ = try decoder.decode(commit)
-    }
-    return count
-})
-results.append(try measure("decode + route") {
-    var (decoder, router) = try primed()
-    var count = 0
-    for _ in 0..<iterations {
-        guard case .begin(let b) = try decoder.decode(begin), case .insert(let i) = try decoder.decode(insert) else { fatalError() }
-        if case .success(let e)? = router.route(i, lsn: b.finalLSN, commitTime: b.commitTimestamp) { count += e.weight }
-        _ = try decoder.decode(commit)
-    }
-    return count
-})
-results.append(try measure("decode + route + NDJSON line") {
-    var (decoder, router) = try primed()
-    var out: [UInt8] = []
-    out.reserveCapacity(1 << 20)
-    var count = 0
-    for _ in 0..<iterations {
-        guard case .begin(let b) = try decoder.decode(begin), case .insert(let i) = try decoder.decode(insert) else { fatalError() }
-        if case .success(let e)? = router.route(i, lsn: b.finalLSN, commitTime: b.commitTimestamp) { e.appendJSONLine(to: &out) }
-        _ = try decoder.decode(commit)
-        if out.count > 1 << 19 { count += out.count; out.removeAll(keepingCapacity: true) }
-    }
-    return count + out.count
-})
+results.append(
+    try measure("decode (B + I + C)") {
+        var (decoder, _) = try primed()
+        var count = 0
+        for _ in 0..<iterations {
+            _ = try decoder.decode(begin)
+            if case .insert(let i) = try decoder.decode(insert) { count += i.newTuple.count }
+            _ = try decoder.decode(commit)
+        }
+        return count
+    })
+results.append(
+    try measure("decode + route") {
+        var (decoder, router) = try primed()
+        var count = 0
+        for _ in 0..<iterations {
+            guard case .begin(let b) = try decoder.decode(begin), case .insert(let i) = try decoder.decode(insert) else { fatalError() }
+            if case .success(let e)? = router.route(i, lsn: b.finalLSN, commitTime: b.commitTimestamp) { count += e.weight }
+            _ = try decoder.decode(commit)
+        }
+        return count
+    })
+results.append(
+    try measure("decode + route + NDJSON line") {
+        var (decoder, router) = try primed()
+        var out: [UInt8] = []
+        out.reserveCapacity(1 << 20)
+        var count = 0
+        for _ in 0..<iterations {
+            guard case .begin(let b) = try decoder.decode(begin), case .insert(let i) = try decoder.decode(insert) else { fatalError() }
+            if case .success(let e)? = router.route(i, lsn: b.finalLSN, commitTime: b.commitTimestamp) { e.appendJSONLine(to: &out) }
+            _ = try decoder.decode(commit)
+            if out.count > 1 << 19 { count += out.count; out.removeAll(keepingCapacity: true) }
+        }
+        return count + out.count
+    })
 
 print("")
 print("| stage | events/s | ns/event |")
