@@ -11,6 +11,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
     ],
     targets: [
         // System library: a module map over libpq, nothing else.
@@ -62,8 +63,9 @@ let package = Package(
         .executableTarget(
             name: "OutboxRelayCLI",
             dependencies: [
-                "OutboxRelay", "PGOutput", "KafkaSink", "PollingRelay",
+                "OutboxRelay", "PGOutput", "KafkaSink", "PollingRelay", "PostgresReplication",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Drain throughput: a backlog of N single-row outbox transactions, drained by
-# pg_recvlogical (the ceiling: the walsender's decoding speed) and by
-# outbox-relay with the durable file sink (fsync before acknowledging), on
-# the same throwaway PostgreSQL 15, in the same run. Prints a Markdown table
-# and writes it to bench/results/drain.md. The Kafka rows publish to a local
-# tansu broker (see scripts/kafka-env.sh) with the relay's default producer
-# settings; the run ends when the slot is confirmed, i.e. every event acked.
+# pg_recvlogical (the ceiling: the walsender's decoding speed), by outbox-relay
+# tailing the log (durable file sink, fsync before acknowledging; and Kafka),
+# and by outbox-relay polling the table (Kafka), on the same throwaway
+# PostgreSQL 15, in the same run. Prints a Markdown table and writes it to
+# bench/results/drain.md. The Kafka rows publish to a local tansu broker (see
+# scripts/kafka-env.sh) with the relay's default producer settings; a CDC run
+# ends when the slot is confirmed (every event acknowledged), the polling run
+# when the table is empty (every row acknowledged and deleted).
 #
-#   bash bench/drain.sh [N=200000]
+#   bash bench/drain.sh [N=1000000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${1:-200000}
+N=${1:-1000000}
 swift build -c release --product outbox-relay >/dev/null
 RELAY=$PWD/.build/release/outbox-relay
 source scripts/pg-env.sh
@@ -20,7 +22,8 @@ kafka_start
 pg_start "synchronous_commit = off" "shared_buffers = 256MB" "max_wal_size = 4GB"
 WORK=$(mktemp -d /tmp/outbox-drain.XXXXXX)
 trap 'kafka_stop; pg_stop; rm -rf "$WORK"' EXIT
-for f in sql/01-outbox-table.sql sql/02-publication.sql; do psql -X -q -v ON_ERROR_STOP=1 -f "$f" >/dev/null; done
+for f in sql/01-outbox-table.sql sql/02-publication.sql sql/05-polling.sql; do psql -X -q -v ON_ERROR_STOP=1 -f "$f" >/dev/null; done
+psql -X -q -c "DROP TRIGGER outbox_notify ON outbox"  # the poller here runs without the waker
 # Two slots per tool, drained in the order recv, relay, relay, recv, so that
 # neither tool alone benefits from a warm page cache.
 for s in drain_recv_1 drain_relay_1 drain_kafka_1 drain_kafka_2 drain_relay_2 drain_recv_2; do
@@ -41,7 +44,7 @@ echo "backlog: $N transactions, $backlog of WAL, written in ${write_s}s" >&2
 
 measure() { # name function slot: wall seconds and peak RSS of the tool's process
   local name=$1; shift
-  export -f recv_cmd relay_cmd kafka_cmd
+  export -f recv_cmd relay_cmd kafka_cmd poll_cmd
   export PG_BIN OUTBOX_TEST_PG END RELAY WORK N KAFKA_TEST_BROKERS
   /usr/bin/time -f "%e %M" -o "$WORK/time" bash -c '"$@"' _ "$@" >/dev/null 2>"$WORK/$name.log" || { cat "$WORK/$name.log" >&2; exit 1; }
   read -r secs rss <"$WORK/time"
@@ -57,6 +60,11 @@ relay_cmd() {
 kafka_cmd() {
   "$RELAY" run --source "$OUTBOX_TEST_PG" --slot "$1" --sink kafka --kafka-brokers "$KAFKA_TEST_BROKERS" -X linger.ms=5 --end-lsn "$END"
 }
+poll_cmd() { # the same rows, read from the table; deletes them, so it runs last
+  "$RELAY" poll --source "$OUTBOX_TEST_PG" --sink kafka --kafka-brokers "$KAFKA_TEST_BROKERS" -X linger.ms=5 --batch-size "$1" --until-empty
+  left=$(psql -X -At -c "SELECT count(*) FROM outbox")
+  [ "$left" -eq 0 ] || { echo "poller left $left rows" >&2; return 1; }
+}
 rows=()
 rows+=("$(measure "pg_recvlogical-1" recv_cmd drain_recv_1)")
 rows+=("$(measure "outbox-relay-1" relay_cmd drain_relay_1)")
@@ -64,10 +72,11 @@ rows+=("$(measure "kafka-1" kafka_cmd drain_kafka_1)")
 rows+=("$(measure "kafka-2" kafka_cmd drain_kafka_2)")
 rows+=("$(measure "outbox-relay-2" relay_cmd drain_relay_2)")
 rows+=("$(measure "pg_recvlogical-2" recv_cmd drain_recv_2)")
+rows+=("$(measure "poll-1" poll_cmd 1000)")
 
 {
   echo "Drain of a backlog of $N single-row outbox transactions ($backlog of WAL), $(nproc) cores, PostgreSQL 15, $(date -u +%Y-%m-%d)."
-  echo "Command: \`bash bench/drain.sh $N\`. Each tool starts from its own slot at the same position and stops at the same end LSN."
+  echo "Command: \`bash bench/drain.sh $N\`. Each log reader starts from its own slot at the same position and stops at the same end LSN; the poller reads the same rows from the table."
   echo
   echo "| reader | events | seconds | events/s | peak RSS |"
   echo "|---|---:|---:|---:|---:|"
@@ -76,8 +85,9 @@ rows+=("$(measure "pg_recvlogical-2" recv_cmd drain_recv_2)")
     rate=$(echo "$N / $secs" | bc)
     case $name in
       pg_recvlogical*) what="pg_recvlogical to /dev/null (run ${name##*-})" ;;
-      kafka*) what="outbox-relay, Kafka sink (tansu, acks=all, idempotent) (run ${name##*-})" ;;
-      *) what="outbox-relay, file sink with fsync (run ${name##*-})" ;;
+      kafka*) what="outbox-relay run (log tailing), Kafka sink (tansu, acks=all, idempotent) (run ${name##*-})" ;;
+      poll*) what="outbox-relay poll (batches of 1000, delete after ack), Kafka sink" ;;
+      *) what="outbox-relay run (log tailing), file sink with fsync (run ${name##*-})" ;;
     esac
     echo "| $what | $N | $secs | $rate | $((rss / 1024)) MiB |"
   done

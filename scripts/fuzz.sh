@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fuzzes the pgoutput decoder with libFuzzer (swiftc -sanitize=fuzzer,address).
+# Fuzzes the pgoutput decoder and the outbox router's row mapping (plus the
+# NDJSON encoder) with libFuzzer (swiftc -sanitize=fuzzer,address).
 # Seeds: the captured fixtures, as runs of consecutive messages. Crashing
 # inputs land in fuzz/crashes/; keep them as regression fixtures.
 #
@@ -10,7 +11,8 @@ runs=${1:-10000000}; shift || true
 out=fuzz/out
 mkdir -p "$out/corpus" fuzz/crashes
 swiftc -O -sanitize=fuzzer,address -parse-as-library -module-name PGOutput \
-  Sources/PGOutput/*.swift fuzz/DecoderFuzz.swift -o "$out/decoder-fuzz"
+  Sources/PGOutput/*.swift Sources/OutboxRelay/{OutboxRouter,OutboxEvent,JSONText,UTF8Text}.swift \
+  fuzz/DecoderFuzz.swift -o "$out/decoder-fuzz" 2>"$out/build.log" || { cat "$out/build.log" >&2; exit 1; }
 python3 - "$out/corpus" <<'PY'
 import os, sys, glob
 out = sys.argv[1]

@@ -30,4 +30,4 @@ export OUTBOX_TEST_PG KAFKA_TEST_BROKERS TANSU_BIN
 export OUTBOX_RELAY_BIN="$PWD/.build/debug/outbox-relay"
 swift build --product outbox-relay
 # A hard ceiling, so a hang can never eat CI's budget (suites have their own time limits).
-timeout -s KILL 1200 swift test --skip-build "$@"
+timeout -s KILL 1500 swift test --skip-build --no-parallel "$@"

@@ -90,6 +90,7 @@ public final class KafkaSink: EventSink {
     private var ready: [Acknowledgement] = []
     /// False after librdkafka reported all brokers down, until a delivery succeeds.
     public private(set) var brokersReachable = true
+    public var isReachable: Bool { brokersReachable }
     /// Records sent to the dead-letter topic (after a permanent failure, or poison rows).
     public private(set) var deadLettered = 0
 

@@ -32,10 +32,13 @@ public protocol EventSink: AnyObject {
     /// record counts as in flight under `ticket` and is acknowledged like an
     /// event, with weight `poison.payload?.count ?? 0`.
     func deadLetter(_ poison: PoisonEvent, ticket: UInt64) throws -> Bool
+    /// Whether the destination is reachable as far as the sink knows (readiness).
+    var isReachable: Bool { get }
 }
 
 extension EventSink {
     public func deadLetter(_ poison: PoisonEvent, ticket: UInt64) throws -> Bool { false }
+    public var isReachable: Bool { true }
 }
 
 /// One event acknowledged by a sink.

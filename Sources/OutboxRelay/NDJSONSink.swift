@@ -23,12 +23,46 @@ public final class NDJSONSink: EventSink {
     }
 
     /// A file opened for appending (created 0644 if missing); acks after fsync.
+    ///
+    /// A relay killed in the middle of a `write` can leave a torn last line.
+    /// That event was never acknowledged, so the next run delivers it again;
+    /// the torn tail is cut off first (`repairedBytes` says how much), so that
+    /// every line of the file stays one complete JSON object.
     public static func file(path: String) throws -> NDJSONSink {
-        let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
+        let fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
         guard fd >= 0 else {
             throw SinkError("cannot open sink file \(path): \(String(cString: strerror(errno)))")
         }
-        return NDJSONSink(name: "file:\(path)", fd: fd, owns: true, durable: true)
+        let sink = NDJSONSink(name: "file:\(path)", fd: fd, owns: true, durable: true)
+        sink.repairedBytes = try cutTornLine(fd, path: path)
+        return sink
+    }
+
+    /// Bytes of a torn last line removed when the file was opened.
+    public private(set) var repairedBytes = 0
+
+    /// Truncates a regular file after its last newline; returns the bytes removed.
+    static func cutTornLine(_ fd: Int32, path: String) throws -> Int {
+        var info = stat()
+        guard fstat(fd, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG, info.st_size > 0 else { return 0 }
+        let size = Int(info.st_size)
+        var chunk = [UInt8](repeating: 0, count: 64 << 10)
+        var end = size
+        while end > 0 {
+            let start = max(0, end - chunk.count)
+            let count = end - start
+            let read = chunk.withUnsafeMutableBytes { pread(fd, $0.baseAddress, count, off_t(start)) }
+            guard read == count else { throw SinkError("cannot read sink file \(path): \(String(cString: strerror(errno)))") }
+            if let newline = chunk[0..<count].lastIndex(of: 10) {
+                let keep = start + newline + 1
+                if keep == size { return 0 }
+                guard ftruncate(fd, off_t(keep)) == 0 else { throw SinkError("cannot repair sink file \(path): \(String(cString: strerror(errno)))") }
+                return size - keep
+            }
+            end = start
+        }
+        guard ftruncate(fd, 0) == 0 else { throw SinkError("cannot repair sink file \(path): \(String(cString: strerror(errno)))") }
+        return size
     }
 
     private init(name: String, fd: Int32, owns: Bool, durable: Bool) {

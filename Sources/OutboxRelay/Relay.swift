@@ -22,11 +22,18 @@ public struct RelayConfig: Sendable {
     public var maxBackoffMilliseconds = 30_000
     /// How often a hot standby retries a slot that another relay holds.
     public var standbyRetryMilliseconds = 2_000
+    /// How often the publication is re-checked while streaming (see `PublicationWatch`); 0 never.
+    public var publicationCheckMilliseconds = 5_000
     /// How long shutdown waits for the sink to acknowledge what is in flight.
     public var shutdownTimeoutMilliseconds = 10_000
     /// Stop once everything up to this LSN is confirmed (like pg_recvlogical's
     /// `--endpos`): for draining a backlog, benchmarks and tests.
     public var endLSN: LSN?
+    /// False for a read-only look at the slot (`outbox-relay tail`): status
+    /// updates keep reporting the slot's own confirmed position, so nothing is consumed.
+    public var confirms = true
+    /// Stop after this many events (`tail --limit`).
+    public var eventLimit: Int?
 
     public init(replication: ReplicationOptions, routing: RoutingConfig) {
         self.replication = replication
@@ -91,6 +98,10 @@ public final class Relay: RelayService, @unchecked Sendable {
     private var router: OutboxRouter
     private var tracker: AckTracker?
     private var warnedNonTransactional = false
+    /// Per transaction with events in flight, in ticket order: when its first
+    /// event was sent, its commit time, and how many of its events are unacknowledged.
+    private var timings: [(ticket: UInt64, sentAt: UInt64, commitMicros: Int64, remaining: Int)] = []
+    private var timingsHead = 0
 
     public init(config: RelayConfig, sink: any EventSink, logger: Logger) {
         self.config = config
@@ -185,6 +196,7 @@ public final class Relay: RelayService, @unchecked Sendable {
         } else {
             tracker!.reset()
         }
+        resetTimings()
         router.reset()
         var decoder = PGOutputDecoder(protocolVersion: config.replication.protocolVersion)
         let startLSN = max(tracker!.confirmed, session.slotConfirmedFlush)
@@ -205,9 +217,12 @@ public final class Relay: RelayService, @unchecked Sendable {
         var transactionLSN = LSN.zero
         var transactionTime = PostgresTimestamp(rawValue: 0)
         var lastStatusAt = Self.nowMilliseconds()
+        let watch = PublicationWatch(options: config.replication, logger: logger)
+        var lastWatchAt = 0  // check once right away: the slot's status is a metric
 
+        let readOnlyFlush = session.slotConfirmedFlush
         func sendStatus(force: Bool) throws(RelayError) {
-            let flush = tracker!.confirmed
+            let flush = config.confirms ? tracker!.confirmed : readOnlyFlush
             let now = Self.nowMilliseconds()
             let elapsed = now - lastStatusAt
             guard
@@ -223,9 +238,14 @@ public final class Relay: RelayService, @unchecked Sendable {
         }
 
         func applyAcks(_ acks: [Acknowledgement]) {
+            guard !acks.isEmpty else { return }
+            let now = Self.monotonicNanos()
+            let wallMicros = Self.wallClockMicros()
             for ack in acks where tracker!.acknowledge(ticket: ack.ticket, weight: ack.weight) {
                 stats.eventsAcknowledged += 1
+                observeAcknowledgement(ticket: ack.ticket, now: now, wallMicros: wallMicros)
             }
+            stats.lastAcknowledgementAt = Int(now / 1_000_000)
         }
 
         func handle(_ message: ReplicationMessage) throws(RelayError) {
@@ -324,6 +344,9 @@ public final class Relay: RelayService, @unchecked Sendable {
                 do { try sink.send(event, ticket: currentTicket()) } catch { throw .sink("\(error)") }
                 tracker!.sent(weight: event.weight)
                 stats.eventsPublished += 1
+                stats.eventsByTopic[event.topic, default: 0] += 1
+                if let limit = config.eventLimit, stats.eventsPublished >= limit { stop() }
+                recordSend(ticket: currentTicket(), commitTime: transactionTime)
                 if event.tombstone { stats.tombstones += 1 }
             case .failure(let poison):
                 let deadLettered: Bool
@@ -332,6 +355,7 @@ public final class Relay: RelayService, @unchecked Sendable {
                 }
                 if deadLettered {
                     tracker!.sent(weight: poison.payload?.count ?? 0)
+                    recordSend(ticket: currentTicket(), commitTime: transactionTime)
                     stats.deadLettered += 1
                     logger.warning(
                         "row sent to the dead-letter destination",
@@ -372,7 +396,20 @@ public final class Relay: RelayService, @unchecked Sendable {
                     throw RelayError.sink("\(error)")
                 }
                 applyAcks(acks)
+                stats.sinkReachable = sink.isReachable
                 try sendStatus(force: false)
+                if config.publicationCheckMilliseconds > 0 && Self.nowMilliseconds() - lastWatchAt >= config.publicationCheckMilliseconds {
+                    lastWatchAt = Self.nowMilliseconds()
+                    do {
+                        if let slot = try watch.check() {
+                            if slot.walStatus != stats.slotWALStatus && slot.walStatus != "reserved" {
+                                logger.warning("slot wal_status changed", metadata: ["wal_status": "\(slot.walStatus ?? "?")", "safe_wal_size": "\(slot.safeWALSize.map(String.init) ?? "unlimited")"])
+                            }
+                            stats.slotWALStatus = slot.walStatus
+                            stats.slotSafeWALSize = slot.safeWALSize
+                        }
+                    } catch { throw RelayError.replication(error) }
+                }
                 publish()
                 if let end = config.endLSN, tracker!.confirmed >= end {
                     logger.notice(
@@ -402,6 +439,57 @@ public final class Relay: RelayService, @unchecked Sendable {
         logger.notice(
             "stopped",
             metadata: ["confirmed_lsn": "\(tracker!.confirmed)", "events": "\(stats.eventsPublished)"])
+    }
+
+    private func recordSend(ticket: UInt64, commitTime: PostgresTimestamp) {
+        if timings.count > timingsHead, timings[timings.count - 1].ticket == ticket {
+            timings[timings.count - 1].remaining += 1
+        } else {
+            timings.append((ticket, Self.monotonicNanos(), commitTime.unixMicroseconds, 1))
+            if timings.count == timingsHead + 1 {
+                // Nothing was pending: the stall clock starts now.
+                stats.oldestPendingCommitMicros = commitTime.unixMicroseconds
+                stats.lastAcknowledgementAt = Self.nowMilliseconds()
+            }
+        }
+    }
+
+    /// Latency histograms and the oldest pending commit; tickets are increasing, so a binary search finds one.
+    private func observeAcknowledgement(ticket: UInt64, now: UInt64, wallMicros: Int64) {
+        var low = timingsHead
+        var high = timings.count
+        while low < high {
+            let mid = (low + high) / 2
+            if timings[mid].ticket < ticket { low = mid + 1 } else { high = mid }
+        }
+        guard low < timings.count, timings[low].ticket == ticket else { return }
+        timings[low].remaining -= 1
+        stats.publishLatency.observe(seconds: Double(now &- timings[low].sentAt) / 1e9)
+        stats.commitToPublishLatency.observe(seconds: Double(wallMicros - timings[low].commitMicros) / 1e6)
+        while timingsHead < timings.count && timings[timingsHead].remaining <= 0 { timingsHead += 1 }
+        if timingsHead > 1024 && timingsHead * 2 > timings.count {
+            timings.removeFirst(timingsHead)
+            timingsHead = 0
+        }
+        stats.oldestPendingCommitMicros = timingsHead < timings.count ? timings[timingsHead].commitMicros : 0
+    }
+
+    private func resetTimings() {
+        timings.removeAll(keepingCapacity: true)
+        timingsHead = 0
+        stats.oldestPendingCommitMicros = 0
+    }
+
+    static func monotonicNanos() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+
+    static func wallClockMicros() -> Int64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Int64(ts.tv_sec) * 1_000_000 + Int64(ts.tv_nsec) / 1_000
     }
 
     /// The ticket of the open transaction (the tracker issued it at Begin).
@@ -436,7 +524,7 @@ public final class Relay: RelayService, @unchecked Sendable {
             logger.error("sink failed while draining", metadata: ["error": "\(error)"])
         }
         do {
-            try session.sendStatus(written: stats.receivedLSN, flushed: tracker!.confirmed)
+            try session.sendStatus(written: stats.receivedLSN, flushed: config.confirms ? tracker!.confirmed : session.slotConfirmedFlush)
             stats.statusUpdates += 1
             session.close()
         } catch {

@@ -34,5 +34,58 @@ public struct RelayStats: Sendable, Equatable {
     public var inFlightEvents = 0
     public var inFlightBytes = 0
 
+    /// Events sent to the sink, per topic.
+    public var eventsByTopic: [String: Int] = [:]
+    /// Send → acknowledgement, per event.
+    public var publishLatency = LatencyHistogram()
+    /// Commit (the transaction's commit timestamp) → acknowledgement, per event.
+    public var commitToPublishLatency = LatencyHistogram()
+    /// Commit time of the oldest transaction not fully acknowledged (Unix µs), 0 when none.
+    public var oldestPendingCommitMicros: Int64 = 0
+    /// Monotonic ms of the last acknowledgement, for stall detection.
+    public var lastAcknowledgementAt = 0
+    /// The sink's own view of its destination (Kafka: some broker reachable).
+    public var sinkReachable = true
+    /// From the periodic server check: the slot's `wal_status` and `safe_wal_size` (bytes).
+    public var slotWALStatus: String?
+    public var slotSafeWALSize: Int64?
+
     public init() {}
+
+    /// Replication lag in bytes: the server's WAL end minus what is confirmed.
+    public var lagBytes: Int64 { serverWALEnd > confirmedLSN ? Int64(serverWALEnd.rawValue - confirmedLSN.rawValue) : 0 }
+
+    /// Seconds since the commit of the oldest transaction not yet acknowledged; 0 when caught up.
+    public func lagSeconds(nowMicros: Int64) -> Double {
+        oldestPendingCommitMicros > 0 ? max(0, Double(nowMicros - oldestPendingCommitMicros) / 1e6) : 0
+    }
+
+    /// Ready to serve its purpose: streaming, and the sink delivering (reachable,
+    /// and not sitting on unacknowledged events for `stallMilliseconds`).
+    public func isReady(nowMilliseconds: Int, stallMilliseconds: Int = 10_000) -> Bool {
+        guard state == .streaming && sinkReachable else { return false }
+        return inFlightEvents == 0 || nowMilliseconds - lastAcknowledgementAt < stallMilliseconds
+    }
+}
+
+/// A Prometheus-style histogram of latencies with fixed bucket bounds (seconds).
+public struct LatencyHistogram: Sendable, Equatable {
+    public static let bounds: [Double] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
+    /// Cumulative counts are derived when rendering; these are per bucket (+Inf last).
+    public private(set) var counts = [Int](repeating: 0, count: LatencyHistogram.bounds.count + 1)
+    public private(set) var sum = 0.0
+    public private(set) var count = 0
+
+    public init() {}
+
+    public mutating func observe(seconds: Double) {
+        var index = Self.bounds.count
+        for (i, bound) in Self.bounds.enumerated() where seconds <= bound {
+            index = i
+            break
+        }
+        counts[index] += 1
+        sum += max(0, seconds)
+        count += 1
+    }
 }

@@ -167,21 +167,37 @@ struct LogOptions: ParsableArguments {
     @Option(help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel = "info"
 
+    @Option(help: "logfmt, json or text: one line per record on stderr.")
+    var logFormat = "logfmt"
+
     func validate() throws {
-        if Logger.Level(rawValue: logLevel) == nil {
-            throw ValidationError(
-                "--log-level must be one of trace, debug, info, notice, warning, error, critical")
-        }
+        if Logger.Level(rawValue: logLevel) == nil { throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical") }
+        if StructuredLogHandler.Format(rawValue: logFormat) == nil { throw ValidationError("--log-format must be logfmt, json or text") }
     }
 
     func bootstrap() -> Logger {
         let level = Logger.Level(rawValue: logLevel) ?? .info
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        let format = StructuredLogHandler.Format(rawValue: logFormat) ?? .logfmt
+        LoggingSystem.bootstrap { label in StructuredLogHandler(label: label, format: format, level: level) }
         return Logger(label: "outbox-relay")
+    }
+}
+
+/// The health and metrics endpoints.
+struct HTTPOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("Serve /healthz, /readyz and /metrics on this address (off unless set; e.g. 127.0.0.1:9187, or 0.0.0.0:9187 in a pod).", valueName: "host:port"))
+    var httpAddress: String?
+
+    func validate() throws {
+        if let httpAddress, split(httpAddress) == nil { throw ValidationError("--http-address must be host:port with a port from 0 to 65535, got \"\(httpAddress)\"") }
+    }
+
+    func split(_ value: String) -> (host: String, port: Int)? {
+        guard let colon = value.lastIndex(of: ":") else { return nil }
+        var host = String(value[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard !host.isEmpty, let port = Int(value[value.index(after: colon)...]), (0...65535).contains(port) else { return nil }
+        return (host, port)
     }
 }
 

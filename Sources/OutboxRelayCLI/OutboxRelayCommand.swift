@@ -6,17 +6,52 @@ import PGOutput
 import PostgresReplication
 
 @main
-struct OutboxRelayCommand: ParsableCommand {
+struct OutboxRelayCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "outbox-relay",
-        abstract:
-            "Relays transactional-outbox events from PostgreSQL's log to a broker, confirming only what the broker acknowledged.",
-        subcommands: [Run.self, Poll.self]
+        abstract: "Relays transactional-outbox events from PostgreSQL's log to a broker, confirming only what the broker acknowledged.",
+        discussion: """
+            Every option can also be set as an environment variable OUTBOX_RELAY_<OPTION> (--kafka-brokers: \
+            OUTBOX_RELAY_KAFKA_BROKERS), read from a file named by OUTBOX_RELAY_<OPTION>_FILE, or written as \
+            `option = value` in a config file given with --config PATH (or OUTBOX_RELAY_CONFIG). The command \
+            line wins over the environment, which wins over the file.
+            """,
+        subcommands: [Run.self, Poll.self, Status.self, Tail.self, Init.self]
     )
+
+    /// Merges environment and config file into the arguments, then parses and runs.
+    static func main() async {
+        let sources: ConfigurationSources
+        do {
+            sources = try ConfigurationSources(arguments: Array(CommandLine.arguments.dropFirst()), environment: ProcessInfo.processInfo.environment)
+        } catch {
+            FileHandle.standardError.write(Data("Error: \(error)\n".utf8))
+            Foundation.exit(64)
+        }
+        do {
+            var command = try parseAsRoot(sources.arguments)
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            let code = exitCode(for: error)
+            if code == .validationFailure, !sources.origins.isEmpty {
+                let message = Self.message(for: error)
+                let note = sources.originNote(for: message)
+                if !note.isEmpty {
+                    FileHandle.standardError.write(Data("Error: \(message)\(note)\n".utf8))
+                    Foundation.exit(code.rawValue)
+                }
+            }
+            exit(withError: error)
+        }
+    }
 }
 
 /// Exit codes: 0 stopped on request; 1 a fatal relay error (named on stderr); 64 bad usage.
-struct Run: ParsableCommand {
+struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Stream outbox events from a logical replication slot to a sink.",
         discussion: """
@@ -62,6 +97,7 @@ struct Run: ParsableCommand {
     var endLsn: String?
 
     @OptionGroup(title: "Logging") var logOptions: LogOptions
+    @OptionGroup(title: "Health and metrics") var httpOptions: HTTPOptions
 
     func validate() throws {
         if let problem = ReplicationOptions.validateSlotName(slot) {
@@ -79,7 +115,7 @@ struct Run: ParsableCommand {
         }
     }
 
-    func run() throws {
+    func run() async throws {
         let logger = logOptions.bootstrap()
         let source = database.resolved()!
         var replication = ReplicationOptions(
@@ -99,17 +135,11 @@ struct Run: ParsableCommand {
             throw ExitCode(1)
         }
         let relay = Relay(config: config, sink: eventSink, logger: logger)
-        let signals = installStopSignals(logger: logger) { relay.stop() }
-        defer { signals.forEach { $0.cancel() } }
-
         logger.info(
             "starting",
-            metadata: [
-                "source": "\(Conninfo.redacted(source))", "slot": "\(slot)",
-                "publication": "\(publication)", "sink": "\(eventSink.name)",
-            ])
+            metadata: ["source": "\(Conninfo.redacted(source))", "slot": "\(slot)", "publication": "\(publication)", "sink": "\(eventSink.name)"])
         do {
-            try relay.run()
+            try await runServices(relay: relay, mode: "run", slot: slot, http: httpOptions, logger: logger)
         } catch {
             logger.critical("relay stopped: \(error)")
             throw ExitCode(1)

@@ -6,7 +6,7 @@ import PollingRelay
 import PostgresReplication
 
 /// Exit codes as for `run`: 0 stopped on request (or drained with --until-empty); 1 fatal; 64 usage.
-struct Poll: ParsableCommand {
+struct Poll: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract:
             "Poll the outbox table instead of tailing the log (fallback where logical replication is not allowed).",
@@ -56,6 +56,7 @@ struct Poll: ParsableCommand {
     var shutdownTimeoutMs = 10_000
 
     @OptionGroup(title: "Logging") var logOptions: LogOptions
+    @OptionGroup(title: "Health and metrics") var httpOptions: HTTPOptions
 
     func config() -> PollingConfig {
         var config = PollingConfig(
@@ -75,7 +76,7 @@ struct Poll: ParsableCommand {
         if shutdownTimeoutMs < 0 { throw ValidationError("--shutdown-timeout-ms must not be negative") }
     }
 
-    func run() throws {
+    func run() async throws {
         let logger = logOptions.bootstrap()
         let config = config()
         let eventSink: any EventSink
@@ -84,16 +85,9 @@ struct Poll: ParsableCommand {
             throw ExitCode(1)
         }
         let relay = PollingRelay(config: config, sink: eventSink, logger: logger)
-        let signals = installStopSignals(logger: logger) { relay.stop() }
-        defer { signals.forEach { $0.cancel() } }
-        logger.info(
-            "starting",
-            metadata: [
-                "source": "\(Conninfo.redacted(config.conninfo))", "mode": "poll",
-                "sink": "\(eventSink.name)",
-            ])
+        logger.info("starting", metadata: ["source": "\(Conninfo.redacted(config.conninfo))", "mode": "poll", "sink": "\(eventSink.name)"])
         do {
-            try relay.run()
+            try await runServices(relay: relay, mode: "poll", slot: nil, http: httpOptions, logger: logger)
         } catch {
             logger.critical("relay stopped: \(error)")
             throw ExitCode(1)

@@ -255,29 +255,19 @@ final class ManagedErrors: @unchecked Sendable {
     var errors: [any Error] { lock.withLock { list } }
 }
 
-/// A tansu broker of the test's own on a fixed loopback port, to stop and start.
-/// Its memory storage starts empty after a restart: the relay must cope with a
-/// broker that lost all state (the idempotent producer's epoch included).
+/// A tansu broker of the test's own on a loopback port, to freeze and thaw,
+/// or to put behind a `TCPProxy` (`advertisedPort`) that can be restarted.
 final class TansuProcess: @unchecked Sendable {
     // @unchecked Sendable: used from one test at a time.
     let port: Int
-    var address: String { "127.0.0.1:\(port)" }
+    /// The port clients are told to use (metadata): `port`, or a proxy's.
+    let advertisedPort: Int
+    var address: String { "127.0.0.1:\(advertisedPort)" }
     private var process: Process?
 
-    init() throws {
-        let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(socket, $0, length) }
-        }
-        _ = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(socket, $0, &length) }
-        }
-        port = Int(UInt16(bigEndian: address.sin_port))
-        close(socket)
+    init(advertisedPort: Int? = nil) throws {
+        port = try TCPProxy.freePort()
+        self.advertisedPort = advertisedPort ?? port
         try start()
     }
 
@@ -285,8 +275,8 @@ final class TansuProcess: @unchecked Sendable {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: TestKafka.tansu!)
         process.arguments = [
-            "broker", "--listener-url", "tcp://\(address)", "--advertised-listener-url",
-            "tcp://\(address)", "--storage-engine", "memory://tansu/",
+            "broker", "--listener-url", "tcp://127.0.0.1:\(port)", "--advertised-listener-url",
+            "tcp://127.0.0.1:\(advertisedPort)", "--storage-engine", "memory://tansu/",
         ]
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
@@ -295,14 +285,14 @@ final class TansuProcess: @unchecked Sendable {
         usleep(300_000)
     }
 
-    func freeze() { if let process { kill(process.processIdentifier, SIGSTOP) } }
-    func thaw() { if let process { kill(process.processIdentifier, SIGCONT) } }
+    func freeze() { if let process { Glibc.kill(process.processIdentifier, SIGSTOP) } }
+    func thaw() { if let process { Glibc.kill(process.processIdentifier, SIGCONT) } }
 
     func stop() {
         thaw()
         guard let process, process.isRunning else { return }
         // tansu waits for connected clients on SIGTERM; an outage is a crash anyway.
-        kill(process.processIdentifier, SIGKILL)
+        Glibc.kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
         self.process = nil
     }

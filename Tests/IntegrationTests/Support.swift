@@ -30,12 +30,15 @@ final class TestOutbox {
     let publication: String
     let sql: PGConnection
 
-    init(publish: String = "insert", createSlot: Bool = true) throws {
+    let conninfo: String
+
+    init(publish: String = "insert", createSlot: Bool = true, conninfo: String = TestDatabase.conninfo!) throws {
+        self.conninfo = conninfo
         name = "it_" + UUID().uuidString.prefix(8).lowercased()
         schema = name
         slot = name + "_slot"
         publication = name + "_pub"
-        sql = try TestDatabase.connect()
+        sql = try PGConnection(conninfo: conninfo, replication: false)
         let ddl = try String(
             contentsOf: TestDatabase.repository.appendingPathComponent("sql/01-outbox-table.sql"),
             encoding: .utf8
@@ -61,7 +64,7 @@ final class TestOutbox {
 
     var options: ReplicationOptions {
         ReplicationOptions(
-            conninfo: TestDatabase.conninfo!, slot: slot, publication: publication,
+            conninfo: conninfo, slot: slot, publication: publication,
             table: (schema, "outbox"))
     }
 
@@ -207,6 +210,7 @@ final class GatedSink: EventSink, @unchecked Sendable {
 
     var sentCount: Int { state.withLock { $0.sent.count } }
     var sentIDs: [String] { state.withLock { $0.sent.map(\.id) } }
+    var sentEvents: [OutboxEvent] { state.withLock { $0.sent } }
     func release() { state.withLock { $0.open = true } }
 
     func send(_ event: OutboxEvent, ticket: UInt64) throws {

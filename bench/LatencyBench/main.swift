@@ -27,6 +27,11 @@ struct Options {
     var rates = [100, 1_000, 10_000]
     var sizes = [1, 10]
     var writers = 4
+    /// Extra arguments for every relay run, e.g. "-X linger.ms=0".
+    var relayArguments: [String] = []
+    /// With a tansu binary, every cell gets a fresh broker (empty memory storage),
+    /// so no cell pays for the records of the cells before it.
+    var tansu: String?
 
     init(_ arguments: [String]) {
         var i = 0
@@ -47,11 +52,13 @@ struct Options {
             case "--rates": rates = value().split(separator: ",").compactMap { Int($0) }
             case "--sizes": sizes = value().split(separator: ",").compactMap { Int($0) }
             case "--writers": writers = Int(value()) ?? 4
+            case "--tansu": tansu = value()
+            case "--relay-args": relayArguments = value().split(separator: " ").map(String.init)
             default: fail("unknown argument \(arguments[i])")
             }
             i += 1
         }
-        if relay.isEmpty || conninfo.isEmpty || relayConninfo.isEmpty || brokers.isEmpty {
+        if relay.isEmpty || conninfo.isEmpty || relayConninfo.isEmpty || (brokers.isEmpty && tansu == nil) {
             fail("--relay, --conninfo, --relay-conninfo and --brokers are required")
         }
     }
@@ -319,6 +326,54 @@ func peakRSSMiB(_ pid: Int32) -> Double {
     return 0
 }
 
+// MARK: - A fresh broker per cell
+
+/// A tansu broker on a free loopback port, killed when the cell ends.
+final class Broker {
+    let process = Process()
+    let address: String
+
+    init(binary: String) throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        let port = Int(UInt16(bigEndian: address.sin_port))
+        close(fd)
+        self.address = "127.0.0.1:\(port)"
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = [
+            "broker", "--listener-url", "tcp://\(self.address)", "--advertised-listener-url", "tcp://\(self.address)", "--storage-engine", "memory://tansu/",
+        ]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        // Ready when it accepts connections.
+        for _ in 0..<100 {
+            let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var target = sockaddr_in()
+            target.sin_family = sa_family_t(AF_INET)
+            target.sin_addr.s_addr = inet_addr("127.0.0.1")
+            target.sin_port = in_port_t(UInt16(port).bigEndian)
+            let connected = withUnsafeMutablePointer(to: &target) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(probe, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            close(probe)
+            if connected == 0 { return }
+            usleep(50_000)
+        }
+        fail("tansu did not start on \(self.address)")
+    }
+
+    deinit {
+        kill(process.processIdentifier, SIGKILL)  // tansu waits for its clients on SIGTERM
+        process.waitUntilExit()
+    }
+}
+
 // MARK: - One cell
 
 struct Mode {
@@ -428,14 +483,18 @@ final class Bench {
         if mode.isCDC { try admin.query("SELECT pg_create_logical_replication_slot('bench_slot', 'pgoutput')") }
         try admin.query("VACUUM bench.outbox")
 
+        let broker = try options.tansu.map { try Broker(binary: $0) }
+        let brokers = broker?.address ?? options.brokers
+        defer { withExtendedLifetime(broker) {} }
+
         // The relay under test: the real binary, its own process.
         let process = Process()
         process.executableURL = URL(fileURLWithPath: options.relay)
         process.arguments =
             mode.arguments + [
-                "--source", options.relayConninfo, "--table", "bench.outbox", "--sink", "kafka", "--kafka-brokers", options.brokers, "--topic-template", "bench.{aggregatetype}",
+                "--source", options.relayConninfo, "--table", "bench.outbox", "--sink", "kafka", "--kafka-brokers", brokers, "--topic-template", "bench.{aggregatetype}",
                 "--log-level", "warning",
-            ]
+            ] + options.relayArguments
         let logURL = URL(fileURLWithPath: options.out).appendingPathComponent("logs/\(aggregate)-\(mode.name).log")
         _ = FileManager.default.createFile(atPath: logURL.path, contents: nil)
         process.standardError = try FileHandle(forWritingTo: logURL)
@@ -455,7 +514,7 @@ final class Bench {
         }
 
         // Warm-up: same rate and shape, not measured; also creates the topic.
-        let consumer = Consumer(brokers: options.brokers)
+        let consumer = Consumer(brokers: brokers)
         let warmupDone = DispatchSemaphore(value: 0)
         let warmupWriters = writers[0..<1]
         Thread {

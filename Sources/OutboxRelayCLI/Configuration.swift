@@ -1,0 +1,192 @@
+import Foundation
+
+/// One configuration surface: every option of every command can be given as
+/// a flag, as an environment variable, or in a config file. Precedence:
+/// command line, then environment, then config file, then the default.
+///
+/// - Environment: `OUTBOX_RELAY_<OPTION>` (`--kafka-brokers` →
+///   `OUTBOX_RELAY_KAFKA_BROKERS`), and `OUTBOX_RELAY_<OPTION>_FILE` to read the
+///   value from a file (secrets mounted by an orchestrator). Repeatable options
+///   take one value per line. Flags take true/false.
+/// - Config file (`--config PATH` or `OUTBOX_RELAY_CONFIG`): `option = value`
+///   lines, `#` comments, repeated keys for repeatable options, `option_file =
+///   PATH` to read a value from a file.
+/// - `-X` librdkafka properties: `OUTBOX_RELAY_KAFKA_PROPERTY` (one per line),
+///   `kafka-property` in the file, or a Java-style properties file through
+///   `OUTBOX_RELAY_KAFKA_PROPERTIES_FILE` / `kafka-properties-file`.
+///
+/// The merge happens before parsing: values from the environment and the file
+/// become command-line arguments, so ArgumentParser validates all of them the
+/// same way; `origins` remembers where each came from for error messages.
+/// Values are never printed (they may be secrets).
+struct ConfigurationSources {
+    enum Kind { case value, flag, repeated }
+    struct Option {
+        var name: String
+        var kind: Kind
+        /// The flag on the command line (`-X` for kafka-property).
+        var flag: String { name == "kafka-property" ? "-X" : "--" + name }
+        var environment: String { "OUTBOX_RELAY_" + name.uppercased().replacingOccurrences(of: "-", with: "_") }
+    }
+
+    struct Problem: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    static let common: [Option] = [
+        .init(name: "source", kind: .value), .init(name: "log-level", kind: .value), .init(name: "log-format", kind: .value),
+    ]
+    static let sink: [Option] = [
+        .init(name: "sink", kind: .value), .init(name: "kafka-brokers", kind: .value), .init(name: "kafka-property", kind: .repeated),
+        .init(name: "dlq-topic", kind: .value),
+    ]
+    static let routing: [Option] = [
+        .init(name: "table", kind: .value), .init(name: "id-column", kind: .value), .init(name: "aggregate-type-column", kind: .value),
+        .init(name: "aggregate-id-column", kind: .value), .init(name: "type-column", kind: .value), .init(name: "payload-column", kind: .value),
+        .init(name: "headers-column", kind: .value), .init(name: "header-column", kind: .repeated), .init(name: "topic-template", kind: .value),
+        .init(name: "tombstones", kind: .flag), .init(name: "message-prefix", kind: .value),
+    ]
+    static let http: [Option] = [.init(name: "http-address", kind: .value)]
+
+    /// The options each command takes, as declared in its `ParsableCommand` (a test keeps them in step with `--help`).
+    static let commands: [String: [Option]] = [
+        "run": common + sink + routing + http + [
+            .init(name: "slot", kind: .value), .init(name: "publication", kind: .value), .init(name: "create-slot", kind: .flag),
+            .init(name: "max-in-flight", kind: .value), .init(name: "max-in-flight-bytes", kind: .value), .init(name: "status-interval-ms", kind: .value),
+            .init(name: "shutdown-timeout-ms", kind: .value), .init(name: "end-lsn", kind: .value),
+        ],
+        "poll": common + sink + routing + http + [
+            .init(name: "batch-size", kind: .value), .init(name: "interval-ms", kind: .value), .init(name: "order-by", kind: .value),
+            .init(name: "mark-column", kind: .value), .init(name: "notify-channel", kind: .value), .init(name: "until-empty", kind: .flag),
+            .init(name: "shutdown-timeout-ms", kind: .value),
+        ],
+        "status": common + [.init(name: "slot", kind: .value), .init(name: "max-inactive-seconds", kind: .value), .init(name: "format", kind: .value)],
+        "tail": common + routing + [.init(name: "slot", kind: .value), .init(name: "publication", kind: .value), .init(name: "limit", kind: .value)],
+        "init": common + [.init(name: "table", kind: .value), .init(name: "publication", kind: .value), .init(name: "with-polling", kind: .flag)],
+    ]
+
+    /// The merged command line, and where each injected option came from.
+    var arguments: [String]
+    var origins: [String: String] = [:]
+
+    init(arguments input: [String], environment: [String: String], readFile: (String) throws -> String = Self.readFile) throws {
+        var arguments = input
+        // --config PATH (or --config=PATH) is ours, not the command's.
+        var configPath = environment["OUTBOX_RELAY_CONFIG"]
+        if let index = arguments.firstIndex(where: { $0 == "--config" || $0.hasPrefix("--config=") }) {
+            if arguments[index] == "--config" {
+                guard index + 1 < arguments.count else { throw Problem(description: "--config needs a path") }
+                configPath = arguments[index + 1]
+                arguments.removeSubrange(index...(index + 1))
+            } else {
+                configPath = String(arguments[index].dropFirst("--config=".count))
+                arguments.remove(at: index)
+            }
+        }
+        self.arguments = arguments
+        guard let command = arguments.first, let options = Self.commands[command] else { return }
+
+        var file: [(key: String, value: String, line: Int)] = []
+        if let configPath {
+            let text: String
+            do { text = try readFile(configPath) } catch { throw Problem(description: "cannot read config file \(configPath): \(error)") }
+            file = try Self.parse(text, path: configPath)
+            let known = Set(Self.commands.values.flatMap { $0.map(\.name) } + ["kafka-properties"])
+            for entry in file {
+                let key = entry.key.hasSuffix("-file") ? String(entry.key.dropLast(5)) : entry.key
+                if !known.contains(key) { throw Problem(description: "config file \(configPath) line \(entry.line): unknown option \"\(entry.key)\"") }
+            }
+        }
+
+        var injected: [String] = []
+        for option in options {
+            if Self.given(option, in: arguments) { continue }
+            var values: [String] = []
+            var origin = ""
+            if let value = environment[option.environment] {
+                values = option.kind == .repeated ? value.split(whereSeparator: \.isNewline).map(String.init) : [value]
+                origin = "environment variable \(option.environment)"
+            } else if let path = environment[option.environment + "_FILE"] {
+                values = try Self.fileValues(path, option: option, readFile: readFile)
+                origin = "environment variable \(option.environment)_FILE"
+            } else if option.name == "kafka-property", let path = environment["OUTBOX_RELAY_KAFKA_PROPERTIES_FILE"] {
+                values = try Self.fileValues(path, option: option, readFile: readFile)
+                origin = "environment variable OUTBOX_RELAY_KAFKA_PROPERTIES_FILE"
+            } else if let configPath {
+                let direct = file.filter { $0.key == option.name }
+                let fromFile = file.filter { $0.key == option.name + "-file" || (option.name == "kafka-property" && $0.key == "kafka-properties-file") }
+                if !direct.isEmpty {
+                    values = option.kind == .repeated ? direct.map(\.value) : [direct.last!.value]
+                    origin = "config file \(configPath) line \(direct.last!.line)"
+                } else if let entry = fromFile.last {
+                    values = try Self.fileValues(entry.value, option: option, readFile: readFile)
+                    origin = "config file \(configPath) line \(entry.line)"
+                }
+            }
+            guard !origin.isEmpty else { continue }
+            switch option.kind {
+            case .flag:
+                switch values.first?.lowercased() ?? "" {
+                case "true", "1", "yes", "on": injected.append(option.flag)
+                case "false", "0", "no", "off", "": break
+                default: throw Problem(description: "\(origin): \(option.flag) takes true or false")
+                }
+            case .value:
+                injected += [option.flag, values.first ?? ""]
+            case .repeated:
+                for value in values { injected += [option.flag, value] }
+            }
+            origins[option.flag] = origin
+        }
+        // After the subcommand, before the user's own arguments (which win on repeats).
+        self.arguments = [command] + injected + arguments.dropFirst()
+    }
+
+    static func readFile(_ path: String) throws -> String {
+        guard let data = FileManager.default.contents(atPath: path) else { throw Problem(description: "not readable") }
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    /// A value read from a file: the whole file without its trailing newline;
+    /// for repeatable options (and properties files) one value per non-comment line.
+    static func fileValues(_ path: String, option: Option, readFile: (String) throws -> String) throws -> [String] {
+        let text: String
+        do { text = try readFile(path) } catch { throw Problem(description: "cannot read \(path) for \(option.flag): \(error)") }
+        if option.kind == .repeated {
+            return text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty && !$0.hasPrefix("#") }
+        }
+        var value = Substring(text)
+        while value.last == "\n" || value.last == "\r" { value = value.dropLast() }
+        return [String(value)]
+    }
+
+    static func given(_ option: Option, in arguments: [String]) -> Bool {
+        if option.kind == .repeated { return arguments.contains(option.flag) || arguments.contains { $0.hasPrefix(option.flag + "=") } }
+        return arguments.contains { $0 == option.flag || $0.hasPrefix(option.flag + "=") }
+    }
+
+    /// `key = value` lines; keys may use `-` or `_`; values may be double-quoted.
+    static func parse(_ text: String, path: String) throws -> [(key: String, value: String, line: Int)] {
+        var entries: [(key: String, value: String, line: Int)] = []
+        for (number, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let line = raw.trimmingCharacters(in: .whitespaces)
+            if line.isEmpty || line.hasPrefix("#") { continue }
+            guard let equals = line.firstIndex(of: "=") else {
+                throw Problem(description: "config file \(path) line \(number + 1): expected option = value")
+            }
+            let key = line[..<equals].trimmingCharacters(in: .whitespaces).replacingOccurrences(of: "_", with: "-")
+            var value = line[line.index(after: equals)...].trimmingCharacters(in: .whitespaces)
+            if value.count >= 2 && value.hasPrefix("\"") && value.hasSuffix("\"") { value = String(value.dropFirst().dropLast()) }
+            entries.append((key, value, number + 1))
+        }
+        return entries
+    }
+
+    /// The origin of the option an error message names, if it did not come from the command line.
+    func originNote(for message: String) -> String {
+        for (flag, origin) in origins.sorted(by: { $0.key.count > $1.key.count }) where message.contains(flag) {
+            return " (\(flag) was set by \(origin))"
+        }
+        return ""
+    }
+}

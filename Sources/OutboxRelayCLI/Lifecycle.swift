@@ -1,0 +1,70 @@
+import Foundation
+import Logging
+import OutboxRelay
+import ServiceLifecycle
+
+/// The relay as a service: graceful shutdown asks it to stop reading, wait
+/// (bounded) for the sink to acknowledge what is in flight — the sink's flush —
+/// and confirm what was acknowledged; `run` returns when that is done.
+struct RelayRunner: Service {
+    let relay: any RelayService
+    let logger: Logger
+
+    func run() async throws {
+        try await withGracefulShutdownHandler {
+            try await relay.runDetached()
+        } onGracefulShutdown: {
+            logger.notice("shutdown requested; stopping")
+            relay.stop()
+        }
+    }
+}
+
+/// The health and metrics endpoints as a service. It is started first and
+/// stopped last, so probes and scrapes are answered until the relay is done.
+struct HTTPRunner: Service {
+    let server: HTTPServer
+    let logger: Logger
+
+    func run() async throws {
+        server.start()
+        logger.info("serving /healthz, /readyz and /metrics", metadata: ["address": "\(server.address)"])
+        try? await gracefulShutdown()
+        server.stop()
+    }
+}
+
+/// Runs the relay (and the HTTP endpoints, if asked) in one service group:
+/// SIGTERM/SIGINT stop the relay first, then the HTTP server. The group also
+/// ends when the relay ends by itself (a fatal error, or --end-lsn reached).
+func runServices(relay: any RelayService, mode: String, slot: String?, http: HTTPOptions, logger: Logger) async throws {
+    var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+    if let address = http.httpAddress, let (host, port) = http.split(address) {
+        let started = Date()
+        let server = try HTTPServer(host: host, port: port) { path in
+            let stats = relay.currentStats
+            switch path {
+            case "/healthz":
+                let alive = stats.state != .failed
+                return .init(status: alive ? 200 : 503, body: alive ? "ok\n" : "failed\n")
+            case "/readyz":
+                let ready = stats.isReady(nowMilliseconds: Relay.nowMilliseconds())
+                var reason = "state \(stats.state.rawValue)"
+                if stats.state == .streaming && !ready { reason = stats.sinkReachable ? "sink not acknowledging" : "sink unreachable" }
+                return .init(status: ready ? 200 : 503, body: ready ? "ready\n" : "not ready: \(reason)\n")
+            case "/metrics":
+                var text = PrometheusText.render(stats, mode: mode, slot: slot, nowMicros: Int64(Date().timeIntervalSince1970 * 1_000_000))
+                text += "# HELP outbox_relay_uptime_seconds Seconds since the process started.\n# TYPE outbox_relay_uptime_seconds gauge\n"
+                text += "outbox_relay_uptime_seconds \(String(format: "%.3f", Date().timeIntervalSince(started)))\n"
+                return .init(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: text)
+            default:
+                return .init(status: 404, body: "not found; try /healthz, /readyz or /metrics\n")
+            }
+        }
+        services.append(.init(service: HTTPRunner(server: server, logger: logger)))
+    }
+    services.append(
+        .init(service: RelayRunner(relay: relay, logger: logger), successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup))
+    let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+    try await group.run()
+}

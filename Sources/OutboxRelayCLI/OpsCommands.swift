@@ -1,0 +1,218 @@
+import ArgumentParser
+import Foundation
+import Logging
+import OutboxRelay
+import PGOutput
+import PostgresReplication
+
+/// `outbox-relay status`: the slot's health, as a probe for cron or alerting.
+/// Exit codes: 0 healthy; 2 the slot is missing, lost, or inactive and over a
+/// limit; 1 cannot ask (connection failed); 64 bad usage.
+struct Status: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show the replication slot's position, lag and WAL retention; exit 2 when it needs attention.",
+        discussion: """
+            Unhealthy (exit 2): the slot does not exist; its wal_status is lost; or it is inactive (no relay \
+            attached) and either retains more than --max-retained-bytes of WAL or, on PostgreSQL 17 and later, \
+            has been inactive longer than --max-inactive-seconds.
+            """
+    )
+
+    @OptionGroup(title: "Database") var database: SourceOptions
+
+    @Option(help: "Logical replication slot.")
+    var slot = "outbox_slot"
+
+    @Option(help: "Inactive longer than this is unhealthy (PostgreSQL 17+, which records when a slot became inactive).")
+    var maxInactiveSeconds = 300
+
+    @Option(help: "An inactive slot retaining more WAL than this is unhealthy.")
+    var maxRetainedBytes: Int64 = 1 << 30
+
+    @Option(help: "text or json.")
+    var format = "text"
+
+    @OptionGroup(title: "Logging") var logOptions: LogOptions
+
+    func validate() throws {
+        if let problem = ReplicationOptions.validateSlotName(slot) { throw ValidationError("--slot: \(problem)") }
+        if format != "text" && format != "json" { throw ValidationError("--format must be text or json") }
+        if maxInactiveSeconds < 0 || maxRetainedBytes < 0 { throw ValidationError("--max-inactive-seconds and --max-retained-bytes must not be negative") }
+    }
+
+    func run() throws {
+        let connection: PGConnection
+        do { connection = try PGConnection(conninfo: database.resolved()!, replication: false, applicationName: "outbox-relay-status") } catch {
+            FileHandle.standardError.write(Data("Error: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+        let hasInactiveSince = connection.serverVersion >= 170_000
+        let sql = """
+            SELECT s.slot_name, s.plugin, s.slot_type, s.database, s.active, s.active_pid, s.confirmed_flush_lsn, s.restart_lsn,
+                   s.wal_status, s.safe_wal_size, pg_current_wal_lsn() AS current_lsn,
+                   pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn) AS lag_bytes,
+                   pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn) AS retained_bytes,
+                   \(hasInactiveSince ? "extract(epoch FROM now() - s.inactive_since)::bigint" : "NULL::bigint") AS inactive_seconds
+            FROM pg_replication_slots s WHERE s.slot_name = \(connection.literal(slot))
+            """
+        let rows: PGConnection.Rows
+        do { rows = try connection.query(sql, label: "reading pg_replication_slots") } catch {
+            FileHandle.standardError.write(Data("Error: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+        var fields: [(String, String)] = [("slot", slot)]
+        var problems: [String] = []
+        if rows.count == 0 {
+            problems.append("slot \"\(slot)\" does not exist")
+        } else {
+            for column in rows.columns where column != "slot_name" { fields.append((column, rows[0, column] ?? "")) }
+            let active = rows[0, "active"] == "t"
+            let retained = Int64(rows[0, "retained_bytes"] ?? "") ?? 0
+            if rows[0, "wal_status"] == "lost" { problems.append("wal_status is lost: WAL the slot needs was removed") }
+            if !active {
+                if retained > maxRetainedBytes { problems.append("inactive and retaining \(retained) bytes of WAL (limit \(maxRetainedBytes))") }
+                if let seconds = rows[0, "inactive_seconds"].flatMap({ Int($0) }), seconds > maxInactiveSeconds {
+                    problems.append("inactive for \(seconds) s (limit \(maxInactiveSeconds))")
+                }
+            }
+        }
+        fields.append(("healthy", problems.isEmpty ? "true" : "false"))
+        if !problems.isEmpty { fields.append(("problems", problems.joined(separator: "; "))) }
+        if format == "json" {
+            let members = fields.map { "\(StructuredLogHandler.jsonString($0.0)):\(StructuredLogHandler.jsonString($0.1))" }
+            print("{" + members.joined(separator: ",") + "}")
+        } else {
+            let width = fields.map(\.0.count).max() ?? 0
+            for (key, value) in fields { print(key.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + value) }
+        }
+        if !problems.isEmpty { throw ExitCode(2) }
+    }
+}
+
+/// `outbox-relay tail`: decoded events from a slot, printed as NDJSON, without
+/// confirming anything (the slot's position does not move).
+struct Tail: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print the events waiting in a slot (and new ones as they commit) without confirming anything.",
+        discussion: "A debugging aid: the slot's confirmed position stays where it was. Stop with Ctrl-C, or with --limit."
+    )
+
+    @OptionGroup(title: "Database") var database: SourceOptions
+
+    @Option(help: "Logical replication slot (pgoutput); must not be in use.")
+    var slot = "outbox_slot"
+
+    @Option(help: "Publication that publishes the outbox table.")
+    var publication = "outbox_pub"
+
+    @Option(help: "Stop after this many events.")
+    var limit: Int?
+
+    @OptionGroup(title: "Routing") var routingOptions: RoutingOptions
+    @OptionGroup(title: "Logging") var logOptions: LogOptions
+
+    func validate() throws {
+        if let problem = ReplicationOptions.validateSlotName(slot) { throw ValidationError("--slot: \(problem)") }
+        if let limit, limit < 1 { throw ValidationError("--limit must be at least 1") }
+    }
+
+    func run() async throws {
+        let logger = logOptions.bootstrap()
+        var config = RelayConfig(
+            replication: ReplicationOptions(conninfo: database.resolved()!, slot: slot, publication: publication, table: routingOptions.splitTable(), createSlot: false),
+            routing: routingOptions.routing())
+        config.confirms = false
+        config.eventLimit = limit
+        config.publicationCheckMilliseconds = 0
+        let relay = Relay(config: config, sink: NDJSONSink.stdout(), logger: logger)
+        do {
+            try await runServices(relay: relay, mode: "tail", slot: slot, http: HTTPOptions(), logger: logger)
+        } catch {
+            logger.critical("tail stopped: \(error)")
+            throw ExitCode(1)
+        }
+    }
+}
+
+/// `outbox-relay init`: applies the SQL setup in sql/ (idempotent).
+struct Init: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Create the outbox table, the publication and the message helper (sql/*.sql); safe to run again.",
+        discussion: """
+            Applies sql/01-outbox-table.sql, 02-publication.sql and 04-emit-message.sql; with --with-role also \
+            03-relay-role.sql (needs CREATEROLE), with --with-polling also 05-polling.sql. The files are looked \
+            up in --sql-dir, $OUTBOX_RELAY_SQL_DIR, next to the binary (../share/outbox-relay/sql) and in the \
+            source tree.
+            """
+    )
+
+    @OptionGroup(title: "Database") var database: SourceOptions
+
+    @Option(help: ArgumentHelp("The outbox table to create.", valueName: "schema.table"))
+    var table = "public.outbox"
+
+    @Option(help: "The publication to create.")
+    var publication = "outbox_pub"
+
+    @Flag(help: "Also create the outbox_relay role (sql/03-relay-role.sql).")
+    var withRole = false
+
+    @Flag(help: "Also the index and NOTIFY trigger for outbox-relay poll (sql/05-polling.sql).")
+    var withPolling = false
+
+    @Option(help: "Directory holding the sql/ files.")
+    var sqlDir: String?
+
+    @OptionGroup(title: "Logging") var logOptions: LogOptions
+
+    func validate() throws {
+        let parts = table.split(separator: ".")
+        if parts.count != 2 || parts.contains(where: { $0.isEmpty }) { throw ValidationError("--table must be schema.table, got \"\(table)\"") }
+        if publication.isEmpty { throw ValidationError("--publication must not be empty") }
+    }
+
+    func directory() -> String? {
+        let binary = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+        let candidates = [sqlDir, ProcessInfo.processInfo.environment["OUTBOX_RELAY_SQL_DIR"]].compactMap { $0 } + [
+            binary.appendingPathComponent("../share/outbox-relay/sql").path, binary.appendingPathComponent("../../sql").path,
+            binary.appendingPathComponent("../../../sql").path, "/usr/share/outbox-relay/sql",
+        ]
+        return candidates.first { FileManager.default.fileExists(atPath: $0 + "/01-outbox-table.sql") }
+    }
+
+    func run() throws {
+        let logger = logOptions.bootstrap()
+        guard let directory = directory() else {
+            logger.critical("cannot find the sql/ files; pass --sql-dir")
+            throw ExitCode(1)
+        }
+        var files = ["01-outbox-table.sql", "02-publication.sql"]
+        if withRole { files.append("03-relay-role.sql") }
+        files.append("04-emit-message.sql")
+        if withPolling { files.append("05-polling.sql") }
+        let connection: PGConnection
+        do { connection = try PGConnection(conninfo: database.resolved()!, replication: false, applicationName: "outbox-relay-init") } catch {
+            logger.critical("\(error)")
+            throw ExitCode(1)
+        }
+        let schema = String(table.split(separator: ".")[0])
+        for file in files {
+            guard let data = FileManager.default.contents(atPath: directory + "/" + file) else {
+                logger.critical("cannot read \(directory)/\(file)")
+                throw ExitCode(1)
+            }
+            let sql = String(decoding: data, as: UTF8.self)
+                .replacing(#/public\.outbox\b/#, with: table)
+                .replacingOccurrences(of: "outbox_pub", with: publication)
+                .replacingOccurrences(of: "SCHEMA public", with: "SCHEMA \(schema)")
+            do {
+                if schema != "public" { try connection.query("CREATE SCHEMA IF NOT EXISTS \(connection.identifier(schema))") }
+                try connection.query(sql, label: file)
+                logger.notice("applied", metadata: ["file": "\(file)"])
+            } catch {
+                logger.critical("\(file) failed: \(error)")
+                throw ExitCode(1)
+            }
+        }
+    }
+}

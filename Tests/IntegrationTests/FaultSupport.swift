@@ -1,0 +1,211 @@
+import Foundation
+import PGOutput
+import PostgresReplication
+import Synchronization
+import Testing
+
+/// A PostgreSQL 15 cluster of one test's own (scripts/pg-env.sh), for faults
+/// that would disturb other suites: restarts, slot invalidation.
+final class PrivateCluster: @unchecked Sendable {
+    // @unchecked Sendable: immutable after init; pg_ctl calls are serialized by the test.
+    let directory: String
+    let port: Int
+    var conninfo: String { "host=127.0.0.1 port=\(port) user=postgres dbname=postgres" }
+    static let pgBin = ProcessInfo.processInfo.environment["PG_BIN"] ?? "/usr/lib/postgresql/15/bin"
+
+    init(_ settings: [String] = []) throws {
+        let script = TestDatabase.repository.appendingPathComponent("scripts/pg-env.sh").path
+        let quoted = settings.map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }.joined(separator: " ")
+        let output = try Shell.run("source '\(script)' && unset PGPORT && pg_start \(quoted) && trap - EXIT && echo \"$PG_DIR $PGPORT\"")
+        let parts = output.split(separator: " ").map(String.init)
+        guard parts.count == 2, let port = Int(parts[1]) else { throw ShellError(message: "pg_start printed \(output)") }
+        directory = parts[0]
+        self.port = port
+    }
+
+    deinit {
+        _ = try? Shell.run("\(Self.asOwner) '\(Self.pgBin)/pg_ctl' -D '\(directory)/data' -m immediate -w stop >/dev/null 2>&1; rm -rf '\(directory)'")
+    }
+
+    static var asOwner: String { getuid() == 0 ? "runuser -u postgres --" : "" }
+
+    /// `pg_ctl restart -m fast|immediate`.
+    func restart(mode: String) throws {
+        try Shell.run("\(Self.asOwner) '\(Self.pgBin)/pg_ctl' -D '\(directory)/data' -l '\(directory)/server.log' -m \(mode) -w -t 60 restart >/dev/null")
+    }
+
+    func connect() throws -> PGConnection { try PGConnection(conninfo: conninfo, replication: false) }
+}
+
+struct ShellError: Error, CustomStringConvertible {
+    var message: String
+    var description: String { message }
+}
+
+enum Shell {
+    /// Runs a bash command; returns its trimmed stdout, throws with stderr on failure.
+    /// Output goes through temporary files, not pipes: a server the command
+    /// starts in the background must not keep the test waiting for EOF.
+    @discardableResult
+    static func run(_ command: String) throws -> String {
+        let directory = FileManager.default.temporaryDirectory
+        let out = directory.appendingPathComponent("shell-\(UUID()).out").path
+        let err = directory.appendingPathComponent("shell-\(UUID()).err").path
+        defer {
+            try? FileManager.default.removeItem(atPath: out)
+            try? FileManager.default.removeItem(atPath: err)
+        }
+        // Not Foundation's Process: on Linux it learns of the child's exit
+        // through a socket the child inherits, and a server the command leaves
+        // running (pg_ctl start) inherits it too, so `waitUntilExit` waits for
+        // ever. posix_spawn and waitpid on the one pid; bash also closes every
+        // inherited descriptor above 2 so the server holds nothing of ours.
+        let closeInherited = #"for fd in /proc/self/fd/*; do n=${fd##*/}; [ "$n" -gt 2 ] 2>/dev/null && eval "exec $n>&-" 2>/dev/null; done"#
+        let script = "\(closeInherited); ( \(command) ) >'\(out)' 2>'\(err)' </dev/null"
+        var pid: pid_t = 0
+        let argv: [UnsafeMutablePointer<CChar>?] = [strdup("/bin/bash"), strdup("-c"), strdup(script), nil]
+        defer { argv.forEach { free($0) } }
+        let spawned = posix_spawn(&pid, "/bin/bash", nil, nil, argv, environ)
+        guard spawned == 0 else { throw ShellError(message: "posix_spawn: \(String(cString: strerror(spawned)))") }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let exitCode = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        let output = String(decoding: FileManager.default.contents(atPath: out) ?? Data(), as: UTF8.self)
+        guard exitCode == 0 else {
+            let errors = String(decoding: FileManager.default.contents(atPath: err) ?? Data(), as: UTF8.self)
+            throw ShellError(message: "`\(command)` exited \(exitCode): \(errors)")
+        }
+        return output.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+}
+
+/// Writers that commit outbox transactions continuously until stopped: several
+/// connections, single- and 3-row transactions, every fifth rolled back. Each
+/// writer has its own keys, so its commit order per key is known; a commit
+/// whose outcome is unknown (the connection broke during it) is "uncertain".
+final class ContinuousWriters: @unchecked Sendable {
+    // @unchecked Sendable: the state is behind `state`'s lock; threads are joined in `stop()`.
+    struct Written {
+        var committed: [(id: String, key: String, seq: Int)] = []
+        var rolledBack: Set<String> = []
+        var uncertain: Set<String> = []
+        var errors: [String] = []
+    }
+    let state = Mutex(Written())
+    private let running = Atomic<Bool>(true)
+    private let done = DispatchGroup()
+
+    init(conninfo: String, table: String, writers: Int = 3, pauseMicroseconds: UInt32 = 2_000) {
+        for w in 0..<writers {
+            done.enter()
+            Thread { [self] in
+                defer { done.leave() }
+                var seq = 0
+                var connection: PGConnection?
+                while running.load(ordering: .acquiring) {
+                    do {
+                        if connection == nil { connection = try PGConnection(conninfo: conninfo, replication: false) }
+                        let rows = seq % 3 == 1 ? 3 : 1
+                        let rollback = seq % 5 == 4
+                        var batch: [(id: String, key: String, seq: Int)] = []
+                        for _ in 0..<rows {
+                            seq += 1
+                            batch.append((UUID().uuidString.lowercased(), "w\(w)-k\(seq % 4)", seq))
+                        }
+                        let values = batch.map { "('\($0.id)', 'crash', '\($0.key)', 'Written', '{\"w\": \(w), \"seq\": \($0.seq)}')" }.joined(separator: ",")
+                        try connection!.query("BEGIN")
+                        try connection!.query("INSERT INTO \(table) (id, aggregatetype, aggregateid, type, payload) VALUES \(values)")
+                        if rollback {
+                            try connection!.query("ROLLBACK")
+                            state.withLock { s in batch.forEach { s.rolledBack.insert($0.id) } }
+                        } else {
+                            do {
+                                try connection!.query("COMMIT")
+                                state.withLock { $0.committed += batch }
+                            } catch {
+                                state.withLock { s in batch.forEach { s.uncertain.insert($0.id) } }
+                                throw error
+                            }
+                        }
+                    } catch {
+                        // The server restarted or the connection broke: reconnect and go on.
+                        state.withLock { $0.errors.append("\(error)") }
+                        connection = nil
+                        usleep(50_000)
+                    }
+                    usleep(pauseMicroseconds)
+                }
+            }.start()
+        }
+    }
+
+    var committedCount: Int { state.withLock { $0.committed.count } }
+
+    /// Stops and joins the writers; returns what they wrote.
+    func stop() -> Written {
+        running.store(false, ordering: .releasing)
+        done.wait()
+        return state.withLock { $0 }
+    }
+}
+
+/// What a sink received, checked against what was written.
+struct DeliveryCheck: CustomStringConvertible {
+    var written = 0
+    var delivered = 0
+    var lost: [String] = []
+    var phantoms: [String] = []
+    var duplicates = 0
+    var orderViolations: [String] = []
+
+    /// `events` in delivery order as (id, key, seq); `written` from `ContinuousWriters`.
+    init(events: [(id: String, key: String, seq: Int)], written: ContinuousWriters.Written) {
+        self.written = written.committed.count
+        delivered = events.count
+        var seen = Set<String>()
+        var lastSeq: [String: Int] = [:]
+        for event in events {
+            if !seen.insert(event.id).inserted {
+                duplicates += 1
+                continue
+            }
+            // Order per key, duplicates aside: a writer's sequence numbers only grow.
+            if let last = lastSeq[event.key], event.seq <= last {
+                orderViolations.append("\(event.key): \(event.seq) after \(last)")
+            }
+            lastSeq[event.key] = event.seq
+        }
+        lost = written.committed.map(\.id).filter { !seen.contains($0) }
+        phantoms = Array(seen.intersection(written.rolledBack))
+    }
+
+    var description: String {
+        "written \(written), delivered \(delivered), lost \(lost.count), duplicates \(duplicates), phantoms \(phantoms.count), order violations \(orderViolations.count)"
+    }
+}
+
+extension CLI {
+    /// Peak resident set (VmHWM) of the running relay, in MiB; 0 once it exited.
+    var peakRSSMiB: Double {
+        guard let text = try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8) else { return 0 }
+        for line in text.split(separator: "\n") where line.hasPrefix("VmHWM:") {
+            return (line.split(separator: " ").dropFirst().first.flatMap { Double($0) } ?? 0) / 1024
+        }
+        return 0
+    }
+
+    func kill9() {
+        kill(process.processIdentifier, SIGKILL)
+        _ = wait()
+    }
+}
+
+/// NDJSON events of a file sink as (id, key, seq from the payload).
+func crashEvents(fromFile path: String) throws -> [(id: String, key: String, seq: Int)] {
+    guard let data = FileManager.default.contents(atPath: path) else { return [] }
+    return try data.split(separator: 10).map { line in
+        let json = try JSONSerialization.jsonObject(with: Data(line)) as! [String: Any]
+        let payload = json["payload"] as? [String: Any]
+        return (json["id"] as! String, json["key"] as! String, payload?["seq"] as? Int ?? -1)
+    }
+}
