@@ -438,7 +438,9 @@ public final class Relay: RelayService, @unchecked Sendable {
         finish(session, timeoutMilliseconds: config.shutdownTimeoutMilliseconds)
         logger.notice(
             "stopped",
-            metadata: ["confirmed_lsn": "\(tracker!.confirmed)", "events": "\(stats.eventsPublished)"])
+            metadata: [
+                "confirmed_lsn": "\(config.confirms ? tracker!.confirmed : readOnlyFlush)", "events": "\(stats.eventsPublished)",
+            ])
     }
 
     private func recordSend(ticket: UInt64, commitTime: PostgresTimestamp) {

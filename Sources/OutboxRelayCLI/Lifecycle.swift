@@ -37,9 +37,9 @@ struct HTTPRunner: Service {
 /// Runs the relay (and the HTTP endpoints, if asked) in one service group:
 /// SIGTERM/SIGINT stop the relay first, then the HTTP server. The group also
 /// ends when the relay ends by itself (a fatal error, or --end-lsn reached).
-func runServices(relay: any RelayService, mode: String, slot: String?, http: HTTPOptions, logger: Logger) async throws {
+func runServices(relay: any RelayService, mode: String, slot: String?, http: HTTPOptions.Address?, logger: Logger) async throws {
     var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
-    if let address = http.httpAddress, let (host, port) = http.split(address) {
+    if let (host, port) = http {
         let started = Date()
         let server = try HTTPServer(host: host, port: port) { path in
             let stats = relay.currentStats

@@ -188,11 +188,16 @@ struct HTTPOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Serve /healthz, /readyz and /metrics on this address (off unless set; e.g. 127.0.0.1:9187, or 0.0.0.0:9187 in a pod).", valueName: "host:port"))
     var httpAddress: String?
 
+    typealias Address = (host: String, port: Int)
+
     func validate() throws {
-        if let httpAddress, split(httpAddress) == nil { throw ValidationError("--http-address must be host:port with a port from 0 to 65535, got \"\(httpAddress)\"") }
+        if let httpAddress, Self.split(httpAddress) == nil { throw ValidationError("--http-address must be host:port with a port from 0 to 65535, got \"\(httpAddress)\"") }
     }
 
-    func split(_ value: String) -> (host: String, port: Int)? {
+    /// The validated address, if the endpoints are on.
+    var address: Address? { httpAddress.flatMap(Self.split) }
+
+    static func split(_ value: String) -> Address? {
         guard let colon = value.lastIndex(of: ":") else { return nil }
         var host = String(value[..<colon])
         if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }

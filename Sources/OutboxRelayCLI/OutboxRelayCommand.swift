@@ -139,7 +139,7 @@ struct Run: AsyncParsableCommand {
             "starting",
             metadata: ["source": "\(Conninfo.redacted(source))", "slot": "\(slot)", "publication": "\(publication)", "sink": "\(eventSink.name)"])
         do {
-            try await runServices(relay: relay, mode: "run", slot: slot, http: httpOptions, logger: logger)
+            try await runServices(relay: relay, mode: "run", slot: slot, http: httpOptions.address, logger: logger)
         } catch {
             logger.critical("relay stopped: \(error)")
             throw ExitCode(1)

@@ -25,11 +25,13 @@ struct StructuredLogHandler: LogHandler {
         set { metadata[key] = newValue }
     }
 
-    func log(
-        level: Logger.Level, message: Logger.Message, metadata explicit: Logger.Metadata?, source: String, file: String, function: String, line: UInt
-    ) {
+    func log(event: LogEvent) {
+        let level = event.level
+        let message = event.message
         var fields = metadata
-        if let explicit { fields.merge(explicit) { $1 } }
+        if let provided = metadataProvider?.get() { fields.merge(provided) { $1 } }
+        if let explicit = event.metadata { fields.merge(explicit) { $1 } }
+        if let error = event.error { fields["error"] = "\(error)" }
         let timestamp = Self.timestamp()
         var out = ""
         switch format {
