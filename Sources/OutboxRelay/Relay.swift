@@ -217,8 +217,10 @@ public final class Relay: RelayService, @unchecked Sendable {
         var transactionLSN = LSN.zero
         var transactionTime = PostgresTimestamp(rawValue: 0)
         var lastStatusAt = Self.nowMilliseconds()
-        let watch = PublicationWatch(options: config.replication, logger: logger)
-        var lastWatchAt = 0  // check once right away: the slot's status is a metric
+        let watch = PublicationWatch(
+            options: config.replication, intervalMilliseconds: config.publicationCheckMilliseconds, logger: logger)
+        if config.publicationCheckMilliseconds > 0 { watch.start() }
+        defer { watch.stop() }
 
         let readOnlyFlush = session.slotConfirmedFlush
         func sendStatus(force: Bool) throws(RelayError) {
@@ -398,17 +400,18 @@ public final class Relay: RelayService, @unchecked Sendable {
                 applyAcks(acks)
                 stats.sinkReachable = sink.isReachable
                 try sendStatus(force: false)
-                if config.publicationCheckMilliseconds > 0 && Self.nowMilliseconds() - lastWatchAt >= config.publicationCheckMilliseconds {
-                    lastWatchAt = Self.nowMilliseconds()
-                    do {
-                        if let slot = try watch.check() {
-                            if slot.walStatus != stats.slotWALStatus && slot.walStatus != "reserved" {
-                                logger.warning("slot wal_status changed", metadata: ["wal_status": "\(slot.walStatus ?? "?")", "safe_wal_size": "\(slot.safeWALSize.map(String.init) ?? "unlimited")"])
-                            }
-                            stats.slotWALStatus = slot.walStatus
-                            stats.slotSafeWALSize = slot.safeWALSize
-                        }
-                    } catch { throw RelayError.replication(error) }
+                if let failure = watch.failure { throw RelayError.replication(failure) }
+                if let slot = watch.slotStatus, slot.walStatus != stats.slotWALStatus || slot.safeWALSize != stats.slotSafeWALSize {
+                    if slot.walStatus != stats.slotWALStatus && slot.walStatus != "reserved" {
+                        logger.warning(
+                            "slot wal_status changed",
+                            metadata: [
+                                "wal_status": "\(slot.walStatus ?? "?")",
+                                "safe_wal_size": "\(slot.safeWALSize.map(String.init) ?? "unlimited")",
+                            ])
+                    }
+                    stats.slotWALStatus = slot.walStatus
+                    stats.slotSafeWALSize = slot.safeWALSize
                 }
                 publish()
                 if let end = config.endLSN, tracker!.confirmed >= end {

@@ -1,26 +1,33 @@
+import Foundation
 import Logging
 import PGOutput
+import Synchronization
 
 /// Re-checks, while the relay streams, that the publication still publishes
-/// inserts of the outbox table.
+/// inserts of the outbox table, and reads the slot's `wal_status`.
 ///
 /// pgoutput filters changes with the catalog as it was at each change's
 /// position: after `ALTER PUBLICATION … DROP TABLE outbox` (or `SET (publish =
 /// 'delete')`) inserts simply stop arriving, with no error on the stream, and
 /// nothing the relay could confirm would tell the difference from a quiet
-/// outbox. This watch turns that into a fatal, named error. It runs one query
-/// on an ordinary (non-replication) connection of its own, since a connection
-/// in COPY BOTH mode cannot run SQL; a failure of that connection is not fatal
-/// (the next check reconnects).
-public final class PublicationWatch {
+/// outbox. This watch turns that into a fatal, named error.
+///
+/// It runs on a thread of its own with an ordinary (non-replication)
+/// connection — a connection in COPY BOTH mode cannot run SQL, and a check
+/// (two round trips, or a reconnect bounded by `connect_timeout`) must never
+/// stall the replication stream. The relay reads the latest verdict, a lock
+/// and a copy, once per loop. A failure of the watch's own connection is not
+/// fatal: it is logged at debug level and the next check reconnects.
+///
+/// `@unchecked Sendable`: `options` and `logger` are immutable; the verdict is
+/// behind a `Mutex` and the run flag is an `Atomic`; the connection lives only
+/// on the watch's thread.
+public final class PublicationWatch: @unchecked Sendable {
     let options: ReplicationOptions
     let logger: Logger
-    private var connection: PGConnection?
-
-    public init(options: ReplicationOptions, logger: Logger) {
-        self.options = options
-        self.logger = logger
-    }
+    let intervalMilliseconds: Int
+    private let verdict = Mutex<(slot: SlotStatus?, failure: ReplicationError?)>((nil, nil))
+    private let running = Atomic<Bool>(false)
 
     /// The slot as the server sees it, read by the same check.
     public struct SlotStatus: Sendable, Equatable {
@@ -30,33 +37,70 @@ public final class PublicationWatch {
         public var safeWALSize: Int64?
     }
 
-    /// Throws `.publicationUnusable` / `.publicationMissing` when the table left
-    /// the publication; other failures are logged and ignored until the next
-    /// check (then the result is nil).
-    public func check() throws(ReplicationError) -> SlotStatus? {
+    public init(options: ReplicationOptions, intervalMilliseconds: Int, logger: Logger) {
+        self.options = options
+        self.intervalMilliseconds = intervalMilliseconds
+        self.logger = logger
+    }
+
+    /// The slot's status from the latest successful check.
+    public var slotStatus: SlotStatus? { verdict.withLock { $0.slot } }
+
+    /// Set once a check found the publication unusable; the relay stops with it.
+    public var failure: ReplicationError? { verdict.withLock { $0.failure } }
+
+    /// Checks at once, then every `intervalMilliseconds`, until `stop()`.
+    public func start() {
+        guard !running.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        Thread { [self] in
+            var connection: PGConnection?
+            while running.load(ordering: .acquiring) {
+                let result = check(&connection)
+                verdict.withLock {
+                    if case .failure(let error) = result { $0.failure = error }
+                    if case .success(let slot?) = result { $0.slot = slot }
+                }
+                if case .failure = result { break }
+                var waited = 0
+                while waited < intervalMilliseconds && running.load(ordering: .acquiring) {
+                    usleep(50_000)
+                    waited += 50
+                }
+            }
+        }.start()
+    }
+
+    /// Ends the checks (the thread finishes its current one and exits).
+    public func stop() { running.store(false, ordering: .releasing) }
+
+    /// One check: `.failure` only when the publication is unusable; other
+    /// problems (the watch's connection) give `.success(nil)` and a reconnect next time.
+    func check(_ connection: inout PGConnection?) -> Result<SlotStatus?, ReplicationError> {
         do {
             if connection == nil {
                 connection = try PGConnection(conninfo: options.conninfo, replication: false, applicationName: "outbox-relay-watch")
             }
+            let c = connection!
             if options.table != nil {
-                try ReplicationSession.checkPublication(connection!, options, mayCreate: false, logger: logger)
+                try ReplicationSession.checkPublication(c, options, mayCreate: false, logger: logger)
             }
-            let rows = try connection!.query(
-                "SELECT wal_status, safe_wal_size FROM pg_replication_slots WHERE slot_name = \(connection!.literal(options.slot))", label: "reading the slot's status")
-            guard rows.count == 1 else { return nil }
-            return SlotStatus(walStatus: rows[0, "wal_status"], safeWALSize: rows[0, "safe_wal_size"].flatMap { Int64($0) })
+            let rows = try c.query(
+                "SELECT wal_status, safe_wal_size FROM pg_replication_slots WHERE slot_name = \(c.literal(options.slot))", label: "reading the slot's status")
+            guard rows.count == 1 else { return .success(nil) }
+            return .success(SlotStatus(walStatus: rows[0, "wal_status"], safeWALSize: rows[0, "safe_wal_size"].flatMap { Int64($0) }))
         } catch .publicationUnusable(let publication, let reason) {
-            throw .publicationUnusable(
-                publication: publication,
-                reason:
-                    "\(reason). It was altered while the relay ran: inserts committed after the change are not in the replication stream (pgoutput filters them), so they cannot be relayed from the log; after adding the table back, republish rows written since the change from the table itself"
-            )
+            return .failure(
+                .publicationUnusable(
+                    publication: publication,
+                    reason:
+                        "\(reason). It was altered while the relay ran: inserts committed after the change are not in the replication stream (pgoutput filters them), so they cannot be relayed from the log; after adding the table back, republish rows written since the change from the table itself"
+                ))
         } catch .publicationMissing(let publication) {
-            throw .publicationMissing(publication)
+            return .failure(.publicationMissing(publication))
         } catch {
             logger.debug("publication check skipped", metadata: ["error": "\(error)"])
             connection = nil
-            return nil
+            return .success(nil)
         }
     }
 }
