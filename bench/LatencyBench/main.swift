@@ -6,6 +6,7 @@
 //
 //   LatencyBench --relay PATH --conninfo ADMIN --relay-conninfo RELAY --brokers HOST:PORT --out DIR [--scale 1.0]
 //                [--modes cdc,poll-10,poll-100,poll-1000,notify] [--rates 100,1000,10000] [--sizes 1,10]
+//                [--tansu PATH] [--segment-seconds 5] [--relay-args "-X linger.ms=1"]
 import CLibPQ
 import CRdKafka
 import Foundation
@@ -32,6 +33,9 @@ struct Options {
     /// With a tansu binary, every cell gets a fresh broker (empty memory storage),
     /// so no cell pays for the records of the cells before it.
     var tansu: String?
+    /// Cells run in segments of at most this many seconds of events, each with
+    /// a fresh broker and relay (0: a cell in one piece).
+    var segmentSeconds = 5
 
     init(_ arguments: [String]) {
         var i = 0
@@ -54,6 +58,7 @@ struct Options {
             case "--writers": writers = Int(value()) ?? 4
             case "--tansu": tansu = value()
             case "--relay-args": relayArguments = value().split(separator: " ").map(String.init)
+            case "--segment-seconds": segmentSeconds = Int(value()) ?? 5
             default: fail("unknown argument \(arguments[i])")
             }
             i += 1
@@ -417,6 +422,8 @@ struct CellResult {
     var histogram: Histogram<UInt64>
     var lost: Int
     var duplicates: Int
+    /// Segments the cell ran in (each with a fresh broker and relay).
+    var segments: Int
     var seconds: Double
     var statementsPerSecond: Double
     /// The relay's own database sessions (walsender, or the poller's backend).
@@ -469,13 +476,20 @@ final class Bench {
         if postmaster == 0 { fail("cannot find the postmaster (is PostgreSQL local?)") }
     }
 
+    /// One cell: `measured` events at `rate`, in segments of at most
+    /// `--segment-seconds` of events. Each segment gets a fresh broker (with
+    /// `--tansu`) and a freshly started relay, a warm-up that is not measured,
+    /// then its share of the measured events; costs and latencies add up over
+    /// the segments. tansu's in-memory storage slows down as it fills (see
+    /// README, Performance), which would measure the test broker, not the relay.
     func run(mode: Mode, rate: Int, size: Int) throws -> CellResult {
         cellNumber += 1
         let aggregate = "c\(cellNumber)_\(runID)"
-        let topic = "bench.\(aggregate)"
         let measured = max(size * 20, Int(Double(rate >= 1_000 ? max(20_000, rate * 5) : rate * 30) * options.scale) / size * size)
+        let perSegment = options.segmentSeconds > 0 ? max(size * 20, rate * options.segmentSeconds / size * size) : measured
+        let segments = (measured + perSegment - 1) / perSegment
         let warmup = max(size * 5, min(rate, 2_000) / size * size)
-        let timeline = Timeline(capacity: warmup + measured)
+        let timeline = Timeline(capacity: segments * warmup + measured)
 
         try admin.query("TRUNCATE bench.outbox")
         try admin.query("ALTER TABLE bench.outbox \(mode.notify ? "ENABLE" : "DISABLE") TRIGGER outbox_notify")
@@ -483,6 +497,62 @@ final class Bench {
         if mode.isCDC { try admin.query("SELECT pg_create_logical_replication_slot('bench_slot', 'pgoutput')") }
         try admin.query("VACUUM bench.outbox")
 
+        var costs = Costs()
+        var measuredRanges: [Range<Int>] = []
+        var next = 0
+        var written = 0
+        var writeSeconds = 0.0
+        for segment in 0..<segments {
+            let count = min(perSegment, measured - written)
+            let warmupRange = next..<(next + warmup)
+            let measuredRange = warmupRange.upperBound..<(warmupRange.upperBound + count)
+            let achieved = try runSegment(
+                mode: mode, rate: rate, size: size, aggregate: aggregate, segment: segment, warmup: warmupRange, measured: measuredRange,
+                timeline: timeline, costs: &costs)
+            writeSeconds += Double(count) / achieved
+            measuredRanges.append(measuredRange)
+            next = measuredRange.upperBound
+            written += count
+        }
+
+        var histogram = Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 3_600_000_000, numberOfSignificantValueDigits: .three)
+        var lost = 0
+        for seq in measuredRanges.joined() {
+            let c = timeline.committed[seq]
+            let r = timeline.received[seq]
+            if c == 0 || r == 0 {
+                lost += 1
+                continue
+            }
+            // Microseconds; a record can arrive before the writer stamped COMMIT's return (the commit is visible first).
+            _ = histogram.record(r > c ? (r - c) / 1_000 : 0)
+        }
+        let seconds = costs.seconds
+        return CellResult(
+            mode: mode, rate: rate, size: size, events: measured, achievedRate: Double(measured) / writeSeconds, histogram: histogram, lost: lost,
+            duplicates: timeline.duplicates.load(ordering: .relaxed), segments: segments,
+            seconds: seconds, statementsPerSecond: costs.statements / seconds, backendCPU: costs.backendCPU, databaseCPU: costs.databaseCPU,
+            walBytesPerEvent: costs.walBytes / Double(measured), writerMicrosPerEvent: costs.writerCPU * 1e6 / Double(measured), relayCPU: costs.relayCPU,
+            relayRSS: costs.relayRSS)
+    }
+
+    /// What the measured parts of a cell's segments cost, summed.
+    struct Costs {
+        var seconds = 0.0
+        var statements = 0.0
+        var backendCPU = 0.0
+        var relayCPU = 0.0
+        var writerCPU = 0.0
+        var databaseCPU = 0.0
+        var walBytes = 0.0
+        var relayRSS = 0.0
+    }
+
+    /// One segment: broker, relay, warm-up, measured events; returns the achieved write rate.
+    func runSegment(
+        mode: Mode, rate: Int, size: Int, aggregate: String, segment: Int, warmup: Range<Int>, measured: Range<Int>, timeline: Timeline, costs: inout Costs
+    ) throws -> Double {
+        let topic = "bench.\(aggregate)"
         let broker = try options.tansu.map { try Broker(binary: $0) }
         let brokers = broker?.address ?? options.brokers
         defer { withExtendedLifetime(broker) {} }
@@ -495,7 +565,7 @@ final class Bench {
                 "--source", options.relayConninfo, "--table", "bench.outbox", "--sink", "kafka", "--kafka-brokers", brokers, "--topic-template", "bench.{aggregatetype}",
                 "--log-level", "warning",
             ] + options.relayArguments
-        let logURL = URL(fileURLWithPath: options.out).appendingPathComponent("logs/\(aggregate)-\(mode.name).log")
+        let logURL = URL(fileURLWithPath: options.out).appendingPathComponent("logs/\(aggregate)-\(mode.name)-\(segment).log")
         _ = FileManager.default.createFile(atPath: logURL.path, contents: nil)
         process.standardError = try FileHandle(forWritingTo: logURL)
         process.standardOutput = FileHandle.nullDevice
@@ -518,12 +588,12 @@ final class Bench {
         let warmupDone = DispatchSemaphore(value: 0)
         let warmupWriters = writers[0..<1]
         Thread {
-            _ = write(0..<warmup, rate: rate, size: size, aggregate: aggregate, writers: warmupWriters, timeline: timeline)
+            _ = write(warmup, rate: rate, size: size, aggregate: aggregate, writers: warmupWriters, timeline: timeline)
             warmupDone.signal()
         }.start()
         guard let partitions = consumer.partitions(of: topic, within: 30) else { fail("topic \(topic) never appeared; see \(logURL.path)") }
         consumer.start(topic: topic, partitions: partitions, timeline: timeline)
-        try waitFor(timeline, count: warmup, within: 60, what: "warm-up events")
+        try waitFor(timeline, count: warmup.upperBound, within: 60, what: "warm-up events")
         warmupDone.wait()
 
         // Measured part.
@@ -537,35 +607,22 @@ final class Bench {
         let wal0 = try admin.query("SELECT pg_current_wal_lsn() AS l")[0, "l"] ?? "0/0"
         let start = nowNanos()
         let achieved = write(
-            warmup..<(warmup + measured), rate: rate, size: size, aggregate: aggregate, writers: writers[0..<min(writers.count, max(1, rate / size / 500))], timeline: timeline)
-        try waitFor(timeline, count: warmup + measured, within: 60, what: "events", failHard: false)
-        let seconds = Double(nowNanos() - start) / 1e9
-        let statements = Double(try admin.query("SELECT coalesce(sum(calls), 0) AS n FROM pg_stat_statements WHERE userid = 'bench_relay'::regrole")[0, "n"] ?? "0") ?? 0
-        let backendCPU = backends.map(cpuSeconds).reduce(0, +) - backendCPU0
-        let relayCPU = cpuSeconds(process.processIdentifier) - relayCPU0
-        let writerCPU = writers.map { cpuSeconds($0.pid) }.reduce(0, +) - writerCPU0
-        let databaseCPU = clusterCPUSeconds(postmaster: postmaster) - excluded.map(cpuSeconds).reduce(0, +) - clusterCPU0
-        let walBytes = Double(try admin.query("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '\(wal0)') AS d")[0, "d"] ?? "0") ?? 0
-        let rss = peakRSSMiB(process.processIdentifier)
+            measured, rate: rate, size: size, aggregate: aggregate, writers: writers[0..<min(writers.count, max(1, rate / size / 500))], timeline: timeline)
+        try waitFor(timeline, count: measured.upperBound, within: 60, what: "events", failHard: false)
+        costs.seconds += Double(nowNanos() - start) / 1e9
+        costs.statements += Double(try admin.query("SELECT coalesce(sum(calls), 0) AS n FROM pg_stat_statements WHERE userid = 'bench_relay'::regrole")[0, "n"] ?? "0") ?? 0
+        costs.backendCPU += backends.map(cpuSeconds).reduce(0, +) - backendCPU0
+        costs.relayCPU += cpuSeconds(process.processIdentifier) - relayCPU0
+        costs.writerCPU += writers.map { cpuSeconds($0.pid) }.reduce(0, +) - writerCPU0
+        costs.databaseCPU += clusterCPUSeconds(postmaster: postmaster) - excluded.map(cpuSeconds).reduce(0, +) - clusterCPU0
+        costs.walBytes += Double(try admin.query("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '\(wal0)') AS d")[0, "d"] ?? "0") ?? 0
+        costs.relayRSS = max(costs.relayRSS, peakRSSMiB(process.processIdentifier))
         usleep(200_000)  // late duplicates
         consumer.stop()
-
-        var histogram = Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 3_600_000_000, numberOfSignificantValueDigits: .three)
-        var lost = 0
-        for seq in warmup..<(warmup + measured) {
-            let c = timeline.committed[seq]
-            let r = timeline.received[seq]
-            if c == 0 || r == 0 {
-                lost += 1
-                continue
-            }
-            // Microseconds; a record can arrive before the writer stamped COMMIT's return (the commit is visible first).
-            _ = histogram.record(r > c ? (r - c) / 1_000 : 0)
-        }
-        return CellResult(
-            mode: mode, rate: rate, size: size, events: measured, achievedRate: achieved, histogram: histogram, lost: lost,
-            duplicates: timeline.duplicates.load(ordering: .relaxed),
-            seconds: seconds, statementsPerSecond: statements / seconds, backendCPU: backendCPU, databaseCPU: databaseCPU, walBytesPerEvent: walBytes / Double(measured), writerMicrosPerEvent: writerCPU * 1e6 / Double(measured), relayCPU: relayCPU, relayRSS: rss)
+        // A clean stop: the CDC relay confirms what was delivered, so the next segment's relay resumes after it.
+        process.terminate()
+        process.waitUntilExit()
+        return achieved
     }
 
     func waitFor(_ timeline: Timeline, count: Int, within seconds: Double, what: String, failHard: Bool = true) throws {
@@ -590,7 +647,11 @@ func ms(_ microseconds: UInt64) -> String {
 
 func markdown(_ results: [CellResult], options: Options, machine: String, command: String) -> String {
     var out = "End-to-end latency, COMMIT returned → record received by a Kafka consumer (milliseconds), \(machine).\n"
-    out += "Command: `\(command)`.\n\n"
+    out += "Command: `\(command)`.\n"
+    if options.segmentSeconds > 0 {
+        out += "Each cell runs in segments of at most \(options.segmentSeconds) s of events, each against a fresh tansu broker with a freshly started relay and a warm-up that is not measured (tansu's in-memory storage slows down as it fills).\n"
+    }
+    out += "\n"
     out += "| mode | rate (events/s) | rows/tx | events | p50 | p90 | p99 | p99.9 | max | ≥100 ms | lost | dup | relay's SQL statements/s | CPU of relay's DB sessions | DB CPU, all but writers | writers' DB CPU/event | WAL bytes/event | relay CPU | relay peak RSS |\n"
     out += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     for r in results {
