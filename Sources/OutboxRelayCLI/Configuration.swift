@@ -1,3 +1,4 @@
+import ArgumentParser
 import Foundation
 
 /// One configuration surface: every option of every command can be given as
@@ -33,43 +34,41 @@ struct ConfigurationSources {
         var description: String
     }
 
-    static let common: [Option] = [
-        .init(name: "source", kind: .value), .init(name: "log-level", kind: .value), .init(name: "log-format", kind: .value),
-    ]
-    static let sink: [Option] = [
-        .init(name: "sink", kind: .value), .init(name: "kafka-brokers", kind: .value), .init(name: "kafka-property", kind: .repeated),
-        .init(name: "dlq-topic", kind: .value),
-    ]
-    static let routing: [Option] = [
-        .init(name: "table", kind: .value), .init(name: "id-column", kind: .value), .init(name: "aggregate-type-column", kind: .value),
-        .init(name: "aggregate-id-column", kind: .value), .init(name: "type-column", kind: .value), .init(name: "payload-column", kind: .value),
-        .init(name: "headers-column", kind: .value), .init(name: "header-column", kind: .repeated), .init(name: "topic-template", kind: .value),
-        .init(name: "tombstones", kind: .flag), .init(name: "message-prefix", kind: .value),
-    ]
-    static let http: [Option] = [.init(name: "http-address", kind: .value)]
+    /// The options a command declares, read from ArgumentParser's own
+    /// description of it (the JSON behind `--experimental-dump-help`), so this
+    /// list can never drift from the flags and `--help`. `-X` (short only) is
+    /// `kafka-property`.
+    static func options(of command: any ParsableCommand.Type) -> [Option] {
+        guard
+            let json = try? JSONSerialization.jsonObject(with: Data(command._dumpHelp().utf8)) as? [String: Any],
+            let info = json["command"] as? [String: Any], let arguments = info["arguments"] as? [[String: Any]]
+        else { return [] }
+        return arguments.compactMap { argument in
+            let names = (argument["names"] as? [[String: Any]]) ?? []
+            let long = names.first { $0["kind"] as? String == "long" }?["name"] as? String
+            let short = names.first { $0["kind"] as? String == "short" }?["name"] as? String
+            guard let name = long ?? (short == "X" ? "kafka-property" : nil), name != "help" else { return nil }
+            switch argument["kind"] as? String {
+            case "flag": return Option(name: name, kind: .flag)
+            case "option": return Option(name: name, kind: argument["isRepeating"] as? Bool == true ? .repeated : .value)
+            default: return nil
+            }
+        }
+    }
 
-    /// The options each command takes, as declared in its `ParsableCommand` (a test keeps them in step with `--help`).
-    static let commands: [String: [Option]] = [
-        "run": common + sink + routing + http + [
-            .init(name: "slot", kind: .value), .init(name: "publication", kind: .value), .init(name: "create-slot", kind: .flag),
-            .init(name: "max-in-flight", kind: .value), .init(name: "max-in-flight-bytes", kind: .value), .init(name: "status-interval-ms", kind: .value),
-            .init(name: "shutdown-timeout-ms", kind: .value), .init(name: "end-lsn", kind: .value),
-        ],
-        "poll": common + sink + routing + http + [
-            .init(name: "batch-size", kind: .value), .init(name: "interval-ms", kind: .value), .init(name: "order-by", kind: .value),
-            .init(name: "mark-column", kind: .value), .init(name: "notify-channel", kind: .value), .init(name: "until-empty", kind: .flag),
-            .init(name: "shutdown-timeout-ms", kind: .value),
-        ],
-        "status": common + [.init(name: "slot", kind: .value), .init(name: "max-inactive-seconds", kind: .value), .init(name: "format", kind: .value)],
-        "tail": common + routing + [.init(name: "slot", kind: .value), .init(name: "publication", kind: .value), .init(name: "limit", kind: .value)],
-        "init": common + [.init(name: "table", kind: .value), .init(name: "publication", kind: .value), .init(name: "with-polling", kind: .flag)],
-    ]
+    /// Each subcommand's options by command name.
+    static func commands(_ subcommands: [any ParsableCommand.Type]) -> [String: [Option]] {
+        Dictionary(uniqueKeysWithValues: subcommands.map { ($0._commandName, options(of: $0)) })
+    }
 
     /// The merged command line, and where each injected option came from.
     var arguments: [String]
     var origins: [String: String] = [:]
 
-    init(arguments input: [String], environment: [String: String], readFile: (String) throws -> String = Self.readFile) throws {
+    init(
+        arguments input: [String], environment: [String: String], commands: [String: [Option]],
+        readFile: (String) throws -> String = Self.readFile
+    ) throws {
         var arguments = input
         // --config PATH (or --config=PATH) is ours, not the command's.
         var configPath = environment["OUTBOX_RELAY_CONFIG"]
@@ -84,14 +83,14 @@ struct ConfigurationSources {
             }
         }
         self.arguments = arguments
-        guard let command = arguments.first, let options = Self.commands[command] else { return }
+        guard let command = arguments.first, let options = commands[command] else { return }
 
         var file: [(key: String, value: String, line: Int)] = []
         if let configPath {
             let text: String
             do { text = try readFile(configPath) } catch { throw Problem(description: "cannot read config file \(configPath): \(error)") }
             file = try Self.parse(text, path: configPath)
-            let known = Set(Self.commands.values.flatMap { $0.map(\.name) } + ["kafka-properties"])
+            let known = Set(commands.values.flatMap { $0.map(\.name) } + ["kafka-properties"])
             for entry in file {
                 let key = entry.key.hasSuffix("-file") ? String(entry.key.dropLast(5)) : entry.key
                 if !known.contains(key) { throw Problem(description: "config file \(configPath) line \(entry.line): unknown option \"\(entry.key)\"") }

@@ -5,17 +5,21 @@ import OutboxRelay
 import PGOutput
 import PostgresReplication
 
+/// How every command's options can be set besides flags (shown by `--help`).
+let configurationHelp = """
+    Every option can also be set as an environment variable OUTBOX_RELAY_<OPTION> (--kafka-brokers: \
+    OUTBOX_RELAY_KAFKA_BROKERS; -X: OUTBOX_RELAY_KAFKA_PROPERTY, one per line), read from a file named by \
+    OUTBOX_RELAY_<OPTION>_FILE (for secrets: OUTBOX_RELAY_SOURCE_FILE, OUTBOX_RELAY_KAFKA_PROPERTIES_FILE), or \
+    written as `option = value` in a config file given with --config PATH (or OUTBOX_RELAY_CONFIG). The command \
+    line wins over the environment, which wins over the config file. Values are never logged.
+    """
+
 @main
 struct OutboxRelayCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "outbox-relay",
         abstract: "Relays transactional-outbox events from PostgreSQL's log to a broker, confirming only what the broker acknowledged.",
-        discussion: """
-            Every option can also be set as an environment variable OUTBOX_RELAY_<OPTION> (--kafka-brokers: \
-            OUTBOX_RELAY_KAFKA_BROKERS), read from a file named by OUTBOX_RELAY_<OPTION>_FILE, or written as \
-            `option = value` in a config file given with --config PATH (or OUTBOX_RELAY_CONFIG). The command \
-            line wins over the environment, which wins over the file.
-            """,
+        discussion: configurationHelp,
         subcommands: [Run.self, Poll.self, Status.self, Tail.self, Init.self]
     )
 
@@ -23,7 +27,9 @@ struct OutboxRelayCommand: AsyncParsableCommand {
     static func main() async {
         let sources: ConfigurationSources
         do {
-            sources = try ConfigurationSources(arguments: Array(CommandLine.arguments.dropFirst()), environment: ProcessInfo.processInfo.environment)
+            sources = try ConfigurationSources(
+                arguments: Array(CommandLine.arguments.dropFirst()), environment: ProcessInfo.processInfo.environment,
+                commands: ConfigurationSources.commands(configuration.subcommands))
         } catch {
             FileHandle.standardError.write(Data("Error: \(error)\n".utf8))
             Foundation.exit(64)
@@ -59,7 +65,11 @@ struct Run: AsyncParsableCommand {
             message prefix) becomes one event, in commit order. Deletes, updates and truncates of the outbox \
             table never become events. The slot is confirmed only up to what the sink acknowledged, so a \
             restart resumes right after the last acknowledged event (at-least-once).
-            """
+
+            Exit codes: 0 stopped on request (or --end-lsn reached), 1 a fatal error (named on stderr), \
+            64 invalid options.
+
+            """ + configurationHelp
     )
 
     @OptionGroup(title: "Database") var database: SourceOptions

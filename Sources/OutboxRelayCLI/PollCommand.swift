@@ -16,7 +16,8 @@ struct Poll: AsyncParsableCommand {
             sink acknowledged every one. Several pollers may run at once. Delivery is at-least-once. Order is \
             --order-by order, not commit order: a transaction that commits late can publish after rows \
             written after it, and with several pollers one aggregate's events can interleave.
-            """
+
+            """ + configurationHelp
     )
 
     @OptionGroup(title: "Database") var database: SourceOptions
