@@ -4,7 +4,10 @@
 #   docker build -t outbox-relay .
 #   docker run --rm -e OUTBOX_RELAY_SOURCE="host=db user=outbox_relay dbname=app" \
 #     -e OUTBOX_RELAY_SINK=kafka -e OUTBOX_RELAY_KAFKA_BROKERS=kafka:9092 outbox-relay
-FROM swift:6.0-bookworm AS build
+# The toolchain the project is built and tested with here (6.3.1); the
+# dependencies need 6.2 or later.
+ARG SWIFT_IMAGE=swift:6.3-bookworm
+FROM ${SWIFT_IMAGE} AS build
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       libpq-dev librdkafka-dev pkg-config && rm -rf /var/lib/apt/lists/*
 WORKDIR /src

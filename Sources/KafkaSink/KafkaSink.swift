@@ -45,7 +45,7 @@ public struct KafkaSinkConfig: Sendable {
     public static func isSecret(_ key: String) -> Bool {
         let k = key.lowercased()
         return k.contains("password") || k.contains("secret") || k.contains("jaas")
-            || k.hasSuffix(".key.pem") || k == "ssl.key.pem" || k.contains("token")
+            || k.hasSuffix(".key.pem") || k.contains("token") || k.contains("oauthbearer.config")
     }
 
     /// `key=value …` with secret values replaced by `[redacted]`.
@@ -159,8 +159,23 @@ public final class KafkaSink: EventSink {
 
     public func poll(timeoutMilliseconds: Int) throws -> [Acknowledgement] {
         try drainEvents(timeoutMilliseconds: timeoutMilliseconds)
+        probeWhileIdleAndUnreachable()
         defer { ready.removeAll(keepingCapacity: true) }
         return ready
+    }
+
+    private var lastProbe = Date.distantPast
+
+    /// A delivery is what tells the sink the brokers are back; with nothing in
+    /// flight none comes, so readiness would stay down after an outage of an
+    /// idle relay. Then, every 5 s, a metadata request bounded by 100 ms asks.
+    private func probeWhileIdleAndUnreachable() {
+        guard !brokersReachable, pending.isEmpty, Date().timeIntervalSince(lastProbe) >= 5 else { return }
+        lastProbe = Date()
+        if case .success = producer.brokerCount(timeoutMilliseconds: 100) {
+            brokersReachable = true
+            logger.notice("Kafka brokers reachable again")
+        }
     }
 
     public func flush(timeoutMilliseconds: Int) throws -> [Acknowledgement] {

@@ -398,7 +398,6 @@ public final class Relay: RelayService, @unchecked Sendable {
                     throw RelayError.sink("\(error)")
                 }
                 applyAcks(acks)
-                stats.sinkReachable = sink.isReachable
                 try sendStatus(force: false)
                 if let failure = watch.failure { throw RelayError.replication(failure) }
                 if let slot = watch.slotStatus, slot.walStatus != stats.slotWALStatus || slot.safeWALSize != stats.slotSafeWALSize {
@@ -565,6 +564,7 @@ public final class Relay: RelayService, @unchecked Sendable {
             stats.inFlightEvents = tracker.inFlightEvents
             stats.inFlightBytes = tracker.inFlightBytes
         }
+        stats.sinkReachable = sink.isReachable
         let snapshot = stats
         published.withLock { $0 = snapshot }
     }

@@ -389,6 +389,7 @@ public final class PollingRelay: RelayService, @unchecked Sendable {
     }
 
     private func publish() {
+        stats.sinkReachable = sink.isReachable
         let snapshot = stats
         published.withLock { $0 = snapshot }
     }

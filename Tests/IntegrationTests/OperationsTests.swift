@@ -179,6 +179,35 @@ struct OperationsTests {
         await #expect(throws: (any Error).self) { _ = try await Self.get(base + "/healthz") }
     }
 
+    @Test(.enabled(if: TestKafka.tansu != nil, "needs TANSU_BIN"))
+    func notReadyWhileTheBrokerIsUnreachableAndReadyOnceItIsBack() async throws {
+        let edgePort = try TCPProxy.freePort()
+        let broker = try TansuProcess(advertisedPort: edgePort)
+        defer { broker.stop() }
+        let edge = TCPProxy(port: edgePort, targetPort: broker.port)  // not started: the port refuses connections
+        defer { edge.stop() }
+        let outbox = try TestOutbox()
+        let cli = try CLI.start([
+            "run", "--source", TestDatabase.conninfo!, "--slot", outbox.slot, "--publication", outbox.publication, "--table", "\(outbox.schema).outbox",
+            "--message-prefix", outbox.name, "--http-address", "127.0.0.1:0", "--sink", "kafka", "--kafka-brokers", broker.address,
+        ])
+        let base = try await Self.address(from: cli)
+        try await cli.waitForStderr("streaming", within: 20)
+        let down = try await Self.get(base + "/readyz")
+        #expect(down.status == 503 && down.body.contains("sink unreachable"), "\(down)")
+        #expect(try await Self.get(base + "/healthz").status == 200)
+        #expect(try await Self.get(base + "/metrics").body.contains("outbox_relay_ready 0"))
+        try edge.start()
+        let deadline = Date().addingTimeInterval(15)
+        var ready = false
+        while !ready && Date() < deadline {
+            try await Task.sleep(for: .milliseconds(250))
+            ready = try await Self.get(base + "/readyz").status == 200
+        }
+        #expect(ready, "ready once the broker is reachable, with no event in flight: \(cli.stderr)")
+        #expect(cli.terminate() == 0)
+    }
+
     @Test func statusIsAProbe() throws {
         let outbox = try TestOutbox()
         let healthy = try CLI.start(["status", "--source", TestDatabase.conninfo!, "--slot", outbox.slot, "--format", "json"])
