@@ -56,6 +56,7 @@ func runServices(relay: any RelayService, mode: String, slot: String?, http: HTT
                 var text = PrometheusText.render(stats, mode: mode, slot: slot, nowMicros: Int64(Date().timeIntervalSince1970 * 1_000_000))
                 text += "# HELP outbox_relay_uptime_seconds Seconds since the process started.\n# TYPE outbox_relay_uptime_seconds gauge\n"
                 text += "outbox_relay_uptime_seconds \(String(format: "%.3f", Date().timeIntervalSince(started)))\n"
+                text += PrometheusText.processMetrics()
                 return .init(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: text)
             default:
                 return .init(status: 404, body: "not found; try /healthz, /readyz or /metrics\n")

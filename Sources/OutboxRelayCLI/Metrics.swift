@@ -70,6 +70,33 @@ enum PrometheusText {
         }
     }
 
+    /// The conventional `process_*` metrics (CPU seconds, resident and
+    /// virtual memory, open descriptors), read from /proc/self.
+    static func processMetrics() -> String {
+        var out = ""
+        var usage = rusage()
+        if getrusage(RUSAGE_SELF.rawValue, &usage) == 0 {
+            let cpu = Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
+            out += "# HELP process_cpu_seconds_total User and system CPU time spent in seconds.\n# TYPE process_cpu_seconds_total counter\n"
+            out += "process_cpu_seconds_total \(String(format: "%.3f", cpu))\n"
+        }
+        if let statm = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) {
+            let pages = statm.split(separator: " ").compactMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+            let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
+            if pages.count >= 2 {
+                out += "# HELP process_resident_memory_bytes Resident memory size in bytes.\n# TYPE process_resident_memory_bytes gauge\n"
+                out += "process_resident_memory_bytes \(pages[1] * pageSize)\n"
+                out += "# HELP process_virtual_memory_bytes Virtual memory size in bytes.\n# TYPE process_virtual_memory_bytes gauge\n"
+                out += "process_virtual_memory_bytes \(pages[0] * pageSize)\n"
+            }
+        }
+        if let descriptors = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd") {
+            out += "# HELP process_open_fds Number of open file descriptors.\n# TYPE process_open_fds gauge\n"
+            out += "process_open_fds \(descriptors.count)\n"
+        }
+        return out
+    }
+
     static func escape(_ value: String) -> String {
         value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"").replacingOccurrences(of: "\n", with: "\\n")
     }

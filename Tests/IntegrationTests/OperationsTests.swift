@@ -136,6 +136,7 @@ struct OperationsTests {
         #expect(text.contains("outbox_relay_commit_to_publish_latency_seconds_count 4"))
         #expect(text.contains("outbox_relay_replication_lag_bytes "))
         #expect(text.contains("outbox_relay_ready 1"))
+        #expect(text.contains("process_resident_memory_bytes ") && text.contains("process_cpu_seconds_total "))
 
         // A second relay on the same slot is alive but not ready: it is a hot standby.
         let standby = try CLI.start(arguments)
