@@ -222,9 +222,8 @@ public final class Relay: RelayService, @unchecked Sendable {
         if config.publicationCheckMilliseconds > 0 { watch.start() }
         defer { watch.stop() }
 
-        let readOnlyFlush = session.slotConfirmedFlush
         func sendStatus(force: Bool) throws(RelayError) {
-            let flush = config.confirms ? tracker!.confirmed : readOnlyFlush
+            let flush = reportedFlush(session)
             let now = Self.nowMilliseconds()
             let elapsed = now - lastStatusAt
             guard
@@ -399,8 +398,9 @@ public final class Relay: RelayService, @unchecked Sendable {
                 }
                 applyAcks(acks)
                 try sendStatus(force: false)
-                if let failure = watch.failure { throw RelayError.replication(failure) }
-                if let slot = watch.slotStatus, slot.walStatus != stats.slotWALStatus || slot.safeWALSize != stats.slotSafeWALSize {
+                let verdict = watch.verdict
+                if let failure = verdict.failure { throw RelayError.replication(failure) }
+                if let slot = verdict.slot, slot.walStatus != stats.slotWALStatus || slot.safeWALSize != stats.slotSafeWALSize {
                     if slot.walStatus != stats.slotWALStatus && slot.walStatus != "reserved" {
                         logger.warning(
                             "slot wal_status changed",
@@ -441,7 +441,7 @@ public final class Relay: RelayService, @unchecked Sendable {
         logger.notice(
             "stopped",
             metadata: [
-                "confirmed_lsn": "\(config.confirms ? tracker!.confirmed : readOnlyFlush)", "events": "\(stats.eventsPublished)",
+                "confirmed_lsn": "\(reportedFlush(session))", "events": "\(stats.eventsPublished)",
             ])
     }
 
@@ -496,6 +496,12 @@ public final class Relay: RelayService, @unchecked Sendable {
         return Int64(ts.tv_sec) * 1_000_000 + Int64(ts.tv_nsec) / 1_000
     }
 
+    /// The flush LSN to report: what the sink acknowledged, or, when the relay
+    /// must not consume anything (`tail`), the slot's own position as it was.
+    private func reportedFlush(_ session: ReplicationSession) -> LSN {
+        config.confirms ? tracker!.confirmed : session.slotConfirmedFlush
+    }
+
     /// The ticket of the open transaction (the tracker issued it at Begin).
     private func currentTicket() -> UInt64 { tracker!.openTicketValue }
 
@@ -528,7 +534,7 @@ public final class Relay: RelayService, @unchecked Sendable {
             logger.error("sink failed while draining", metadata: ["error": "\(error)"])
         }
         do {
-            try session.sendStatus(written: stats.receivedLSN, flushed: config.confirms ? tracker!.confirmed : session.slotConfirmedFlush)
+            try session.sendStatus(written: stats.receivedLSN, flushed: reportedFlush(session))
             stats.statusUpdates += 1
             session.close()
         } catch {

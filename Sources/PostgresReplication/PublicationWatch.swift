@@ -26,7 +26,7 @@ public final class PublicationWatch: @unchecked Sendable {
     let options: ReplicationOptions
     let logger: Logger
     let intervalMilliseconds: Int
-    private let verdict = Mutex<(slot: SlotStatus?, failure: ReplicationError?)>((nil, nil))
+    private let latest = Mutex<(slot: SlotStatus?, failure: ReplicationError?)>((nil, nil))
     private let running = Atomic<Bool>(false)
 
     /// The slot as the server sees it, read by the same check.
@@ -43,11 +43,9 @@ public final class PublicationWatch: @unchecked Sendable {
         self.logger = logger
     }
 
-    /// The slot's status from the latest successful check.
-    public var slotStatus: SlotStatus? { verdict.withLock { $0.slot } }
-
-    /// Set once a check found the publication unusable; the relay stops with it.
-    public var failure: ReplicationError? { verdict.withLock { $0.failure } }
+    /// The slot's status from the latest successful check, and the failure
+    /// once a check found the publication unusable (the relay stops with it).
+    public var verdict: (slot: SlotStatus?, failure: ReplicationError?) { latest.withLock { $0 } }
 
     /// Checks at once, then every `intervalMilliseconds`, until `stop()`.
     public func start() {
@@ -56,7 +54,7 @@ public final class PublicationWatch: @unchecked Sendable {
             var connection: PGConnection?
             while running.load(ordering: .acquiring) {
                 let result = check(&connection)
-                verdict.withLock {
+                latest.withLock {
                     if case .failure(let error) = result { $0.failure = error }
                     if case .success(let slot?) = result { $0.slot = slot }
                 }

@@ -5,7 +5,7 @@ import Testing
 @Suite(
     "outbox-relay binary", .serialized,
     .enabled(
-        if: TestDatabase.available && FileManager.default.isExecutableFile(atPath: CLI.binary),
+        if: CLI.available,
         "needs OUTBOX_TEST_PG and a built binary"), .timeLimit(.minutes(1)))
 struct CLITests {
     @Test func runPrintsOneJSONLinePerEventAndStopsCleanlyOnSIGTERM() async throws {
@@ -59,6 +59,9 @@ struct CLITests {
 /// A running `outbox-relay` process with captured output.
 final class CLI: @unchecked Sendable {
     // @unchecked Sendable: the buffers are only touched under `lock`.
+    /// A database to test against and a built binary (`OUTBOX_RELAY_BIN`).
+    static var available: Bool { TestDatabase.available && FileManager.default.isExecutableFile(atPath: binary) }
+
     static let binary =
         ProcessInfo.processInfo.environment["OUTBOX_RELAY_BIN"]
         ?? TestDatabase.repository.appendingPathComponent(".build/debug/outbox-relay").path
@@ -123,7 +126,7 @@ final class CLI: @unchecked Sendable {
 @Suite(
     "outbox-relay poll binary", .serialized,
     .enabled(
-        if: TestDatabase.available && FileManager.default.isExecutableFile(atPath: CLI.binary),
+        if: CLI.available,
         "needs OUTBOX_TEST_PG and a built binary"), .timeLimit(.minutes(1)))
 struct PollCLITests {
     @Test func pollUntilEmptyDrainsTheTableAndExitsZero() throws {

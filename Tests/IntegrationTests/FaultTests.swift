@@ -12,7 +12,7 @@ import Testing
 @Suite(
     "faults: crashes, restarts, lost slots", .serialized,
     .enabled(
-        if: TestDatabase.available && FileManager.default.isExecutableFile(atPath: CLI.binary),
+        if: CLI.available,
         "needs OUTBOX_TEST_PG and a built binary"), .timeLimit(.minutes(20)))
 struct FaultTests {
     static let environment = ProcessInfo.processInfo.environment

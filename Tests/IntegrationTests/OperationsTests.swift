@@ -9,7 +9,7 @@ import Testing
 /// environment and file; the HTTP endpoints; the status probe; tail; init.
 @Suite(
     "operations", .serialized,
-    .enabled(if: TestDatabase.available && FileManager.default.isExecutableFile(atPath: CLI.binary), "needs OUTBOX_TEST_PG and a built binary"),
+    .enabled(if: CLI.available, "needs OUTBOX_TEST_PG and a built binary"),
     .timeLimit(.minutes(3)))
 struct OperationsTests {
     func temporaryFile(_ text: String) throws -> String {
