@@ -374,12 +374,27 @@ public final class Relay: RelayService, @unchecked Sendable {
             }
         }
 
+        // A stop requested in the middle of a transaction first reads on to
+        // its Commit (bounded by the shutdown timeout): events already
+        // delivered from it could not be confirmed otherwise, and a graceful
+        // stop would leave duplicates. `tail` confirms nothing and stops at once.
+        var finishingBy: Int?
+        func mayStop() -> Bool {
+            guard stopping else { return false }
+            guard config.confirms, tracker!.isInTransaction else { return true }
+            let now = Self.nowMilliseconds()
+            if finishingBy == nil {
+                finishingBy = now + config.shutdownTimeoutMilliseconds
+                logger.info("stop requested inside a transaction; reading on to its commit")
+            }
+            return now >= finishingBy!
+        }
         do throws(RelayError) {
-            while !stopping {
+            while !mayStop() {
                 var handled = 0
                 let backpressured = atBound()
                 if !backpressured {
-                    reading: while handled < 4096 && !atBound() {
+                    reading: while handled < 4096 && !atBound() && !(stopping && !tracker!.isInTransaction) {
                         let read: PGConnection.CopyRead
                         do { read = try session.read(timeoutMilliseconds: 0) } catch {
                             throw RelayError.replication(error)
@@ -419,7 +434,7 @@ public final class Relay: RelayService, @unchecked Sendable {
                         metadata: ["end_lsn": "\(end)", "confirmed_lsn": "\(tracker!.confirmed)"])
                     stop()
                 }
-                if handled == 0 && !backpressured {
+                if handled == 0 && !backpressured && !(stopping && !tracker!.isInTransaction) {
                     // Idle: wait on the socket, briefly when acks are still due.
                     let untilStatus = max(
                         1, config.statusIntervalMilliseconds - (Self.nowMilliseconds() - lastStatusAt))
@@ -437,7 +452,8 @@ public final class Relay: RelayService, @unchecked Sendable {
             throw error
         }
         setState(.stopping)
-        finish(session, timeoutMilliseconds: config.shutdownTimeoutMilliseconds)
+        let left = finishingBy.map { $0 - Self.nowMilliseconds() } ?? config.shutdownTimeoutMilliseconds
+        finish(session, timeoutMilliseconds: max(0, left))
         logger.notice(
             "stopped",
             metadata: [

@@ -2,6 +2,7 @@ import Foundation
 import OutboxRelay
 import PGOutput
 import PostgresReplication
+import Synchronization
 import Testing
 
 @Suite(
@@ -157,6 +158,29 @@ struct RelayIntegrationTests {
         try await running.waitFor("confirmation") { _ in try outbox.confirmedFlush >= afterInsert }
         #expect(running.relay.currentStats.eventsAcknowledged == 3)
         await running.stop()
+    }
+
+    @Test func stopInsideATransactionReadsOnToItsCommitAndConfirmsIt() async throws {
+        let outbox = try TestOutbox()
+        let box = Mutex<Relay?>(nil)
+        let sink = HookSink { box.withLock { $0?.stop() } }
+        let relay = Relay(config: outbox.config(), sink: sink, logger: RunningRelay.logger)
+        box.withLock { $0 = relay }
+        let running = RunningRelay(relay)
+        try await running.waitFor("streaming") { $0.state == .streaming }
+        // One transaction of more messages than the relay handles per loop turn
+        // (4,096), so the stop, which arrives with its first event, is seen
+        // before its Commit is read.
+        try outbox.insert(5_000)
+        guard case .success? = await running.ended(within: 15) else {
+            Issue.record("the relay did not stop cleanly")
+            return
+        }
+        let events = sink.sentEvents
+        #expect(events.count == 5_000, "the whole transaction, not the part read before the stop was seen")
+        let commitLSN = try #require(events.first?.lsn)
+        // Confirmed past the commit: a restart does not resend the transaction.
+        #expect(try outbox.confirmedFlush > commitLSN)
     }
 
     @Test func backpressureStopsReadingAtTheInFlightBound() async throws {

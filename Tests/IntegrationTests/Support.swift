@@ -236,3 +236,35 @@ final class GatedSink: EventSink, @unchecked Sendable {
         return acks
     }
 }
+
+/// Acknowledges every event at once and runs `onFirstSend` when the first
+/// event arrives: a hook to act in the middle of a transaction.
+final class HookSink: EventSink, @unchecked Sendable {
+    // @unchecked Sendable: all state is behind `state`'s lock; the hook is Sendable.
+    let name = "hook"
+    private let state = Mutex<(sent: [OutboxEvent], held: [Acknowledgement], hooked: Bool)>(([], [], false))
+    let onFirstSend: @Sendable () -> Void
+
+    init(onFirstSend: @escaping @Sendable () -> Void) { self.onFirstSend = onFirstSend }
+
+    var sentEvents: [OutboxEvent] { state.withLock { $0.sent } }
+
+    func send(_ event: OutboxEvent, ticket: UInt64) throws {
+        let first = state.withLock { s -> Bool in
+            s.sent.append(event)
+            s.held.append(Acknowledgement(ticket: ticket, weight: event.weight))
+            defer { s.hooked = true }
+            return !s.hooked
+        }
+        if first { onFirstSend() }
+    }
+
+    func poll(timeoutMilliseconds: Int) throws -> [Acknowledgement] {
+        state.withLock { s in
+            defer { s.held.removeAll() }
+            return s.held
+        }
+    }
+
+    func flush(timeoutMilliseconds: Int) throws -> [Acknowledgement] { try poll(timeoutMilliseconds: 0) }
+}
