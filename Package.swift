@@ -26,21 +26,29 @@ let package = Package(
             pkgConfig: "rdkafka",
             providers: [.apt(["librdkafka-dev"])]
         ),
+        // The data flow, top to bottom: pure pieces first (no C library, no I/O), then
+        // the libpq client, the replication session, the driver, the sinks, the CLI.
+        //
         // Pure decoding of pgoutput and of the streaming replication framing. No I/O.
         .target(name: "PGOutput"),
-        // The libpq replication connection: a thread owns the PGconn.
+        // Pure: events, routing, acknowledgement tracking, the stream state machine, the sink
+        // contract. Links no C library, so tests, the fuzzer and benchmarks use it as it is.
+        .target(name: "OutboxCore", dependencies: ["PGOutput"]),
+        // The libpq client (one PGconn per object): replication, polling, status and init use it.
+        .target(name: "PostgresClient", dependencies: ["CLibPQ", "PGOutput"]),
+        // The replication session: slot and publication checks, START_REPLICATION, status updates.
         .target(
             name: "PostgresReplication",
             dependencies: [
-                "CLibPQ", "PGOutput",
+                "PostgresClient", "PGOutput",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        // Events, routing, the pipeline, acknowledgement tracking, simple sinks.
+        // The thin driver of the stream machine (one thread, one poll(2)), and the simple sinks.
         .target(
             name: "OutboxRelay",
             dependencies: [
-                "PGOutput", "PostgresReplication",
+                "OutboxCore", "PGOutput", "PostgresClient", "PostgresReplication",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -48,7 +56,7 @@ let package = Package(
         .target(
             name: "KafkaSink",
             dependencies: [
-                "OutboxRelay", "CRdKafka",
+                "OutboxCore", "CRdKafka",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -56,14 +64,14 @@ let package = Package(
         .target(
             name: "PollingRelay",
             dependencies: [
-                "OutboxRelay", "PostgresReplication", "PGOutput",
+                "OutboxCore", "OutboxRelay", "PostgresClient", "PGOutput",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .executableTarget(
             name: "OutboxRelayCLI",
             dependencies: [
-                "OutboxRelay", "PGOutput", "KafkaSink", "PollingRelay", "PostgresReplication",
+                "OutboxCore", "OutboxRelay", "PGOutput", "KafkaSink", "PollingRelay", "PostgresClient", "PostgresReplication",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -71,22 +79,26 @@ let package = Package(
         ),
         .executableTarget(
             name: "DecoderBench",
-            dependencies: ["PGOutput", "OutboxRelay", "TestFixtures"],
+            dependencies: ["PGOutput", "OutboxCore", "TestFixtures"],
             path: "bench/DecoderBench"
         ),
         // End-to-end latency: writer and Kafka consumer in one process, the relay binary under test in another (bench/latency.sh).
         .executableTarget(
             name: "LatencyBench",
-            dependencies: ["CLibPQ", "CRdKafka", "PostgresReplication", .product(name: "Histogram", package: "hdrhistogram-swift")],
+            dependencies: ["CLibPQ", "CRdKafka", "PostgresClient", "PostgresReplication", .product(name: "Histogram", package: "hdrhistogram-swift")],
             path: "bench/LatencyBench"
         ),
         // Loads the pgoutput messages captured by scripts/capture-fixtures.sh.
         .target(name: "TestFixtures", dependencies: ["PGOutput"], path: "Tests/TestFixtures", exclude: ["Fixtures"]),
         .testTarget(name: "PGOutputTests", dependencies: ["PGOutput", "TestFixtures"]),
-        .testTarget(name: "OutboxRelayTests", dependencies: ["OutboxRelay", "PGOutput", "TestFixtures"]),
+        .testTarget(name: "OutboxCoreTests", dependencies: ["OutboxCore", "PGOutput", "TestFixtures"]),
+        .testTarget(name: "OutboxRelayTests", dependencies: ["OutboxRelay", "OutboxCore", "PGOutput"]),
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["OutboxRelay", "PostgresReplication", "PGOutput", "CLibPQ", "KafkaSink", "PollingRelay"]
+            dependencies: [
+                "OutboxCore", "OutboxRelay", "PostgresClient", "PostgresReplication", "PGOutput", "CLibPQ", "KafkaSink",
+                "PollingRelay",
+            ]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -1,7 +1,7 @@
 import CRdKafka
 import Foundation
 import Logging
-import OutboxRelay
+import OutboxCore
 
 /// How the Kafka sink connects and publishes.
 public struct KafkaSinkConfig: Sendable {

@@ -1,4 +1,5 @@
 import Glibc
+import OutboxCore
 
 /// Writes one JSON line per event to a file descriptor: stdout (`--sink stdout`)
 /// or a file opened for append (`--sink file:PATH`).

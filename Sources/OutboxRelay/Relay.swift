@@ -1,7 +1,9 @@
 import Foundation
 import Glibc
 import Logging
+import OutboxCore
 import PGOutput
+import PostgresClient
 import PostgresReplication
 import Synchronization
 

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import OutboxCore
 import OutboxRelay
 import ServiceLifecycle
 

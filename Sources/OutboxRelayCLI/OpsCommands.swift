@@ -1,8 +1,10 @@
 import ArgumentParser
 import Foundation
 import Logging
+import OutboxCore
 import OutboxRelay
 import PGOutput
+import PostgresClient
 import PostgresReplication
 
 /// `outbox-relay status`: the slot's health, as a probe for cron or alerting.

@@ -3,7 +3,9 @@ import Dispatch
 import Foundation
 import KafkaSink
 import Logging
+import OutboxCore
 import OutboxRelay
+import PostgresClient
 import PostgresReplication
 
 /// The database connection, shared by every command.

@@ -1,8 +1,10 @@
 import ArgumentParser
 import Foundation
 import Logging
+import OutboxCore
 import OutboxRelay
 import PGOutput
+import PostgresClient
 import PostgresReplication
 
 /// How every command's options can be set besides flags (shown by `--help`).

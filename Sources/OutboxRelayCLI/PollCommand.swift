@@ -1,8 +1,10 @@
 import ArgumentParser
 import Foundation
 import Logging
+import OutboxCore
 import OutboxRelay
 import PollingRelay
+import PostgresClient
 import PostgresReplication
 
 /// Exit codes as for `run`: 0 stopped on request (or drained with --until-empty); 1 fatal; 64 usage.

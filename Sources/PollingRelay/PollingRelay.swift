@@ -1,8 +1,10 @@
 import Foundation
 import Glibc
 import Logging
+import OutboxCore
 import OutboxRelay
 import PGOutput
+import PostgresClient
 import PostgresReplication
 import Synchronization
 

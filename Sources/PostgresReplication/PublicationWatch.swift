@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import PGOutput
+import PostgresClient
 import Synchronization
 
 /// Re-checks, while the relay streams, that the publication still publishes

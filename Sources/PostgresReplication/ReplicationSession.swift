@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import PGOutput
+import PostgresClient
 
 /// What to stream and how.
 public struct ReplicationOptions: Sendable {

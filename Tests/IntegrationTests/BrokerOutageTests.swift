@@ -1,4 +1,5 @@
 import Foundation
+import OutboxCore
 import OutboxRelay
 import PGOutput
 import Testing

@@ -1,5 +1,6 @@
 import Foundation
 import PGOutput
+import PostgresClient
 import PostgresReplication
 import Synchronization
 import Testing

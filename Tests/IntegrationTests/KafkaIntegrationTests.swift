@@ -1,6 +1,7 @@
 import Foundation
 import KafkaSink
 import Logging
+import OutboxCore
 import OutboxRelay
 import PGOutput
 import Testing

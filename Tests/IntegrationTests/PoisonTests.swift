@@ -1,6 +1,8 @@
 import Foundation
+import OutboxCore
 import OutboxRelay
 import PGOutput
+import PostgresClient
 import PostgresReplication
 import Testing
 

@@ -1,7 +1,9 @@
 import Foundation
+import OutboxCore
 import OutboxRelay
 import PGOutput
 import PollingRelay
+import PostgresClient
 import PostgresReplication
 import Testing
 

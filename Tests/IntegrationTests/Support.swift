@@ -1,7 +1,9 @@
 import Foundation
 import Logging
+import OutboxCore
 import OutboxRelay
 import PGOutput
+import PostgresClient
 import PostgresReplication
 import Synchronization
 import Testing

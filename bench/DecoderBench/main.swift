@@ -5,7 +5,7 @@
 //
 //   swift run -c release DecoderBench [iterations]
 import Foundation
-import OutboxRelay
+import OutboxCore
 import PGOutput
 import TestFixtures
 

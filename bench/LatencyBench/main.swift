@@ -12,6 +12,7 @@ import CRdKafka
 import Foundation
 import Glibc
 import Histogram
+import PostgresClient
 import PostgresReplication
 import Synchronization
 

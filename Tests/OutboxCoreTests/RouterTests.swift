@@ -1,5 +1,5 @@
 import Foundation
-import OutboxRelay
+import OutboxCore
 import PGOutput
 import TestFixtures
 import Testing

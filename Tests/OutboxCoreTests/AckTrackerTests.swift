@@ -1,4 +1,4 @@
-import OutboxRelay
+import OutboxCore
 import PGOutput
 import Testing
 
