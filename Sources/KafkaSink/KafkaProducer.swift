@@ -48,8 +48,48 @@ final class KafkaProducer {
     }
 
     deinit {
+        if wakeup.read >= 0 {
+            rd_kafka_queue_io_event_enable(queue, -1, nil, 0)
+            close(wakeup.read)
+            close(wakeup.write)
+        }
         rd_kafka_queue_destroy(queue)
         rd_kafka_destroy(handle)
+    }
+
+    private var wakeup: (read: Int32, write: Int32) = (-1, -1)
+
+    /// A descriptor that becomes readable when the event queue goes from empty
+    /// to non-empty (`rd_kafka_queue_io_event_enable`), so the relay waits for
+    /// delivery reports in the same `poll(2)` as for PostgreSQL. librdkafka
+    /// writes only on that transition: drain the queue to empty, and the
+    /// descriptor with `clearWakeup()`, on every wake-up.
+    func wakeupDescriptor() -> Int32? {
+        if wakeup.read >= 0 { return wakeup.read }
+        var fds: [Int32] = [-1, -1]
+        guard pipe(&fds) == 0 else { return nil }
+        for fd in fds {
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        }
+        wakeup = (fds[0], fds[1])
+        rd_kafka_queue_io_event_enable(queue, fds[1], "1", 1)
+        return fds[0]
+    }
+
+    /// Empties the wake-up pipe (before draining the queue, so no write is lost).
+    func clearWakeup() {
+        guard wakeup.read >= 0 else { return }
+        var scratch = [UInt8](repeating: 0, count: 256)
+        while scratch.withUnsafeMutableBytes({ read(wakeup.read, $0.baseAddress, $0.count) }) > 0 {}
+    }
+
+    /// Removes the records still in librdkafka's queues (not yet sent to a
+    /// broker); their delivery reports come back with `_PURGE_QUEUE`. Records
+    /// already on their way to a broker are not touched. Blocks until the
+    /// broker threads have purged their queues.
+    func purgeQueued() {
+        _ = rd_kafka_purge(handle, Int32(RD_KAFKA_PURGE_F_QUEUE))
     }
 
     /// A NUL-terminated C buffer as a String.

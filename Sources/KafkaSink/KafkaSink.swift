@@ -157,6 +157,19 @@ public final class KafkaSink: EventSink {
         return true
     }
 
+    public var wakeupDescriptor: Int32? { producer.wakeupDescriptor() }
+
+    /// Purges what librdkafka has not sent yet (a stale session's events): see `EventSink`.
+    public func discardUnacknowledged() -> Int {
+        producer.purgeQueued()
+        purged = 0
+        try? drainEvents(timeoutMilliseconds: 0)
+        return purged
+    }
+
+    /// Delivery reports of purged records seen by the last `discardUnacknowledged`.
+    private var purged = 0
+
     public func poll(timeoutMilliseconds: Int) throws -> [Acknowledgement] {
         try drainEvents(timeoutMilliseconds: timeoutMilliseconds)
         probeWhileIdleAndUnreachable()
@@ -259,17 +272,23 @@ public final class KafkaSink: EventSink {
             ])
     }
 
-    /// Handles queued events: the first waits up to the timeout, the rest are taken as they are.
+    /// Handles queued events until the queue is empty: the first waits up to
+    /// the timeout, the rest are taken as they are. (Emptying it matters: the
+    /// wake-up descriptor is written only when the queue becomes non-empty.)
     private func drainEvents(timeoutMilliseconds: Int) throws {
         var wait = timeoutMilliseconds
-        for _ in 0..<10_000 {
+        producer.clearWakeup()
+        while true {
             guard let event = producer.poll(timeoutMilliseconds: wait) else { return }
             wait = 0
             switch event {
             case .delivery(let reports):
                 for report in reports {
                     guard let record = pending.removeValue(forKey: report.opaque) else { continue }
-                    if report.error == RD_KAFKA_RESP_ERR_NO_ERROR {
+                    if report.error == RD_KAFKA_RESP_ERR__PURGE_QUEUE || report.error == RD_KAFKA_RESP_ERR__PURGE_INFLIGHT {
+                        // Discarded on purpose (a stale session's): neither acknowledged nor failed.
+                        purged += 1
+                    } else if report.error == RD_KAFKA_RESP_ERR_NO_ERROR {
                         if !brokersReachable {
                             brokersReachable = true
                             logger.notice("Kafka brokers reachable again; delivering")

@@ -14,6 +14,17 @@
 ///   then stops before confirming that event's transaction.
 /// - Sinks know nothing of LSNs beyond the opaque ticket.
 ///
+/// - `wakeupDescriptor`, when a sink has one, becomes readable when `poll(0)`
+///   has something to return: the relay waits on it together with the
+///   PostgreSQL socket in one `poll(2)`. A sink without one (stdout, file)
+///   acknowledges everything it accepted by the next `poll`.
+/// - `discardUnacknowledged` drops what is accepted but not yet handed to the
+///   destination, where the sink can (Kafka: `rd_kafka_purge` of its queues).
+///   The relay calls it when its session may be stale (a freeze longer than the
+///   server waits, a dead connection): those events were read in a session that
+///   another relay may have taken over, so publishing them now could put them
+///   after newer records of the same key. They stay unconfirmed and are read again.
+///
 /// Sinks are driven from the relay's single I/O thread and need not be thread-safe.
 public protocol EventSink: AnyObject {
     /// For logs: `stdout`, `file:/path`, `kafka`.
@@ -34,11 +45,18 @@ public protocol EventSink: AnyObject {
     func deadLetter(_ poison: PoisonEvent, ticket: UInt64) throws -> Bool
     /// Whether the destination is reachable as far as the sink knows (readiness).
     var isReachable: Bool { get }
+    /// A descriptor that becomes readable when acknowledgements are ready; nil when
+    /// every accepted event is acknowledged by the next `poll`.
+    var wakeupDescriptor: Int32? { get }
+    /// Drops accepted events that have not reached the destination yet; returns how many.
+    func discardUnacknowledged() -> Int
 }
 
 extension EventSink {
     public func deadLetter(_ poison: PoisonEvent, ticket: UInt64) throws -> Bool { false }
     public var isReachable: Bool { true }
+    public var wakeupDescriptor: Int32? { nil }
+    public func discardUnacknowledged() -> Int { 0 }
 }
 
 /// One event acknowledged by a sink.

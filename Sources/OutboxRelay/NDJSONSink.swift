@@ -98,6 +98,16 @@ public final class NDJSONSink: EventSink {
         try poll(timeoutMilliseconds: timeoutMilliseconds)
     }
 
+    /// Drops the lines not yet written (a stale session's); events already
+    /// written stay unacknowledged and are delivered again by the next session.
+    public func discardUnacknowledged() -> Int {
+        defer {
+            buffer.removeAll(keepingCapacity: true)
+            pending.removeAll(keepingCapacity: true)
+        }
+        return pending.count
+    }
+
     private func writeBuffer() throws {
         var offset = 0
         while offset < buffer.count {

@@ -26,9 +26,7 @@ public final class PGConnection {
         if let problem = Conninfo.validate(conninfo) {
             throw .invalidConfiguration("invalid PostgreSQL connection string: \(problem)")
         }
-        var pairs: [(String, String)] = [
-            ("connect_timeout", "10"), ("keepalives", "1"), ("keepalives_idle", "30"),
-            ("keepalives_interval", "10"), ("keepalives_count", "3"),
+        var pairs = Self.defaultParameters.map { ($0.key, $0.value) } + [
             ("fallback_application_name", applicationName), ("dbname", conninfo),
         ]
         if replication { pairs.append(("replication", "database")) }
@@ -49,6 +47,17 @@ public final class PGConnection {
     }
 
     deinit { PQfinish(conn) }
+
+    /// Defaults placed before the user's connection string, which overrides
+    /// any of them. A dead peer must be noticed in seconds, not after the
+    /// kernel's 15-minute retransmission limit: TCP keepalives probe an idle
+    /// connection after 10 s, every 5 s, 3 times; `tcp_user_timeout` drops a
+    /// connection whose sent data stays unacknowledged for 30 s (a silent cut
+    /// while a status update or a query is on its way).
+    public static let defaultParameters: [(key: String, value: String)] = [
+        ("connect_timeout", "10"), ("keepalives", "1"), ("keepalives_idle", "10"),
+        ("keepalives_interval", "5"), ("keepalives_count", "3"), ("tcp_user_timeout", "30000"),
+    ]
 
     /// `host=… port=… dbname=… user=…` of the live connection; no secrets.
     public var serverDescription: String {
@@ -172,46 +181,30 @@ public final class PGConnection {
         }
     }
 
-    /// Outcome of one read attempt.
-    public enum CopyRead {
-        case message(ReplicationMessage)
-        /// Nothing arrived before the deadline.
-        case timedOut
+    /// The connection's socket, for a `poll(2)` that waits on it together with other descriptors.
+    public var socket: Int32 { PQsocket(conn) }
+
+    /// The next complete CopyData message already buffered by libpq, without
+    /// waiting (nil when none is). Call `consumeInput()` when the socket is readable.
+    public func bufferedCopyData() throws(ReplicationError) -> ReplicationMessage? {
+        var buffer: UnsafeMutablePointer<CChar>?
+        let length = PQgetCopyData(conn, &buffer, 1)
+        if length > 0, let buffer {
+            defer { PQfreemem(buffer) }
+            do {
+                return try ReplicationMessage.decode(UnsafeRawBufferPointer(start: buffer, count: Int(length)))
+            } catch {
+                throw .undecodable(error)
+            }
+        }
+        if length == -1 { throw streamEnded() }
+        if length < -1 { throw .connectionLost(errorMessage) }
+        return nil
     }
 
-    /// The next CopyData message, waiting on the socket until `timeoutMilliseconds`
-    /// (0 = only what is already buffered). The pattern of pg_recvlogical's
-    /// `StreamLogicalLog`: `PQgetCopyData(…, async: 1)`, `poll` on `PQsocket`,
-    /// `PQconsumeInput`; every buffer goes back with `PQfreemem`.
-    public func readCopyData(timeoutMilliseconds: Int32) throws(ReplicationError) -> CopyRead {
-        var waited = false
-        while true {
-            var buffer: UnsafeMutablePointer<CChar>?
-            let length = PQgetCopyData(conn, &buffer, 1)
-            if length > 0, let buffer {
-                defer { PQfreemem(buffer) }
-                do {
-                    return .message(
-                        try ReplicationMessage.decode(UnsafeRawBufferPointer(start: buffer, count: Int(length)))
-                    )
-                } catch {
-                    throw .undecodable(error)
-                }
-            }
-            if length == -1 { throw streamEnded() }
-            if length < -1 { throw .connectionLost(errorMessage) }
-            // length == 0: nothing complete buffered.
-            if waited || timeoutMilliseconds <= 0 { return .timedOut }
-            var descriptor = pollfd(fd: PQsocket(conn), events: Int16(POLLIN), revents: 0)
-            guard descriptor.fd >= 0 else { throw .connectionLost("socket closed") }
-            let ready = poll(&descriptor, 1, timeoutMilliseconds)
-            if ready < 0 && errno != EINTR {
-                throw .connectionLost("poll: \(String(cString: strerror(errno)))")
-            }
-            if ready == 0 { return .timedOut }
-            guard PQconsumeInput(conn) == 1 else { throw .connectionLost(errorMessage) }
-            waited = true
-        }
+    /// Reads what the socket has into libpq's buffer (after `poll(2)` said it is readable).
+    public func consumeInput() throws(ReplicationError) {
+        guard PQconsumeInput(conn) == 1 else { throw .connectionLost(errorMessage) }
     }
 
     /// Sends one CopyData message and flushes it.

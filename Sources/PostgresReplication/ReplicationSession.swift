@@ -68,6 +68,9 @@ public final class ReplicationSession {
     public let slotConfirmedFlush: LSN
     /// True when this session created the slot.
     public let createdSlot: Bool
+    /// The walsender's `wal_sender_timeout` in ms (0: disabled), nil if it could not be read:
+    /// the relay reports at least every half of it, and a stall longer than it ends the session.
+    public let walSenderTimeoutMilliseconds: Int?
     private var lastSentFlush = LSN.zero
     private let logger: Logger
 
@@ -157,6 +160,11 @@ public final class ReplicationSession {
         if slot.walStatus == "lost" { throw .slotLost(slot: options.slot) }
         if slot.active { throw .slotInUse(slot: options.slot, pid: slot.activePID) }
         slotConfirmedFlush = slot.confirmedFlush ?? .zero
+        // The session's own value (it may be set per role or database); pg_settings gives milliseconds.
+        walSenderTimeoutMilliseconds =
+            (try? connection.query(
+                "SELECT setting FROM pg_settings WHERE name = 'wal_sender_timeout'", label: "reading wal_sender_timeout"))
+            .flatMap { $0[0, "setting"] }.flatMap { Int($0) }
 
         try Self.checkPublication(connection, options, mayCreate: mayCreate, logger: logger)
     }
@@ -250,11 +258,6 @@ public final class ReplicationSession {
             throw .slotInUse(slot: options.slot, pid: pid)
         }
         lastSentFlush = max(lastSentFlush, lsn)
-    }
-
-    /// Reads the next message, waiting at most `timeoutMilliseconds`.
-    public func read(timeoutMilliseconds: Int32) throws(ReplicationError) -> PGConnection.CopyRead {
-        try connection.readCopyData(timeoutMilliseconds: timeoutMilliseconds)
     }
 
     /// Sends a standby status update. The flush position never moves backwards,

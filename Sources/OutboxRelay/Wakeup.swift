@@ -1,0 +1,65 @@
+import Glibc
+import OutboxCore
+
+/// A self-pipe another thread signals (a stop request) to end a `poll(2)` at once.
+///
+/// `@unchecked Sendable`: the descriptors are immutable; pipe reads and writes are thread-safe.
+final class Wakeup: @unchecked Sendable {
+    /// Readable once signalled, until cleared.
+    let descriptor: Int32
+    private let writeEnd: Int32
+
+    init() {
+        var fds: [Int32] = [-1, -1]
+        precondition(pipe(&fds) == 0, "pipe: \(String(cString: strerror(errno)))")
+        for fd in fds {
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        }
+        descriptor = fds[0]
+        writeEnd = fds[1]
+    }
+
+    deinit {
+        close(descriptor)
+        close(writeEnd)
+    }
+
+    func signal() {
+        var one: UInt8 = 1
+        _ = write(writeEnd, &one, 1)
+    }
+
+    func clear() {
+        var scratch = [UInt8](repeating: 0, count: 64)
+        while scratch.withUnsafeMutableBytes({ read(descriptor, $0.baseAddress, $0.count) }) > 0 {}
+    }
+
+    /// Waits up to `milliseconds`, returning early once `unless()` holds after a signal.
+    func wait(milliseconds: Int, unless: () -> Bool) {
+        let deadline = Instant.now() + milliseconds
+        while !unless() {
+            let left = Instant.now().millisecondsRoundedUp(until: deadline)
+            if left <= 0 { return }
+            var fd = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
+            if poll(&fd, 1, left) > 0 { clear() }
+        }
+    }
+}
+
+extension Instant {
+    /// Now on CLOCK_BOOTTIME: monotonic, and it keeps counting while the machine
+    /// is suspended, so a freeze of any kind shows up as elapsed time.
+    public static func now() -> Instant {
+        var ts = timespec()
+        clock_gettime(CLOCK_BOOTTIME, &ts)
+        return Instant(nanoseconds: UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec))
+    }
+
+    /// Milliseconds from now to `deadline`, rounded up (so a wait never ends just
+    /// before its deadline and spins), as a `poll(2)` timeout; 0 when it has passed.
+    func millisecondsRoundedUp(until deadline: Instant) -> Int32 {
+        guard deadline.nanoseconds > nanoseconds else { return 0 }
+        return Int32(clamping: (deadline.nanoseconds - nanoseconds + 999_999) / 1_000_000)
+    }
+}
