@@ -69,6 +69,12 @@ public struct StatusReport: Sendable, Hashable {
     public var flushed: LSN
     /// Asks the server for an immediate keepalive: a ping while nothing arrives.
     public var replyRequested: Bool
+
+    public init(written: LSN, flushed: LSN, replyRequested: Bool) {
+        self.written = written
+        self.flushed = flushed
+        self.replyRequested = replyRequested
+    }
 }
 
 /// Why a session ended on the machine's word.
@@ -326,8 +332,11 @@ public struct StreamMachine: Sendable {
 
     /// One message from the server.
     public mutating func received(_ message: ReplicationMessage, now: Instant) -> Action {
+        switch phase {
+        case .connecting, .stopped: return .end(.protocolViolation("a message arrived outside a session"))
+        default: break
+        }
         if let stall = stalled(now: now) { return end(stall) }
-        guard tracker != nil else { return end(.protocolViolation("a message arrived outside a session")) }
         lastReceivedAt = now
         pingSent = false
         switch message {

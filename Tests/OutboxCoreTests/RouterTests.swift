@@ -4,8 +4,9 @@ import PGOutput
 import TestFixtures
 import Testing
 
-/// Feeds the captured `v1-router` stream (tables in schema `loose`) through a
-/// router, as the relay does, and collects what each change becomes.
+/// Feeds the captured `v1-router` stream (tables in schema `loose`) through
+/// the relay's own stream machine, and collects what each change becomes
+/// (poison rows are accepted by a dead-letter destination, so the stream goes on).
 private func routeFixture(
     _ configure: (inout RoutingConfig) -> Void = { _ in }
 ) throws -> (
@@ -14,39 +15,24 @@ private func routeFixture(
     var config = RoutingConfig()
     config.schema = "loose"
     configure(&config)
-    var router = OutboxRouter(config: config)
-    var decoder = PGOutputDecoder()
+    var machine = StreamMachine(configuration: StreamConfiguration(routing: config))
+    let now = Instant.milliseconds(1)
+    _ = machine.sessionStarted(ServerSettings(slotConfirmedFlush: .zero, walSenderTimeoutMilliseconds: 0), now: now)
     var events: [OutboxEvent] = []
     var poison: [PoisonEvent] = []
-    var suppressed = 0
-    var lsn = LSN.zero
-    var time = PostgresTimestamp(rawValue: 0)
     for bytes in try Fixture.messages("v1-router") {
-        let result: Result<OutboxEvent, PoisonEvent>?
-        switch try decoder.decode(bytes) {
-        case .begin(let b):
-            (lsn, time) = (b.finalLSN, b.commitTimestamp)
-            continue
-        case .relation(let r):
-            router.relationChanged(r)
-            continue
-        case .insert(let i): result = router.route(i, lsn: lsn, commitTime: time)
-        case .message(let m): result = router.route(m, lsn: lsn, commitTime: time)
-        case .update(let u):
-            suppressed += router.isOutbox(u.relationOID) ? 1 : 0
-            continue
-        case .delete(let d):
-            suppressed += router.isOutbox(d.relationOID) ? 1 : 0
-            continue
-        default: continue
-        }
-        switch result {
-        case .success(let e)?: events.append(e)
-        case .failure(let p)?: poison.append(p)
-        case nil: break
+        let message = ReplicationMessage.xLogData(
+            walStart: LSN(1), walEnd: LSN(1), sendTime: PostgresTimestamp(rawValue: 0), payload: bytes)
+        switch machine.received(message, now: now) {
+        case .publish(let event, _): events.append(event)
+        case .deadLetter(let row, _):
+            poison.append(row)
+            _ = machine.deadLetterResult(row, accepted: true)
+        case .end(let reason): throw reason
+        case .none: break
         }
     }
-    return (events, poison, suppressed)
+    return (events, poison, machine.stats.suppressedUpdates + machine.stats.suppressedDeletes)
 }
 
 @Suite("outbox router on rows captured from PostgreSQL 15")

@@ -69,6 +69,42 @@ results.append(
         return count + out.count
     })
 
+results.append(
+    try measure("stream machine: XLogData → event → NDJSON line, acked") {
+        // The relay's own path: framing already split, one clock read per
+        // message as the driver does, the machine deciding, the ack fed back.
+        var routing = RoutingConfig()
+        routing.schema = "public"
+        var machine = StreamMachine(configuration: StreamConfiguration(routing: routing))
+        func now() -> Instant {
+            var ts = timespec()
+            clock_gettime(CLOCK_BOOTTIME, &ts)
+            return Instant(nanoseconds: UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec))
+        }
+        _ = machine.sessionStarted(ServerSettings(slotConfirmedFlush: .zero, walSenderTimeoutMilliseconds: 0), now: now())
+        func frame(_ payload: [UInt8]) -> ReplicationMessage {
+            .xLogData(walStart: LSN(1), walEnd: LSN(1), sendTime: PostgresTimestamp(rawValue: 0), payload: payload)
+        }
+        let (b, r, i, c) = (frame(begin), frame(relation), frame(insert), frame(commit))
+        _ = machine.received(b, now: now())
+        _ = machine.received(r, now: now())
+        _ = machine.received(c, now: now())
+        var out: [UInt8] = []
+        out.reserveCapacity(1 << 20)
+        var count = 0
+        for _ in 0..<iterations {
+            _ = machine.received(b, now: now())
+            if case .publish(let e, let ticket) = machine.received(i, now: now()) {
+                e.appendJSONLine(to: &out)
+                machine.acknowledged(Acknowledgement(ticket: ticket, weight: e.weight))
+            }
+            _ = machine.received(c, now: now())
+            if out.count > 1 << 19 { count += out.count; out.removeAll(keepingCapacity: true) }
+        }
+        precondition(machine.stats.eventsAcknowledged == iterations, "the machine must publish every insert")
+        return count + out.count
+    })
+
 print("")
 print("| stage | events/s | ns/event |")
 print("|---|---:|---:|")
