@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Fuzzes the pgoutput decoder and the outbox router's row mapping (plus the
-# NDJSON encoder) with libFuzzer (swiftc -sanitize=fuzzer,address).
+# Fuzzes the relay's pure core — replication framing, the pgoutput decoder,
+# the stream state machine, the outbox router and the NDJSON encoder — with
+# libFuzzer (swiftc -sanitize=fuzzer,address). The modules PGOutput and
+# OutboxCore are built whole, each as its own module (so the target sees only
+# their public API, as the relay does); fuzz/DecoderFuzz.swift drives them.
 # Seeds: the captured fixtures, as runs of consecutive messages. Crashing
 # inputs land in fuzz/crashes/; keep them as regression fixtures.
 #
@@ -9,15 +12,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-10000000}; shift || true
 out=fuzz/out
-mkdir -p "$out/corpus" fuzz/crashes
-swiftc -O -sanitize=fuzzer,address -parse-as-library -module-name PGOutput \
-  Sources/PGOutput/*.swift Sources/OutboxRelay/{OutboxRouter,OutboxEvent,JSONText,UTF8Text}.swift \
-  fuzz/DecoderFuzz.swift -o "$out/decoder-fuzz" 2>"$out/build.log" || { cat "$out/build.log" >&2; exit 1; }
+mkdir -p "$out/corpus" "$out/modules" fuzz/crashes
+flags=(-O -sanitize=fuzzer,address -parse-as-library)
+build_module() { # name [dependencies are found in $out/modules]
+  swiftc "${flags[@]}" -wmo -module-name "$1" -I "$out/modules" -emit-module-path "$out/modules/$1.swiftmodule" \
+    -emit-object -o "$out/modules/$1.o" Sources/"$1"/*.swift
+}
+{
+  build_module PGOutput && build_module OutboxCore &&
+    swiftc "${flags[@]}" -I "$out/modules" "$out/modules/PGOutput.o" "$out/modules/OutboxCore.o" \
+      fuzz/DecoderFuzz.swift -o "$out/decoder-fuzz"
+} 2>"$out/build.log" || { cat "$out/build.log" >&2; exit 1; }
 python3 - "$out/corpus" <<'PY'
 import os, sys, glob
 out = sys.argv[1]
 for path in glob.glob("Tests/TestFixtures/Fixtures/*.hex"):
-    version = {"v1": 0, "v2": 1, "v3": 2}[os.path.basename(path)[:2]]
+    # Flags byte: protocol version, and the outbox's schema (the router fixtures use "loose").
+    version = {"v1": 0, "v2": 1, "v3": 2}[os.path.basename(path)[:2]] | (0x40 if "router" in path else 0)
     msgs = [bytes.fromhex(l) for l in open(path).read().split()]
     msgs = [m for m in msgs if len(m) < 4000]
     for start in range(0, len(msgs), 7):
