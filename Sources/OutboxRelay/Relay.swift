@@ -185,7 +185,8 @@ public final class Relay: RelayService, @unchecked Sendable {
                 let session: ReplicationSession
                 do {
                     session = try ReplicationSession(
-                        options: config.replication, mayCreate: mayCreate, logger: logger)
+                        options: config.replication, mayCreate: mayCreate, logger: logger,
+                        interrupt: wakeup.descriptor)
                 } catch { throw .replication(error) }
                 mayCreate = false
                 try stream(session)

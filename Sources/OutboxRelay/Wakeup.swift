@@ -4,12 +4,12 @@ import OutboxCore
 /// A self-pipe another thread signals (a stop request) to end a `poll(2)` at once.
 ///
 /// `@unchecked Sendable`: the descriptors are immutable; pipe reads and writes are thread-safe.
-final class Wakeup: @unchecked Sendable {
+public final class Wakeup: @unchecked Sendable {
     /// Readable once signalled, until cleared.
-    let descriptor: Int32
+    public let descriptor: Int32
     private let writeEnd: Int32
 
-    init() {
+    public init() {
         var fds: [Int32] = [-1, -1]
         precondition(pipe(&fds) == 0, "pipe: \(String(cString: strerror(errno)))")
         for fd in fds {
@@ -25,18 +25,18 @@ final class Wakeup: @unchecked Sendable {
         close(writeEnd)
     }
 
-    func signal() {
+    public func signal() {
         var one: UInt8 = 1
         _ = write(writeEnd, &one, 1)
     }
 
-    func clear() {
+    public func clear() {
         var scratch = [UInt8](repeating: 0, count: 64)
         while scratch.withUnsafeMutableBytes({ read(descriptor, $0.baseAddress, $0.count) }) > 0 {}
     }
 
     /// Waits up to `milliseconds`, returning early once `unless()` holds after a signal.
-    func wait(milliseconds: Int, unless: () -> Bool) {
+    public func wait(milliseconds: Int, unless: () -> Bool) {
         let deadline = Instant.now() + milliseconds
         while !unless() {
             let left = Instant.now().millisecondsRoundedUp(until: deadline)
@@ -58,7 +58,7 @@ extension Instant {
 
     /// Milliseconds from now to `deadline`, rounded up (so a wait never ends just
     /// before its deadline and spins), as a `poll(2)` timeout; 0 when it has passed.
-    func millisecondsRoundedUp(until deadline: Instant) -> Int32 {
+    public func millisecondsRoundedUp(until deadline: Instant) -> Int32 {
         guard deadline.nanoseconds > nanoseconds else { return 0 }
         return Int32(clamping: (deadline.nanoseconds - nanoseconds + 999_999) / 1_000_000)
     }

@@ -96,8 +96,17 @@ struct Run: AsyncParsableCommand {
     @Option(help: "Most key+value bytes in flight before the relay stops reading.")
     var maxInFlightBytes = 64 << 20
 
-    @Option(help: "Interval of standby status updates to PostgreSQL, in milliseconds.")
+    @Option(
+        help:
+            "Interval of standby status updates to PostgreSQL, in milliseconds; never longer than half the server's wal_sender_timeout."
+    )
     var statusIntervalMs = 10_000
+
+    @Option(
+        help: ArgumentHelp(
+            "Nothing received from PostgreSQL for this long (a ping goes out at half of it) means the connection is dead: reconnect. Default: the server's wal_sender_timeout (60000 when that is 0); 0 never.",
+            valueName: "ms"))
+    var receiveTimeoutMs: Int?
 
     @Option(help: "How long shutdown waits for the sink's acknowledgements, in milliseconds.")
     var shutdownTimeoutMs = 10_000
@@ -121,6 +130,9 @@ struct Run: AsyncParsableCommand {
             throw ValidationError("--max-in-flight-bytes must be at least 1024")
         }
         if statusIntervalMs < 100 { throw ValidationError("--status-interval-ms must be at least 100") }
+        if let receiveTimeoutMs, receiveTimeoutMs < 0 || (receiveTimeoutMs > 0 && receiveTimeoutMs < 1_000) {
+            throw ValidationError("--receive-timeout-ms must be 0 (never) or at least 1000")
+        }
         if shutdownTimeoutMs < 0 { throw ValidationError("--shutdown-timeout-ms must not be negative") }
         if let endLsn, LSN(string: endLsn) == nil {
             throw ValidationError("--end-lsn must be an LSN like 0/16B3748, got \"\(endLsn)\"")
@@ -138,6 +150,7 @@ struct Run: AsyncParsableCommand {
         config.maxInFlightEvents = maxInFlight
         config.maxInFlightBytes = maxInFlightBytes
         config.statusIntervalMilliseconds = statusIntervalMs
+        config.receiveTimeoutMilliseconds = receiveTimeoutMs
         config.shutdownTimeoutMilliseconds = shutdownTimeoutMs
         config.endLSN = endLsn.flatMap { LSN(string: $0) }
 

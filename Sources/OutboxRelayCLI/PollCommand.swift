@@ -58,6 +58,12 @@ struct Poll: AsyncParsableCommand {
     )
     var shutdownTimeoutMs = 10_000
 
+    @Option(
+        help:
+            "No answer to a query for this long means the connection is dead (a silent network cut): the batch rolls back and the poller reconnects; 0 waits as long as the kernel does."
+    )
+    var receiveTimeoutMs = 60_000
+
     @OptionGroup(title: "Logging") var logOptions: LogOptions
     @OptionGroup(title: "Health and metrics") var httpOptions: HTTPOptions
 
@@ -71,12 +77,14 @@ struct Poll: AsyncParsableCommand {
         config.notifyChannel = notifyChannel
         config.stopWhenEmpty = untilEmpty
         config.shutdownTimeoutMilliseconds = shutdownTimeoutMs
+        config.receiveTimeoutMilliseconds = receiveTimeoutMs
         return config
     }
 
     func validate() throws {
         for problem in config().validate() { throw ValidationError(problem) }
         if shutdownTimeoutMs < 0 { throw ValidationError("--shutdown-timeout-ms must not be negative") }
+        if receiveTimeoutMs < 0 { throw ValidationError("--receive-timeout-ms must not be negative") }
     }
 
     func run() async throws {

@@ -29,6 +29,9 @@ public struct PollingConfig: Sendable {
     public var shutdownTimeoutMilliseconds = 10_000
     public var initialBackoffMilliseconds = 500
     public var maxBackoffMilliseconds = 30_000
+    /// No answer to a query for this long means the connection is dead (a silent
+    /// network cut): the batch rolls back and the poller reconnects. 0: wait as long as libpq does.
+    public var receiveTimeoutMilliseconds = 60_000
     /// Stop (successfully) after the first poll that finds no row: for draining a backlog.
     public var stopWhenEmpty = false
 
@@ -91,8 +94,13 @@ public final class PollingRelay: RelayService, @unchecked Sendable {
     }
 
     /// Asks the relay to stop after the batch in flight (bounded by the shutdown timeout). Thread-safe.
-    public func stop() { stopRequested.store(true, ordering: .releasing) }
+    public func stop() {
+        stopRequested.store(true, ordering: .releasing)
+        wakeup.signal()
+    }
     private var stopping: Bool { stopRequested.load(ordering: .acquiring) }
+    /// Ends a wait (and bounds a running query) at once when `stop()` is called.
+    private let wakeup = Wakeup()
 
     /// A snapshot of the counters, from any thread.
     public var currentStats: RelayStats { published.withLock { $0 } }
@@ -126,8 +134,13 @@ public final class PollingRelay: RelayService, @unchecked Sendable {
                 let connection: PGConnection
                 do {
                     connection = try PGConnection(
-                        conninfo: config.conninfo, replication: false, applicationName: "outbox-relay-poll")
+                        conninfo: config.conninfo, replication: false, applicationName: "outbox-relay-poll",
+                        interrupt: wakeup.descriptor)
                 } catch { throw .database(error) }
+                if config.receiveTimeoutMilliseconds > 0 {
+                    connection.queryTimeoutMilliseconds = config.receiveTimeoutMilliseconds
+                }
+                connection.interruptDescriptor = wakeup.descriptor
                 try prepare(connection)
                 backoff = config.initialBackoffMilliseconds
                 try pollLoop(connection)
@@ -363,20 +376,22 @@ public final class PollingRelay: RelayService, @unchecked Sendable {
         _ = try? connection.query("ROLLBACK")
     }
 
-    /// Sleeps until the next poll is due, a notification arrives, or stop.
+    /// Waits until the next poll is due, a notification arrives, or stop: one
+    /// `poll(2)` on the stop pipe, the LISTEN connection and the sink's wake-up descriptor.
     private func waitForWork(_ connection: PGConnection) throws(RelayError) {
-        let deadline = Relay.nowMilliseconds() + config.intervalMilliseconds
+        let deadline = Instant.now() + config.intervalMilliseconds
         while !stopping {
-            let left = deadline - Relay.nowMilliseconds()
-            if left <= 0 { return }
-            let step = Int32(min(left, 100))
             if config.notifyChannel != nil {
                 do {
-                    if try !connection.waitForNotifications(timeoutMilliseconds: step).isEmpty { return }
+                    if try !connection.waitForNotifications(timeoutMilliseconds: 0).isEmpty { return }
                 } catch { throw .database(error) }
-            } else {
-                usleep(UInt32(step) * 1000)
             }
+            let left = Instant.now().millisecondsRoundedUp(until: deadline)
+            if left <= 0 { return }
+            var fds = [pollfd(fd: wakeup.descriptor, events: Int16(POLLIN), revents: 0)]
+            if config.notifyChannel != nil { fds.append(pollfd(fd: connection.socket, events: Int16(POLLIN), revents: 0)) }
+            if let fd = sink.wakeupDescriptor { fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0)) }
+            _ = poll(&fds, nfds_t(fds.count), left)
             // Keep the sink's own events (logs, errors) moving while idle.
             do { _ = try sink.poll(timeoutMilliseconds: 0) } catch { throw RelayError.sink("\(error)") }
         }
@@ -397,11 +412,6 @@ public final class PollingRelay: RelayService, @unchecked Sendable {
     }
 
     private func sleepUnlessStopped(milliseconds: Int) {
-        var left = milliseconds
-        while left > 0 && !stopping {
-            let step = min(left, 100)
-            usleep(UInt32(step) * 1000)
-            left -= step
-        }
+        wakeup.wait(milliseconds: milliseconds, unless: { stopping })
     }
 }

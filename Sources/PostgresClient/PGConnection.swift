@@ -19,7 +19,7 @@ public final class PGConnection {
     /// expanded `dbname`, so its values win over our defaults placed before it
     /// (connect timeout, TCP keepalives), and `replication` placed after it wins.
     public init(
-        conninfo: String, replication: Bool, applicationName: String = "outbox-relay"
+        conninfo: String, replication: Bool, applicationName: String = "outbox-relay", interrupt: Int32? = nil
     )
         throws(ReplicationError)
     {
@@ -35,15 +35,54 @@ public final class PGConnection {
         defer { (keys + values).forEach { free($0) } }
         let keyPointers = keys.map { UnsafePointer($0) } + [nil]
         let valuePointers = values.map { UnsafePointer($0) } + [nil]
-        guard let conn = PQconnectdbParams(keyPointers, valuePointers, 1) else {
+        guard let conn = PQconnectStartParams(keyPointers, valuePointers, 1) else {
             throw .connectionFailed("out of memory")
         }
-        guard PQstatus(conn) == CONNECTION_OK else {
-            let message = String(cString: PQerrorMessage(conn)).trimmingTrailingNewlines
+        if let failure = Self.complete(conn, interrupt: interrupt) {
             PQfinish(conn)
-            throw .connectionFailed(message)
+            throw failure
         }
         self.conn = conn
+    }
+
+    /// Drives a non-blocking connect (`PQconnectPoll`) to its end, waiting in
+    /// `poll(2)` on the socket and on `interrupt`, bounded by `connect_timeout`
+    /// (as PQconnectdb would be): a stop request ends a connect attempt that a
+    /// silent network cut would otherwise hold for the whole timeout.
+    private static func complete(_ conn: OpaquePointer, interrupt: Int32?) -> ReplicationError? {
+        var timeout = 0
+        if let options = PQconninfo(conn) {
+            var option = options
+            while let keyword = option.pointee.keyword {
+                if String(cString: keyword) == "connect_timeout", let value = option.pointee.val {
+                    timeout = Int(String(cString: value)) ?? 0
+                }
+                option += 1
+            }
+            PQconninfoFree(options)
+        }
+        let deadline = timeout > 0 ? monotonicMilliseconds() + max(2, timeout) * 1000 : Int.max
+        var status = PGRES_POLLING_WRITING
+        while true {
+            if PQstatus(conn) == CONNECTION_BAD || status == PGRES_POLLING_FAILED {
+                return .connectionFailed(String(cString: PQerrorMessage(conn)).trimmingTrailingNewlines)
+            }
+            if status == PGRES_POLLING_OK { return nil }
+            let left = deadline == Int.max ? -1 : deadline - monotonicMilliseconds()
+            if deadline != Int.max && left <= 0 {
+                return .connectionFailed("timeout expired (connect_timeout=\(timeout) s)")
+            }
+            var fds = [pollfd(fd: PQsocket(conn), events: Int16(status == PGRES_POLLING_READING ? POLLIN : POLLOUT), revents: 0)]
+            if let interrupt { fds.append(pollfd(fd: interrupt, events: Int16(POLLIN), revents: 0)) }
+            let ready = poll(&fds, nfds_t(fds.count), Int32(clamping: left))
+            if ready < 0 && errno != EINTR {
+                return .connectionFailed("poll: \(String(cString: strerror(errno)))")
+            }
+            if fds.count > 1 && fds[1].revents != 0 {
+                return .connectionFailed("connection attempt abandoned: the relay is stopping")
+            }
+            if ready > 0 { status = PQconnectPoll(conn) }
+        }
     }
 
     deinit { PQfinish(conn) }
@@ -81,11 +120,70 @@ public final class PGConnection {
         public var count: Int { values.count }
     }
 
+    /// Bounds every query on this connection: no answer for this long means the
+    /// connection is dead (a silent network cut), and the query fails with
+    /// `connectionLost` instead of waiting for the kernel to give up (minutes).
+    /// nil: wait as long as libpq does.
+    public var queryTimeoutMilliseconds: Int?
+    /// A descriptor that becomes readable when the owner wants to stop: a
+    /// running query then gets `stopGraceMilliseconds` more to finish.
+    public var interruptDescriptor: Int32?
+    public var stopGraceMilliseconds = 2_000
+
+    /// PQexec, or, with a query timeout, PQsendQuery and a `poll(2)` bounded by
+    /// it (and by a stop request). Returns the last result, as PQexec does.
+    private func execute(_ sql: String, label: String) throws(ReplicationError) -> OpaquePointer {
+        guard let timeout = queryTimeoutMilliseconds else {
+            guard let result = PQexec(conn, sql) else { throw connectionError(label) }
+            return result
+        }
+        guard PQsendQuery(conn, sql) == 1 else { throw connectionError(label) }
+        var deadline = Self.monotonicMilliseconds() + timeout
+        var interrupted = false
+        var last: OpaquePointer?
+        while true {
+            guard PQconsumeInput(conn) == 1 else {
+                if let last { PQclear(last) }
+                throw .connectionLost(errorMessage)
+            }
+            while PQisBusy(conn) == 0 {
+                guard let result = PQgetResult(conn) else {
+                    guard let last else { throw connectionError(label) }
+                    return last
+                }
+                if let last { PQclear(last) }
+                last = result
+            }
+            let left = deadline - Self.monotonicMilliseconds()
+            if left <= 0 {
+                if let last { PQclear(last) }
+                throw .connectionLost(
+                    "no answer from PostgreSQL within \(interrupted ? stopGraceMilliseconds : timeout) ms (\(label)); the connection is treated as dead")
+            }
+            var fds = [pollfd(fd: PQsocket(conn), events: Int16(POLLIN), revents: 0)]
+            if let fd = interruptDescriptor, !interrupted { fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0)) }
+            if poll(&fds, nfds_t(fds.count), Int32(clamping: left)) < 0 && errno != EINTR {
+                if let last { PQclear(last) }
+                throw .connectionLost("poll: \(String(cString: strerror(errno)))")
+            }
+            if fds.count > 1, fds[1].revents != 0 {
+                interrupted = true
+                deadline = min(deadline, Self.monotonicMilliseconds() + stopGraceMilliseconds)
+            }
+        }
+    }
+
+    static func monotonicMilliseconds() -> Int {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Int(ts.tv_sec) * 1000 + Int(ts.tv_nsec) / 1_000_000
+    }
+
     /// Runs one statement with the simple query protocol (the only one a
     /// replication connection accepts). Build literals with `literal(_:)`.
     @discardableResult
     public func query(_ sql: String, label: String? = nil) throws(ReplicationError) -> Rows {
-        guard let result = PQexec(conn, sql) else { throw connectionError(label ?? sql) }
+        let result = try execute(sql, label: label ?? sql)
         defer { PQclear(result) }
         switch PQresultStatus(result) {
         case PGRES_TUPLES_OK, PGRES_COMMAND_OK, PGRES_EMPTY_QUERY:
@@ -106,7 +204,7 @@ public final class PGConnection {
     /// Runs a simple-protocol query string (it may hold several statements;
     /// the last result is returned) and returns its rows as `TupleData`.
     public func queryTuples(_ sql: String, label: String) throws(ReplicationError) -> TupleRows {
-        guard let result = PQexec(conn, sql) else { throw connectionError(label) }
+        let result = try execute(sql, label: label)
         defer { PQclear(result) }
         switch PQresultStatus(result) {
         case PGRES_TUPLES_OK, PGRES_COMMAND_OK, PGRES_EMPTY_QUERY: break

@@ -80,7 +80,10 @@ public final class ReplicationSession {
     /// `mayCreate` allows creating a missing slot/publication (only on the
     /// process's first connect: a slot that vanishes later is never recreated,
     /// which would silently skip events).
-    public init(options: ReplicationOptions, mayCreate: Bool, logger: Logger) throws(ReplicationError) {
+    /// `interrupt`: a descriptor that becomes readable when the relay stops, ending a connect attempt.
+    public init(
+        options: ReplicationOptions, mayCreate: Bool, logger: Logger, interrupt: Int32? = nil
+    ) throws(ReplicationError) {
         if let problem = ReplicationOptions.validateSlotName(options.slot) {
             throw .invalidConfiguration(problem)
         }
@@ -89,7 +92,7 @@ public final class ReplicationSession {
         }
         self.options = options
         self.logger = logger
-        let connection = try PGConnection(conninfo: options.conninfo, replication: true)
+        let connection = try PGConnection(conninfo: options.conninfo, replication: true, interrupt: interrupt)
         self.connection = connection
 
         let identity = try connection.query("IDENTIFY_SYSTEM")

@@ -210,20 +210,29 @@ final class GatedSink: EventSink, @unchecked Sendable {
     private let state = Mutex<(sent: [OutboxEvent], held: [Acknowledgement], open: Bool)>(
         ([], [], false))
 
+    private let wakeup = Wakeup()
+    var wakeupDescriptor: Int32? { wakeup.descriptor }
+
     var sentCount: Int { state.withLock { $0.sent.count } }
     var sentIDs: [String] { state.withLock { $0.sent.map(\.id) } }
     var sentEvents: [OutboxEvent] { state.withLock { $0.sent } }
-    func release() { state.withLock { $0.open = true } }
+    func release() {
+        state.withLock { $0.open = true }
+        wakeup.signal()
+    }
 
     func send(_ event: OutboxEvent, ticket: UInt64) throws {
-        state.withLock {
+        let open = state.withLock {
             $0.sent.append(event)
             $0.held.append(Acknowledgement(ticket: ticket, weight: event.weight))
+            return $0.open
         }
+        if open { wakeup.signal() }
     }
 
     func poll(timeoutMilliseconds: Int) throws -> [Acknowledgement] {
-        state.withLock { s in
+        wakeup.clear()
+        return state.withLock { s in
             guard s.open else { return [] }
             defer { s.held.removeAll() }
             return s.held

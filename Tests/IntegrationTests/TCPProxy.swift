@@ -17,6 +17,19 @@ final class TCPProxy: @unchecked Sendable {
     let port: Int
     let targetPort: Int
     private let state = Mutex<(listener: Int32, connections: Set<Int32>, generation: Int)>((-1, [], 0))
+    private let paused = Atomic<Bool>(false)
+
+    /// A silent cut: nothing is forwarded any more in either direction, nothing
+    /// is closed or reset, and new connections are left unanswered (as when a
+    /// firewall starts dropping packets or a NAT entry expires).
+    func pause() { paused.store(true, ordering: .releasing) }
+
+    /// The path heals: forwarding resumes where it stopped.
+    func resume() { paused.store(false, ordering: .releasing) }
+
+    private func waitWhilePaused() {
+        while paused.load(ordering: .acquiring) { usleep(20_000) }
+    }
 
     /// Forwards `127.0.0.1:port` to `127.0.0.1:targetPort` once started.
     init(port: Int, targetPort: Int) {
@@ -88,6 +101,7 @@ final class TCPProxy: @unchecked Sendable {
         while state.withLock({ $0.generation == generation }) {
             var descriptor = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
             guard poll(&descriptor, 1, 100) > 0 else { continue }
+            waitWhilePaused()
             let client = accept(listener, nil, nil)
             guard client >= 0 else { continue }
             let upstream = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
@@ -123,7 +137,9 @@ final class TCPProxy: @unchecked Sendable {
     private func pump(from: Int32, to: Int32) {
         var buffer = [UInt8](repeating: 0, count: 64 << 10)
         while true {
+            waitWhilePaused()
             let n = buffer.withUnsafeMutableBytes { recv(from, $0.baseAddress, $0.count, 0) }
+            waitWhilePaused()
             guard n > 0 else { break }
             var sent = 0
             while sent < n {
