@@ -185,12 +185,20 @@ public struct StreamMachine: Sendable {
     /// Counters and positions; the driver adds its own (state, latency, reachability).
     public var stats: RelayStats {
         var snapshot = counters
+        if recentTopicCount > 0 { snapshot.eventsByTopic[recentTopic, default: 0] += recentTopicCount }
         snapshot.confirmedLSN = reportedFlush
         snapshot.inFlightEvents = inFlightEvents
         snapshot.inFlightBytes = inFlightBytes
         return snapshot
     }
     private var counters = RelayStats()
+    private var recentTopic = ""
+    private var recentTopicCount = 0
+
+    private mutating func flushRecentTopic() {
+        if recentTopicCount > 0 { counters.eventsByTopic[recentTopic, default: 0] += recentTopicCount }
+        recentTopicCount = 0
+    }
 
     private enum Phase: Equatable {
         case connecting
@@ -546,7 +554,15 @@ public struct StreamMachine: Sendable {
         case .success(let event):
             tracker!.sent(weight: event.weight)
             counters.eventsPublished += 1
-            counters.eventsByTopic[event.topic, default: 0] += 1
+            // Per-topic counts: consecutive events mostly share a topic; a string
+            // comparison is cheaper than hashing it into the dictionary each time.
+            if event.topic == recentTopic {
+                recentTopicCount += 1
+            } else {
+                flushRecentTopic()
+                recentTopic = event.topic
+                recentTopicCount = 1
+            }
             if event.tombstone { counters.tombstones += 1 }
             if let limit = configuration.eventLimit, counters.eventsPublished >= limit, !stopWanted {
                 stopRequested(now: now)
