@@ -180,6 +180,47 @@ final class KafkaProducer {
         }
     }
 
+    /// A failed transactional call (`rd_kafka_error_t`), turned into a Swift value and freed.
+    struct TransactionError: Error, CustomStringConvertible {
+        var code: rd_kafka_resp_err_t
+        var message: String
+        /// The producer cannot go on (e.g. fenced by a newer producer with the same `transactional.id`).
+        var fatal: Bool
+        /// The same call may succeed if repeated.
+        var retriable: Bool
+        /// The open transaction must be aborted; the producer stays usable.
+        var requiresAbort: Bool
+        var description: String { message }
+    }
+
+    private static func take(_ error: OpaquePointer?) -> TransactionError? {
+        guard let error else { return nil }
+        defer { rd_kafka_error_destroy(error) }
+        return TransactionError(
+            code: rd_kafka_error_code(error), message: String(cString: rd_kafka_error_string(error)),
+            fatal: rd_kafka_error_is_fatal(error) != 0, retriable: rd_kafka_error_is_retriable(error) != 0,
+            requiresAbort: rd_kafka_error_txn_requires_abort(error) != 0)
+    }
+
+    /// `rd_kafka_init_transactions`: registers the `transactional.id` with the
+    /// transaction coordinator and fences every older producer with the same id.
+    func initTransactions(timeoutMilliseconds: Int) -> TransactionError? {
+        Self.take(rd_kafka_init_transactions(handle, Int32(clamping: timeoutMilliseconds)))
+    }
+
+    func beginTransaction() -> TransactionError? { Self.take(rd_kafka_begin_transaction(handle)) }
+
+    /// Flushes the transaction's records and commits it (blocks up to the timeout).
+    func commitTransaction(timeoutMilliseconds: Int) -> TransactionError? {
+        Self.take(rd_kafka_commit_transaction(handle, Int32(clamping: timeoutMilliseconds)))
+    }
+
+    /// Aborts the open transaction: its queued records are purged, the ones a
+    /// broker has are marked aborted (invisible to `read_committed` consumers).
+    func abortTransaction(timeoutMilliseconds: Int) -> TransactionError? {
+        Self.take(rd_kafka_abort_transaction(handle, Int32(clamping: timeoutMilliseconds)))
+    }
+
     /// What one event-queue event carried, turned into Swift values at once.
     enum Event {
         case delivery([DeliveryReport])

@@ -11,6 +11,10 @@ public struct KafkaSinkConfig: Sendable {
     public var properties: [(key: String, value: String)] = []
     /// Permanent per-event failures go here (with the error in headers) instead of stopping the relay.
     public var deadLetterTopic: String?
+    /// `transactional.id`: publish in Kafka transactions, one per relay loop
+    /// turn, acknowledged only once committed. A relay that starts with the same
+    /// id fences this one at the brokers (see README, "Producer fencing").
+    public var transactionalID: String?
 
     public init(brokers: String) { self.brokers = brokers }
 
@@ -25,7 +29,12 @@ public struct KafkaSinkConfig: Sendable {
     ]
 
     public var effectiveProperties: [(key: String, value: String)] {
-        var merged = Self.defaults + [("bootstrap.servers", brokers)] + properties
+        var merged = Self.defaults + [("bootstrap.servers", brokers)]
+        if let transactionalID {
+            // A transactional producer's records must time out within the transaction's own timeout.
+            merged += [("transactional.id", transactionalID), ("message.timeout.ms", "60000"), ("transaction.timeout.ms", "60000")]
+        }
+        merged += properties
         merged.append(("log.queue", "true"))  // logs arrive as events we route to our logger
         // Keep the last value of each key, in first-seen order.
         var seen: [String: Int] = [:]
@@ -82,6 +91,8 @@ public final class KafkaSink: EventSink {
         var eventID: String
         var lsn: String
         var deadLetter: Bool
+        /// The transaction it was produced in (transactional mode), else 0.
+        var transaction = 0
     }
 
     /// Records produced and not yet reported, by the opaque they carry.
@@ -93,6 +104,15 @@ public final class KafkaSink: EventSink {
     public var isReachable: Bool { brokersReachable }
     /// Records sent to the dead-letter topic (after a permanent failure, or poison rows).
     public private(set) var deadLettered = 0
+
+    // Transactional mode: transactions are numbered; `openTransaction` is 0
+    // when none is open. A delivered record of a transaction not yet committed
+    // waits in `uncommitted`: it is acknowledged only with the commit.
+    private var openTransaction = 0
+    private var lastTransaction = 0
+    private var committedTransaction = 0
+    private var uncommitted: [Acknowledgement] = []
+    private var transactional: Bool { config.transactionalID != nil }
 
     public init(config: KafkaSinkConfig, logger: Logger) throws {
         self.config = config
@@ -115,6 +135,60 @@ public final class KafkaSink: EventSink {
                 "Kafka brokers unreachable; events wait in the relay and PostgreSQL until they are",
                 metadata: ["error": "\(error.message)"])
         }
+        if let id = config.transactionalID {
+            if let error = producer.initTransactions(timeoutMilliseconds: 30_000) {
+                throw SinkError("cannot start Kafka transactions for transactional.id \(id): \(error.message)")
+            }
+            logger.notice("Kafka transactions initialised; older producers with this id are fenced", metadata: ["transactional_id": "\(id)"])
+        }
+    }
+
+    /// Opens a transaction for the next record, if none is open.
+    private func ensureTransaction() throws {
+        guard transactional, openTransaction == 0 else { return }
+        if let error = producer.beginTransaction() {
+            throw SinkError("cannot begin a Kafka transaction: \(error.message)")
+        }
+        lastTransaction += 1
+        openTransaction = lastTransaction
+    }
+
+    /// Commits the open transaction; its records are acknowledged once it is.
+    /// A commit that must be aborted drops the transaction's records and asks
+    /// the relay to read them again; a fenced or failed producer stops the relay.
+    private func commitTransaction(timeoutMilliseconds: Int) throws {
+        guard openTransaction != 0 else { return }
+        if let error = producer.commitTransaction(timeoutMilliseconds: timeoutMilliseconds) {
+            if error.retriable && !error.requiresAbort && !error.fatal { return }  // committed by a later poll
+            if error.fatal {
+                throw SinkError(
+                    "Kafka transaction failed and the producer cannot go on: \(error.message). If another relay with transactional.id \(config.transactionalID ?? "") started, it fenced this one: nothing of this transaction is visible to read_committed consumers, and the other relay publishes it again")
+            }
+            let dropped = abortOpenTransaction()
+            throw SinkError(
+                "Kafka transaction aborted (\(error.message)); its \(dropped) records are read again from PostgreSQL", retryable: true)
+        }
+        committedTransaction = openTransaction
+        openTransaction = 0
+        try drainEvents(timeoutMilliseconds: 0)
+        ready += uncommitted
+        uncommitted.removeAll(keepingCapacity: true)
+    }
+
+    /// Aborts the open transaction and forgets its records; returns how many there were.
+    private func abortOpenTransaction() -> Int {
+        guard openTransaction != 0 else { return 0 }
+        let aborted = openTransaction
+        _ = producer.abortTransaction(timeoutMilliseconds: 30_000)
+        openTransaction = 0
+        purged = 0
+        try? drainEvents(timeoutMilliseconds: 0)
+        var dropped = uncommitted.count + purged
+        uncommitted.removeAll(keepingCapacity: true)
+        let before = pending.count
+        pending = pending.filter { $0.value.transaction != aborted }
+        dropped += before - pending.count
+        return dropped
     }
 
     public var inFlight: Int { pending.count }
@@ -161,6 +235,7 @@ public final class KafkaSink: EventSink {
 
     /// Purges what librdkafka has not sent yet (a stale session's events): see `EventSink`.
     public func discardUnacknowledged() -> Int {
+        if transactional { return abortOpenTransaction() }
         producer.purgeQueued()
         purged = 0
         try? drainEvents(timeoutMilliseconds: 0)
@@ -172,6 +247,10 @@ public final class KafkaSink: EventSink {
 
     public func poll(timeoutMilliseconds: Int) throws -> [Acknowledgement] {
         try drainEvents(timeoutMilliseconds: timeoutMilliseconds)
+        // One transaction per relay loop turn: what was sent since the last poll.
+        // A commit that times out (brokers away) is retried by the next poll, so
+        // the relay's loop, and its status updates to PostgreSQL, keep going.
+        try commitTransaction(timeoutMilliseconds: 5_000)
         probeWhileIdleAndUnreachable()
         defer { ready.removeAll(keepingCapacity: true) }
         return ready
@@ -209,6 +288,9 @@ public final class KafkaSink: EventSink {
         topic: String, key: String, value: [UInt8]?, headers: [(name: String, value: String)],
         record: Pending
     ) throws -> KafkaProducer.ProduceError? {
+        try ensureTransaction()
+        var record = record
+        record.transaction = openTransaction
         let opaque = nextOpaque
         nextOpaque += 1
         while true {
@@ -293,7 +375,12 @@ public final class KafkaSink: EventSink {
                             brokersReachable = true
                             logger.notice("Kafka brokers reachable again; delivering")
                         }
-                        ready.append(Acknowledgement(ticket: record.ticket, weight: record.weight))
+                        let ack = Acknowledgement(ticket: record.ticket, weight: record.weight)
+                        if record.transaction > committedTransaction {
+                            uncommitted.append(ack)  // acknowledged with its transaction's commit
+                        } else {
+                            ready.append(ack)
+                        }
                     } else if report.error == RD_KAFKA_RESP_ERR__MSG_TIMED_OUT {
                         throw SinkError(
                             "event id=\(record.eventID) (LSN \(record.lsn)) was not delivered within message.timeout.ms; it stays unconfirmed. Leave message.timeout.ms at 0 to retry until the brokers are back"

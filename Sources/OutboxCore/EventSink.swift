@@ -72,6 +72,13 @@ public struct Acknowledgement: Sendable, Hashable {
 /// A sink failure that the relay cannot work around.
 public struct SinkError: Error, Sendable, CustomStringConvertible {
     public var message: String
-    public init(_ message: String) { self.message = message }
+    /// The sink dropped what it had not delivered and can go on: the relay
+    /// discards its session and reads those events again (a Kafka transaction
+    /// that had to be aborted). False: the relay stops.
+    public var retryable: Bool
+    public init(_ message: String, retryable: Bool = false) {
+        self.message = message
+        self.retryable = retryable
+    }
     public var description: String { message }
 }

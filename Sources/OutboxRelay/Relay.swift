@@ -71,6 +71,9 @@ public enum RelayError: Error, Sendable, CustomStringConvertible {
     /// A row or message that cannot become an event, with no dead-letter destination.
     case poison(PoisonEvent)
     case sink(String)
+    /// The sink dropped what it had not delivered and can go on (`SinkError.retryable`):
+    /// the session ends and its events are read again.
+    case sinkInterrupted(String)
     case unexpectedMessage(String)
     /// The stream machine ended the session: a stall or a dead connection (retried),
     /// or bad input (fatal).
@@ -83,6 +86,7 @@ public enum RelayError: Error, Sendable, CustomStringConvertible {
         case .database(let e): return e.description
         case .poison(let p): return SessionEnd.poison(p).description
         case .sink(let m): return "sink failed: \(m)"
+        case .sinkInterrupted(let m): return "sink interrupted: \(m)"
         case .unexpectedMessage(let m): return m
         case .session(let end): return end.description
         }
@@ -229,6 +233,7 @@ public final class Relay: RelayService, @unchecked Sendable {
         switch error {
         case .replication(let e): return e.isRetryable
         case .session(let end): return end.isRetryable
+        case .sinkInterrupted: return true
         default: return false
         }
     }
@@ -306,7 +311,9 @@ public final class Relay: RelayService, @unchecked Sendable {
             }
         } catch {
             machine.sessionLost()
-            if case .session(let end) = error, end.sessionMayBeStale {
+            if case .sinkInterrupted(let reason) = error {
+                logger.warning("sink dropped undelivered events; they are read again", metadata: ["reason": "\(reason)"])
+            } else if case .session(let end) = error, end.sessionMayBeStale {
                 // What this session read and the sink has not delivered may be older
                 // than what another relay has published since: drop it (rule 10).
                 let discarded = sink.discardUnacknowledged()
@@ -342,11 +349,11 @@ public final class Relay: RelayService, @unchecked Sendable {
         case .none:
             break
         case .publish(let event, let ticket):
-            do { try sink.send(event, ticket: ticket) } catch { throw .sink("\(error)") }
+            do { try sink.send(event, ticket: ticket) } catch { throw Self.sinkFailure(error) }
             recordSend(ticket: ticket, commitTime: event.commitTime)
         case .deadLetter(let poison, let ticket):
             let accepted: Bool
-            do { accepted = try sink.deadLetter(poison, ticket: ticket) } catch { throw .sink("\(error)") }
+            do { accepted = try sink.deadLetter(poison, ticket: ticket) } catch { throw Self.sinkFailure(error) }
             let metadata: Logger.Metadata = [
                 "id": "\(poison.id ?? "?")", "lsn": "\(poison.lsn)", "reason": "\(poison.reason)",
             ]
@@ -384,8 +391,13 @@ public final class Relay: RelayService, @unchecked Sendable {
 
     private func collectAcknowledgements() throws(RelayError) {
         let acks: [Acknowledgement]
-        do { acks = try sink.poll(timeoutMilliseconds: 0) } catch { throw .sink("\(error)") }
+        do { acks = try sink.poll(timeoutMilliseconds: 0) } catch { throw Self.sinkFailure(error) }
         for ack in acks where machine.acknowledged(ack) { observeAcknowledgement(ticket: ack.ticket) }
+    }
+
+    static func sinkFailure(_ error: any Error) -> RelayError {
+        if let failure = error as? SinkError, failure.retryable { return .sinkInterrupted(failure.message) }
+        return .sink("\(error)")
     }
 
     private func send(_ report: StatusReport, _ session: ReplicationSession) throws(RelayError) {

@@ -53,6 +53,12 @@ struct SinkOptions: ParsableArguments {
             valueName: "topic"))
     var dlqTopic: String?
 
+    @Option(
+        help: ArgumentHelp(
+            "Publish in Kafka transactions with this transactional.id (`auto` with run: outbox-relay-<database system identifier>-<slot>). A relay that starts with the same id fences this one at the brokers; events are acknowledged once their transaction commits.",
+            valueName: "id"))
+    var kafkaTransactionalId: String?
+
     func validate() throws {
         if sink != "stdout" && sink != "kafka" && !(sink.hasPrefix("file:") && sink.count > 5) {
             throw ValidationError("--sink must be kafka, stdout or file:PATH, got \"\(sink)\"")
@@ -60,8 +66,11 @@ struct SinkOptions: ParsableArguments {
         if sink == "kafka" && (kafkaBrokers ?? "").isEmpty {
             throw ValidationError("--sink kafka needs --kafka-brokers")
         }
-        if sink != "kafka" && (kafkaBrokers != nil || !kafkaProperties.isEmpty || dlqTopic != nil) {
-            throw ValidationError("--kafka-brokers, -X and --dlq-topic apply only to --sink kafka")
+        if sink != "kafka" && (kafkaBrokers != nil || !kafkaProperties.isEmpty || dlqTopic != nil || kafkaTransactionalId != nil) {
+            throw ValidationError("--kafka-brokers, -X, --dlq-topic and --kafka-transactional-id apply only to --sink kafka")
+        }
+        if let kafkaTransactionalId, kafkaTransactionalId.isEmpty {
+            throw ValidationError("--kafka-transactional-id must not be empty")
         }
         for property in kafkaProperties where !property.contains("=") || property.hasPrefix("=") {
             throw ValidationError(
@@ -72,7 +81,8 @@ struct SinkOptions: ParsableArguments {
         }
     }
 
-    func makeSink(logger: Logger) throws -> any EventSink {
+    /// `transactionalID`: the resolved `--kafka-transactional-id` (the caller turns `auto` into an id).
+    func makeSink(logger: Logger, transactionalID: String? = nil) throws -> any EventSink {
         switch sink {
         case "stdout": return NDJSONSink.stdout()
         case "kafka":
@@ -83,6 +93,10 @@ struct SinkOptions: ParsableArguments {
                 return (parts[0], parts[1])
             }
             kafka.deadLetterTopic = dlqTopic
+            kafka.transactionalID = transactionalID ?? kafkaTransactionalId
+            if kafka.transactionalID == "auto" {
+                throw SinkError("--kafka-transactional-id auto is available with `run` only (it is derived from the slot)")
+            }
             return try KafkaSink(config: kafka, logger: logger)
         default: return try NDJSONSink.file(path: String(sink.dropFirst(5)))
         }

@@ -155,7 +155,17 @@ struct Run: AsyncParsableCommand {
         config.endLSN = endLsn.flatMap { LSN(string: $0) }
 
         let eventSink: any EventSink
-        do { eventSink = try sinkOptions.makeSink(logger: logger) } catch {
+        do {
+            var transactionalID: String?
+            if sinkOptions.kafkaTransactionalId == "auto" {
+                // The system identifier survives a failover to a physical standby, so the
+                // relay on a promoted server fences the one that may still run on the old.
+                let connection = try PGConnection(conninfo: source, replication: true)
+                let system = try connection.query("IDENTIFY_SYSTEM")[0, "systemid"] ?? "unknown"
+                transactionalID = "outbox-relay-\(system)-\(slot)"
+            }
+            eventSink = try sinkOptions.makeSink(logger: logger, transactionalID: transactionalID)
+        } catch {
             logger.critical("\(error)")
             throw ExitCode(1)
         }

@@ -54,10 +54,11 @@ enum TestKafka {
 
     static func sink(
         brokers: String = brokers!, deadLetterTopic: String? = nil,
-        properties: [(key: String, value: String)] = []
+        properties: [(key: String, value: String)] = [], transactionalID: String? = nil
     ) throws -> KafkaSink {
         var config = KafkaSinkConfig(brokers: brokers)
         config.deadLetterTopic = deadLetterTopic
+        config.transactionalID = transactionalID
         config.properties = properties
         var logger = Logger(label: "test-kafka")
         logger.logLevel =
@@ -101,6 +102,30 @@ struct KafkaIntegrationTests {
         let tombstone = records[1]
         #expect(
             tombstone.key == "agg-1" && tombstone.value == nil && tombstone.partition == first.partition)
+        await running.stop()
+    }
+
+    /// Transactional mode: one transaction per loop turn, acknowledged (and
+    /// confirmed) only once committed; a stale session aborts the open one.
+    /// tansu accepts transactions without isolating or fencing them, so this
+    /// checks the relay's side: every event delivered once, in order, confirmed.
+    @Test func transactionalProducerDeliversAndConfirmsAfterCommit() async throws {
+        let outbox = try TestOutbox()
+        let route = outbox.name
+        let sink = try TestKafka.sink(transactionalID: "outbox-relay-test-\(outbox.name)")
+        let running = RunningRelay(config: outbox.config(), sink: sink)
+        try await running.waitFor("streaming") { $0.state == .streaming }
+        for _ in 0..<10 { try outbox.insert(5, aggregate: route, key: "k") }
+        let end = try outbox.currentWAL
+        try await running.waitFor("acknowledged") { $0.eventsAcknowledged == 50 }
+        let records = try TestKafka.read("outbox.event.\(route)", count: 50, seconds: 10)
+        #expect(records.count == 50)
+        #expect(Set(records.compactMap { $0.header("id") }).count == 50)
+        let deadline = Date().addingTimeInterval(10)
+        while try outbox.confirmedFlush < end && Date() < deadline { try await Task.sleep(for: .milliseconds(50)) }
+        #expect(try outbox.confirmedFlush >= end)
+        // Nothing open: discarding (what a stale session does) has nothing to abort.
+        #expect(sink.discardUnacknowledged() == 0)
         await running.stop()
     }
 

@@ -111,17 +111,34 @@ struct LivenessTests {
         print("silent cut (poll): noticed and reconnecting; SIGTERM during the cut exited in \(String(format: "%.1f", exit)) s; \(ids.count) events, 10 distinct")
     }
 
-    @Test func aRelayFrozenLongerThanTheServerWaitsPublishesNothingStaleAndStandsBy() async throws {
+    /// Each relay publishes to a destination of its own (two files, or two
+    /// topic prefixes), so what the old relay published after it woke can be
+    /// told apart from what the new one published.
+    @Test(arguments: ["file", "kafka"])
+    func aRelayFrozenLongerThanTheServerWaitsPublishesNothingStaleAndStandsBy(sink: String) async throws {
+        guard sink == "file" || TestKafka.available else { return }
         let outbox = try TestOutbox()
         let files = [SinkFile(), SinkFile()]
         defer { files.forEach { $0.remove() } }
-        func arguments(_ file: SinkFile) -> [String] {
-            FaultTests.relayArguments(outbox, sink: ["--sink", "file:\(file.path)"])
+        let topics = ["\(outbox.name)-old", "\(outbox.name)-new"]
+        func arguments(_ index: Int) -> [String] {
+            FaultTests.relayArguments(
+                outbox,
+                sink: sink == "file"
+                    ? ["--sink", "file:\(files[index].path)"]
+                    : ["--sink", "kafka", "--kafka-brokers", TestKafka.brokers!, "--topic-template", "\(topics[index]).{aggregatetype}"])
         }
-        let active = try CLI.start(arguments(files[0]))
+        func published(_ index: Int, seconds: Int = 3) throws -> [(id: String, key: String, seq: Int)] {
+            if sink == "file" { return try crashEvents(fromFile: files[index].path) }
+            return try TestKafka.read("\(topics[index]).crash", count: 10_000_000, seconds: seconds).map { record in
+                let payload = record.value.flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+                return (record.header("id") ?? "", record.key ?? "", payload?["seq"] as? Int ?? -1)
+            }
+        }
+        let active = try CLI.start(arguments(0))
         defer { _ = active.terminate() }
         try await active.waitForStderr("streaming")
-        let standby = try CLI.start(arguments(files[1]))
+        let standby = try CLI.start(arguments(1))
         defer { _ = standby.terminate() }
         try await standby.waitForStderr("hot standby")
         let writers = ContinuousWriters(conninfo: outbox.conninfo, table: "\(outbox.schema).outbox")
@@ -131,26 +148,36 @@ struct LivenessTests {
         try await standby.waitForStderr("streaming", within: 25)
         let takeover = Date().timeIntervalSince(stoppedAt)
         try await Task.sleep(for: .seconds(2))
-        let linesBeforeResume = try crashEvents(fromFile: files[0].path).count
+        let beforeResume = try published(0).count
         kill(active.process.processIdentifier, SIGCONT)
         try await active.waitForStderr("session may be stale", within: 10)
         try await Task.sleep(for: .seconds(3))
         let written = writers.stop()
         try await FaultTests().waitUntilConfirmed(outbox, try outbox.currentWAL)
-        let old = try crashEvents(fromFile: files[0].path)
-        let new = try crashEvents(fromFile: files[1].path)
+        let old = try published(0, seconds: 5)
+        let new = try published(1, seconds: 5)
         // What the old relay published after it woke, and how many of those are
         // older than the new relay's newest record for the same key.
-        let afterResume = old.dropFirst(linesBeforeResume)
+        let afterResume = old.dropFirst(beforeResume)
         var newest: [String: Int] = [:]
         for event in new { newest[event.key] = max(newest[event.key] ?? -1, event.seq) }
         let stale = afterResume.filter { event in (newest[event.key] ?? -1) > event.seq }.count
         let check = DeliveryCheck(events: old + new, written: written)
+        let discarded = active.stderr.split(separator: "\n").first { $0.contains("session may be stale") }
+            .flatMap { $0.split(separator: " ").first { $0.hasPrefix("discarded=") } } ?? "?"
         print(
-            "freeze: standby took over \(String(format: "%.1f", takeover)) s after SIGSTOP; the old relay published \(afterResume.count) records after SIGCONT, \(stale) of them stale; \(check)"
+            "freeze (\(sink) sink): standby took over \(String(format: "%.1f", takeover)) s after SIGSTOP; the old relay published \(afterResume.count) records after SIGCONT, \(stale) of them stale (\(discarded)); \(check)"
         )
-        #expect(afterResume.count == 0)
-        #expect(stale == 0)
+        if sink == "file" {
+            #expect(afterResume.count == 0)
+            #expect(stale == 0)
+        } else {
+            // librdkafka's threads wake with the process and may send what was in
+            // its queue at the freeze (a few ms of events) before the relay's
+            // purge: bounded by the in-flight limit, never what the socket held
+            // (before the stale rule: 1,200–1,500). Broker-side fencing closes it.
+            #expect(afterResume.count <= FaultTests.maxInFlight)
+        }
         #expect(check.lost.isEmpty && check.phantoms.isEmpty)
         #expect(active.stderr.components(separatedBy: "hot standby").count >= 2, "the old relay stands by")
     }
