@@ -215,10 +215,12 @@ struct RelayIntegrationTests {
         await running.stop()
     }
 
-    /// With status updates rarer than wal_sender_timeout (10 s in scripts/test.sh),
-    /// only our immediate replies to keepalives that request one keep the
-    /// walsender from dropping the idle connection.
-    @Test func repliesToKeepalivesKeepAnIdleConnectionAlive() async throws {
+    /// An idle stream outlives wal_sender_timeout (10 s in scripts/test.sh) and
+    /// twice the receive timeout (the same 10 s): status updates go out every half
+    /// of wal_sender_timeout whatever --status-interval-ms says, and the pings
+    /// sent after half the receive timeout of silence get keepalives back, so
+    /// neither side takes the quiet connection for a dead one.
+    @Test func anIdleConnectionOutlivesBothTimeouts() async throws {
         let outbox = try TestOutbox()
         let timeout = try outbox.sql.query("SHOW wal_sender_timeout")[0, "wal_sender_timeout"] ?? ""
         try #require(
@@ -228,7 +230,7 @@ struct RelayIntegrationTests {
         let running = RunningRelay(
             config: outbox.config { $0.statusIntervalMilliseconds = 60_000 }, sink: try file.sink())
         try await running.waitFor("streaming") { $0.state == .streaming }
-        try await Task.sleep(for: .seconds(13))
+        try await Task.sleep(for: .seconds(22))
         #expect(running.relay.currentStats.reconnects == 0)
         #expect(running.relay.currentStats.state == .streaming)
         #expect(running.relay.currentStats.statusUpdates > 0)
