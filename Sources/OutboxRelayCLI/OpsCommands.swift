@@ -91,6 +91,74 @@ struct Status: ParsableCommand {
     }
 }
 
+/// `outbox-relay recreate-slot --accept-gap`: the explicit, logged act that
+/// creates a lost slot again (ARCHITECTURE.md rule 9). Exit codes: 0 created
+/// (or it exists); 1 cannot; 64 bad usage, or --accept-gap missing.
+struct RecreateSlot: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "recreate-slot",
+        abstract: "Create a lost replication slot again, accepting that events committed while it was gone are not relayed.",
+        discussion: """
+            A slot that existed (recorded in public.outbox_relay_slots) and is gone — dropped, or a failover to a \
+            server that never had it — is never created again by `run`. Recover the events committed since its last \
+            position first (see the README, "A lost slot"), then run this with --accept-gap. The gap it accepts is \
+            logged. It creates the slot at the current WAL position.
+            """)
+
+    @OptionGroup(title: "Database") var database: SourceOptions
+
+    @Option(help: "The logical replication slot to create again.")
+    var slot = "outbox_slot"
+
+    @Flag(help: "Confirm that events committed since the lost slot's last position are not relayed by the new slot.")
+    var acceptGap = false
+
+    @OptionGroup(title: "Logging") var logOptions: LogOptions
+
+    func validate() throws {
+        if let problem = ReplicationOptions.validateSlotName(slot) { throw ValidationError("--slot: \(problem)") }
+        guard acceptGap else {
+            throw ValidationError(
+                "recreate-slot starts a new slot at the current WAL position: events committed since the lost slot's last position are skipped. Recover them first, then pass --accept-gap")
+        }
+    }
+
+    func run() throws {
+        let logger = logOptions.bootstrap()
+        let source = database.resolved()!
+        do {
+            let replication = try PGConnection(conninfo: source, replication: true, applicationName: "outbox-relay-recreate-slot")
+            let identity = try replication.query("IDENTIFY_SYSTEM")
+            let system = identity[0, "systemid"] ?? "?"
+            let timeline = Int(identity[0, "timeline"] ?? "") ?? 0
+            let exists = try replication.query(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = \(replication.literal(slot))").count == 1
+            if exists {
+                logger.notice("the slot exists; nothing to do", metadata: ["slot": "\(slot)"])
+                return
+            }
+            let registry = try PGConnection(conninfo: source, replication: false, applicationName: "outbox-relay-recreate-slot")
+            let record = try SlotRegistry.lookup(registry, slot: slot)
+            guard let point = try ReplicationSession.createSlot(replication, slot, logger: logger) else {
+                logger.notice("another process created the slot meanwhile; nothing to do", metadata: ["slot": "\(slot)"])
+                return
+            }
+            try SlotRegistry.record(
+                registry, slot: slot, systemIdentifier: system, timeline: timeline, createdLSN: point, confirmedLSN: point)
+            logger.warning(
+                "recreated a lost replication slot: events committed in the gap are not relayed by it",
+                metadata: [
+                    "slot": "\(slot)",
+                    "gap_from": "\(record?.confirmedLSN.map { "\($0)" } ?? "unknown (no record)")",
+                    "gap_to": "\(point)", "lost_slot_recorded": "\(record?.createdAt ?? "never")",
+                ])
+        } catch {
+            logger.critical("\(error)")
+            throw ExitCode(1)
+        }
+    }
+}
+
 /// `outbox-relay tail`: decoded events from a slot, printed as NDJSON, without
 /// confirming anything (the slot's position does not move).
 struct Tail: AsyncParsableCommand {
@@ -121,7 +189,11 @@ struct Tail: AsyncParsableCommand {
     func run() async throws {
         let logger = logOptions.bootstrap()
         var config = RelayConfig(
-            replication: ReplicationOptions(conninfo: database.resolved()!, slot: slot, publication: publication, table: routingOptions.splitTable(), createSlot: false),
+            replication: {
+                var options = ReplicationOptions(conninfo: database.resolved()!, slot: slot, publication: publication, table: routingOptions.splitTable(), createSlot: false)
+                options.recordsSlot = false  // a read-only look writes nothing
+                return options
+            }(),
             routing: routingOptions.routing())
         config.confirms = false
         config.eventLimit = limit
@@ -141,7 +213,7 @@ struct Init: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Create the outbox table, the publication and the message helper (sql/*.sql); safe to run again.",
         discussion: """
-            Applies sql/01-outbox-table.sql, 02-publication.sql and 04-emit-message.sql; with --with-role also \
+            Applies sql/01-outbox-table.sql, 02-publication.sql, 04-emit-message.sql and 06-slot-registry.sql; with --with-role also \
             03-relay-role.sql (needs CREATEROLE), with --with-polling also 05-polling.sql. The files are looked \
             up in --sql-dir, $OUTBOX_RELAY_SQL_DIR, next to the binary (../share/outbox-relay/sql) and in the \
             source tree.
@@ -191,6 +263,7 @@ struct Init: ParsableCommand {
         var files = ["01-outbox-table.sql", "02-publication.sql"]
         if withRole { files.append("03-relay-role.sql") }
         files.append("04-emit-message.sql")
+        files.append("06-slot-registry.sql")
         if withPolling { files.append("05-polling.sql") }
         let connection: PGConnection
         do { connection = try PGConnection(conninfo: database.resolved()!, replication: false, applicationName: "outbox-relay-init") } catch {

@@ -13,6 +13,9 @@ public enum ReplicationError: Error, Sendable, CustomStringConvertible {
     case slotInUse(slot: String, pid: Int?)
     /// The slot does not exist and `--create-slot` was not given (or it vanished while we ran).
     case slotMissing(slot: String, hint: String)
+    /// The slot is missing but was recorded as existing (`SlotRegistry`): dropped,
+    /// or a failover to a server that never had it. Never recreated silently.
+    case slotVanished(slot: String, detail: String)
     /// `wal_status = lost`: WAL the slot needs was removed; events are gone from the log.
     case slotLost(slot: String)
     /// The slot uses another output plugin, is physical, or belongs to another database.
@@ -45,6 +48,7 @@ public enum ReplicationError: Error, Sendable, CustomStringConvertible {
                 "replication slot \"\(slot)\" is in use by another process\(pid.map { " (PID \($0))" } ?? ""); waiting as a hot standby"
         case .slotMissing(let slot, let hint):
             return "replication slot \"\(slot)\" does not exist: \(hint)"
+        case .slotVanished(_, let detail): return detail
         case .slotLost(let slot):
             return
                 "replication slot \"\(slot)\" is invalidated (wal_status = lost): PostgreSQL removed WAL it still needed, so events after its confirmed position are gone from the log. Recover them from the outbox table or the service, then drop and recreate the slot deliberately"

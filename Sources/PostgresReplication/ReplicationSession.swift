@@ -17,6 +17,8 @@ public struct ReplicationOptions: Sendable {
     public var protocolVersion: Int
     /// pgoutput `messages`: include logical decoding messages.
     public var messages: Bool
+    /// Record the slot in `SlotRegistry` on every connect (false for a read-only `tail`).
+    public var recordsSlot = true
 
     public init(
         conninfo: String, slot: String, publication: String, table: (schema: String, name: String)?,
@@ -114,28 +116,34 @@ public final class ReplicationSession {
         var slot = try Self.slotInfo(connection, options.slot)
         var created = false
         if slot == nil {
+            // A slot that existed here before is lost, not missing: say so, never create it again.
+            let registry = try PGConnection(conninfo: options.conninfo, replication: false, interrupt: interrupt)
+            if let record = try SlotRegistry.lookup(registry, slot: options.slot),
+                try Self.slotInfo(connection, options.slot) == nil  // not just created by a replica starting with us
+            {
+                throw .slotVanished(
+                    slot: options.slot,
+                    detail: SlotRegistry.lossDescription(record, slot: options.slot, systemIdentifier: systemID, timeline: timeline))
+            }
             guard options.createSlot && mayCreate else {
                 throw .slotMissing(
                     slot: options.slot,
                     hint: options.createSlot
                         ? "it disappeared while the relay was running; it is not recreated automatically, because a new slot would skip every event committed in between"
-                        : "create it (start once with --create-slot, or SELECT pg_create_logical_replication_slot('\(options.slot)', 'pgoutput'))"
+                        : "for a first start, create it (start once with --create-slot, or `outbox-relay init`). If it existed before — a failover to a standby, or a DBA dropped it — events after its last position may be missing: see the README, \"A lost slot\""
                 )
             }
-            do {
-                let reply = try connection.query(
-                    "CREATE_REPLICATION_SLOT \(connection.identifier(options.slot)) LOGICAL pgoutput NOEXPORT_SNAPSHOT",
-                    label: "CREATE_REPLICATION_SLOT")
+            if try Self.slotInfo(connection, options.slot) == nil,
+                let point = try Self.createSlot(connection, options.slot, logger: logger)
+            {
                 created = true
-                logger.notice(
-                    "created replication slot",
-                    metadata: [
-                        "slot": "\(options.slot)", "consistent_point": "\(reply[0, "consistent_point"] ?? "?")",
-                    ])
-            } catch .serverError(_, "42710", _) {
-                // Another relay created it first: use theirs.
+                Self.record(registry, options.slot, systemID, timeline, created: point, confirmed: point, logger: logger)
             }
             slot = try Self.slotInfo(connection, options.slot)
+        } else if options.recordsSlot {
+            if let registry = try? PGConnection(conninfo: options.conninfo, replication: false, interrupt: interrupt) {
+                Self.record(registry, options.slot, systemID, timeline, created: nil, confirmed: slot?.confirmedFlush, logger: logger)
+            }
         }
         guard let slot else {
             throw .slotMissing(slot: options.slot, hint: "it was dropped while starting")
@@ -170,6 +178,37 @@ public final class ReplicationSession {
             .flatMap { $0[0, "setting"] }.flatMap { Int($0) }
 
         try Self.checkPublication(connection, options, mayCreate: mayCreate, logger: logger)
+    }
+
+    /// `CREATE_REPLICATION_SLOT … LOGICAL pgoutput`; returns its consistent
+    /// point, or nil when another relay created it first (theirs is used).
+    public static func createSlot(_ connection: PGConnection, _ slot: String, logger: Logger) throws(ReplicationError) -> LSN? {
+        do {
+            let reply = try connection.query(
+                "CREATE_REPLICATION_SLOT \(connection.identifier(slot)) LOGICAL pgoutput NOEXPORT_SNAPSHOT",
+                label: "CREATE_REPLICATION_SLOT")
+            let point = reply[0, "consistent_point"].flatMap { LSN(string: $0) } ?? .zero
+            logger.notice("created replication slot", metadata: ["slot": "\(slot)", "consistent_point": "\(point)"])
+            return point
+        } catch .serverError(_, "42710", _) {
+            return nil
+        }
+    }
+
+    /// Records the slot in `SlotRegistry`; a failure is a warning (loss detection is then unavailable).
+    static func record(
+        _ connection: PGConnection, _ slot: String, _ systemID: String, _ timeline: Int, created: LSN?, confirmed: LSN?,
+        logger: Logger
+    ) {
+        do {
+            try SlotRegistry.record(
+                connection, slot: slot, systemIdentifier: systemID, timeline: timeline, createdLSN: created,
+                confirmedLSN: confirmed)
+        } catch {
+            logger.warning(
+                "cannot record the slot in \(SlotRegistry.table); if the slot is ever lost, the relay cannot tell it from a first start. Grant the relay role the table (sql/06-slot-registry.sql)",
+                metadata: ["slot": "\(slot)", "error": "\(error)"])
+        }
     }
 
     static func slotInfo(_ c: PGConnection, _ name: String) throws(ReplicationError) -> SlotInfo? {
@@ -224,7 +263,9 @@ public final class ReplicationSession {
                         "publication": "\(options.publication)", "table": "\(table.schema).\(table.name)",
                         "publish": "insert",
                     ])
-            } catch .serverError(_, "42710", _) {}
+            } catch .serverError(_, let state, _) where state == "42710" || state == "23505" {
+                // Another relay created it at the same moment (duplicate object, or the catalog's unique index).
+            }
             rows = try read()
         }
         guard rows.count == 1 else { throw .publicationMissing(options.publication) }

@@ -14,6 +14,36 @@ final class PrivateCluster: @unchecked Sendable {
     var conninfo: String { "host=127.0.0.1 port=\(port) user=postgres dbname=postgres" }
     static let pgBin = ProcessInfo.processInfo.environment["PG_BIN"] ?? "/usr/lib/postgresql/15/bin"
 
+    private init(directory: String, port: Int) {
+        self.directory = directory
+        self.port = port
+    }
+
+    /// A streaming standby of this cluster (`pg_basebackup -R`), started and replaying.
+    func makeStandby() throws -> PrivateCluster {
+        let port = try TCPProxy.freePort()
+        let owner = Self.asOwner
+        let output = try Shell.run(
+            """
+            dir=$(mktemp -d /tmp/outbox-relay-pg.XXXXXX) && { [ "$(id -u)" != 0 ] || chown postgres "$dir"; } &&
+            \(owner) '\(Self.pgBin)/pg_basebackup' -D "$dir/data" -R -X stream -h 127.0.0.1 -p \(self.port) -U postgres >/dev/null &&
+            echo "port = \(port)" >> "$dir/data/postgresql.conf" &&
+            echo "unix_socket_directories = '$dir'" >> "$dir/data/postgresql.conf" &&
+            \(owner) '\(Self.pgBin)/pg_ctl' -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null && echo "$dir"
+            """)
+        return PrivateCluster(directory: output, port: port)
+    }
+
+    /// `pg_ctl promote`: the standby becomes a primary on a new timeline.
+    func promote() throws {
+        try Shell.run("\(Self.asOwner) '\(Self.pgBin)/pg_ctl' -D '\(directory)/data' -w -t 60 promote >/dev/null")
+    }
+
+    /// `pg_ctl stop -m immediate`: the primary dies.
+    func kill() throws {
+        try Shell.run("\(Self.asOwner) '\(Self.pgBin)/pg_ctl' -D '\(directory)/data' -m immediate -w stop >/dev/null")
+    }
+
     init(_ settings: [String] = []) throws {
         let script = TestDatabase.repository.appendingPathComponent("scripts/pg-env.sh").path
         let quoted = settings.map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }.joined(separator: " ")
