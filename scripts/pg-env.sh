@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Throwaway PostgreSQL 15 for tests, benchmarks and the demo.
+# Throwaway PostgreSQL for tests, benchmarks and the demo: Debian's 15, or the
+# version whose binaries PG_BIN (and PG_LIB) name (scripts/pg-versions.sh).
 # Source this file, then call pg_start; it exports PGHOST, PGPORT, PGUSER,
 # PGDATABASE and OUTBOX_TEST_PG, and registers pg_stop to run on exit.
 # Listens on 127.0.0.1 only. Must run as root (initdb runs as `postgres`) or
@@ -17,18 +18,22 @@ s.close()
 PY
 }
 
+# Runs a server command as the cluster's owner, with the server's own
+# libraries first when they are not the system's (PG_LIB, scripts/pg-versions.sh).
 pg_as_owner() {
+  local env=()
+  [ -n "${PG_LIB:-}" ] && env=(env "LD_LIBRARY_PATH=$PG_LIB")
   if [ "$(id -u)" = 0 ]; then
-    runuser -u postgres -- "$@"
+    runuser -u postgres -- "${env[@]}" "$@"
   else
-    "$@"
+    "${env[@]}" "$@"
   fi
 }
 
 # pg_start [extra postgresql.conf lines...]
 pg_start() {
   if [ ! -x "$PG_BIN/initdb" ]; then
-    echo "pg-env: $PG_BIN/initdb not found; install postgresql-15" >&2
+    echo "pg-env: $PG_BIN/initdb not found; install postgresql-15 (or: source scripts/pg-versions.sh; pg_use N)" >&2
     return 1
   fi
   PG_DIR=$(mktemp -d /tmp/outbox-relay-pg.XXXXXX)

@@ -1,10 +1,30 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): installs what is missing, starts a
-# throwaway PostgreSQL 15 (wal_level=logical, 127.0.0.1, a free port, a low
-# wal_sender_timeout so keepalive paths run), runs `swift test`, and stops
-# what it started. Extra arguments go to `swift test` (e.g. --filter Router).
+# throwaway PostgreSQL (wal_level=logical, 127.0.0.1, a free port, a low
+# wal_sender_timeout so keepalive paths run) and a tansu broker, runs
+# `swift test`, and stops what it started.
+#
+#   bash scripts/test.sh [--pg N] [swift test arguments…]   one version (default 15, Debian's)
+#   bash scripts/test.sh --all-versions [swift test arguments…]   14, 15, 16, 17 and 18 in turn
+#
+# Versions other than 15 come from PyPI wheels (scripts/pg-versions.sh).
+# Extra arguments go to `swift test` (e.g. --filter Router).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+major=15
+if [ "${1:-}" = "--all-versions" ]; then
+  shift
+  for v in 14 15 16 17 18; do
+    echo "test.sh: ===== PostgreSQL $v =====" >&2
+    bash "$0" --pg "$v" "$@"
+  done
+  exit 0
+fi
+if [ "${1:-}" = "--pg" ]; then
+  major=$2
+  shift 2
+fi
 
 need_apt=()
 [ -x /usr/lib/postgresql/15/bin/initdb ] || need_apt+=(postgresql-15)
@@ -17,16 +37,18 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+source scripts/pg-versions.sh
+pg_use "$major"
 source scripts/pg-env.sh
 source scripts/kafka-env.sh
 kafka_setup
 PG_WAL_SENDER_TIMEOUT=10s pg_start "logical_decoding_work_mem = 64kB"
 kafka_start
 trap 'kafka_stop; pg_stop' EXIT
-echo "test.sh: PostgreSQL 15 on 127.0.0.1:$PGPORT (wal_level=logical); tansu (Kafka protocol) on $KAFKA_TEST_BROKERS; librdkafka runtime from $RDKAFKA_RUNTIME_DIR" >&2
+echo "test.sh: PostgreSQL $major ($PG_BIN) on 127.0.0.1:$PGPORT (wal_level=logical); tansu (Kafka protocol) on $KAFKA_TEST_BROKERS; librdkafka runtime from $RDKAFKA_RUNTIME_DIR" >&2
 
 swift build --build-tests
-export OUTBOX_TEST_PG KAFKA_TEST_BROKERS TANSU_BIN
+export OUTBOX_TEST_PG KAFKA_TEST_BROKERS TANSU_BIN PG_BIN PG_LIB PG_MAJOR
 export OUTBOX_RELAY_BIN="$PWD/.build/debug/outbox-relay"
 swift build --product outbox-relay
 # A hard ceiling, so a hang can never eat CI's budget (suites have their own time limits).

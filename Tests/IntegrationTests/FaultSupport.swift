@@ -58,7 +58,11 @@ final class PrivateCluster: @unchecked Sendable {
         _ = try? Shell.run("\(Self.asOwner) '\(Self.pgBin)/pg_ctl' -D '\(directory)/data' -m immediate -w stop >/dev/null 2>&1; rm -rf '\(directory)'")
     }
 
-    static var asOwner: String { getuid() == 0 ? "runuser -u postgres --" : "" }
+    /// Runs as the cluster's owner, with the server's own libraries (PG_LIB) for PyPI-built versions.
+    static var asOwner: String {
+        let lib = ProcessInfo.processInfo.environment["PG_LIB"].flatMap { $0.isEmpty ? nil : "env LD_LIBRARY_PATH='\($0)'" } ?? ""
+        return (getuid() == 0 ? "runuser -u postgres -- " : "") + lib
+    }
 
     /// `pg_ctl restart -m fast|immediate`.
     func restart(mode: String) throws {
