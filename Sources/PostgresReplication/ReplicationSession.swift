@@ -19,6 +19,9 @@ public struct ReplicationOptions: Sendable {
     public var messages: Bool
     /// Record the slot in `SlotRegistry` on every connect (false for a read-only `tail`).
     public var recordsSlot = true
+    /// PostgreSQL 17+: create slots as failover slots (synchronized to standbys
+    /// with `sync_replication_slots`), and turn existing ones into failover slots.
+    public var failoverSlot = true
 
     public init(
         conninfo: String, slot: String, publication: String, table: (schema: String, name: String)?,
@@ -46,6 +49,12 @@ public struct ReplicationOptions: Sendable {
 
 /// A state a slot is in, read from `pg_replication_slots`.
 public struct SlotInfo: Sendable {
+    /// Why the server invalidated it: 17+ `invalidation_reason`, 16 `conflicting`
+    /// (a standby's recovery conflict), else `wal_status = lost`.
+    public var invalidation: String?
+    /// 17+: a failover slot; `synced`: a standby's copy kept by its slot sync worker.
+    public var failover = false
+    public var synced = false
     public var plugin: String?
     public var slotType: String
     public var database: String?
@@ -70,6 +79,12 @@ public final class ReplicationSession {
     public let slotConfirmedFlush: LSN
     /// True when this session created the slot.
     public let createdSlot: Bool
+    /// `PQserverVersion`, e.g. 170011; read once, and what to send is chosen from it.
+    public let serverVersion: Int
+    /// The server is a standby (logical decoding on a standby, 16+).
+    public let inRecovery: Bool
+    /// 17+: the slot is a failover slot (after this session made it one, from the next connect).
+    public private(set) var slotFailover = false
     /// The walsender's `wal_sender_timeout` in ms (0: disabled), nil if it could not be read:
     /// the relay reports at least every half of it, and a stall longer than it ends the session.
     public let walSenderTimeoutMilliseconds: Int?
@@ -113,6 +128,13 @@ public final class ReplicationSession {
             )
         }
 
+        serverVersion = connection.serverVersion
+        guard serverVersion >= 140_000 else {
+            throw .invalidConfiguration(
+                "PostgreSQL \(serverVersion / 10_000) is not supported: the relay needs 14 or later (13's pgoutput has no logical decoding messages, and 13 is past its end of life). Nothing was created on the server")
+        }
+        inRecovery = (try? connection.query("SELECT pg_is_in_recovery() AS r"))?[0, "r"] == "t"
+
         var slot = try Self.slotInfo(connection, options.slot)
         var created = false
         if slot == nil {
@@ -134,7 +156,9 @@ public final class ReplicationSession {
                 )
             }
             if try Self.slotInfo(connection, options.slot) == nil,
-                let point = try Self.createSlot(connection, options.slot, logger: logger)
+                let point = try Self.createSlot(
+                    connection, options.slot, failover: options.failoverSlot && serverVersion >= 170_000 && !inRecovery,
+                    logger: logger)
             {
                 created = true
                 Self.record(registry, options.slot, systemID, timeline, created: point, confirmed: point, logger: logger)
@@ -168,8 +192,24 @@ public final class ReplicationSession {
                     "it belongs to database \"\(slot.database ?? "?")\", but the connection is to \"\(database ?? "?")\""
             )
         }
-        if slot.walStatus == "lost" { throw .slotLost(slot: options.slot) }
+        if slot.walStatus == "lost" || slot.invalidation != nil {
+            throw .slotLost(slot: options.slot, reason: slot.invalidation ?? "wal_removed")
+        }
+        if slot.synced && inRecovery {
+            // 17+: the standby's slot sync worker keeps it; it becomes usable at promotion.
+            throw .slotSynced(slot: options.slot)
+        }
         if slot.active { throw .slotInUse(slot: options.slot, pid: slot.activePID) }
+        if options.failoverSlot && serverVersion >= 170_000 && !inRecovery && !slot.failover && options.recordsSlot {
+            do {
+                try connection.query(
+                    "ALTER_REPLICATION_SLOT \(connection.identifier(options.slot)) (FAILOVER true)", label: "ALTER_REPLICATION_SLOT")
+                logger.notice("made the slot a failover slot (PostgreSQL 17+)", metadata: ["slot": "\(options.slot)"])
+            } catch {
+                logger.warning("cannot make the slot a failover slot", metadata: ["slot": "\(options.slot)", "error": "\(error)"])
+            }
+        }
+        slotFailover = slot.failover
         slotConfirmedFlush = slot.confirmedFlush ?? .zero
         // The session's own value (it may be set per role or database); pg_settings gives milliseconds.
         walSenderTimeoutMilliseconds =
@@ -182,13 +222,19 @@ public final class ReplicationSession {
 
     /// `CREATE_REPLICATION_SLOT … LOGICAL pgoutput`; returns its consistent
     /// point, or nil when another relay created it first (theirs is used).
-    public static func createSlot(_ connection: PGConnection, _ slot: String, logger: Logger) throws(ReplicationError) -> LSN? {
+    public static func createSlot(
+        _ connection: PGConnection, _ slot: String, failover: Bool, logger: Logger
+    ) throws(ReplicationError) -> LSN? {
+        // The NOEXPORT_SNAPSHOT form works on every version; FAILOVER (17+) needs the option list.
+        let options = failover ? "(SNAPSHOT 'nothing', FAILOVER true)" : "NOEXPORT_SNAPSHOT"
         do {
             let reply = try connection.query(
-                "CREATE_REPLICATION_SLOT \(connection.identifier(slot)) LOGICAL pgoutput NOEXPORT_SNAPSHOT",
+                "CREATE_REPLICATION_SLOT \(connection.identifier(slot)) LOGICAL pgoutput \(options)",
                 label: "CREATE_REPLICATION_SLOT")
             let point = reply[0, "consistent_point"].flatMap { LSN(string: $0) } ?? .zero
-            logger.notice("created replication slot", metadata: ["slot": "\(slot)", "consistent_point": "\(point)"])
+            logger.notice(
+                "created replication slot",
+                metadata: ["slot": "\(slot)", "consistent_point": "\(point)", "failover": "\(failover)"])
             return point
         } catch .serverError(_, "42710", _) {
             return nil
@@ -211,12 +257,25 @@ public final class ReplicationSession {
         }
     }
 
+    /// The version-dependent columns of `pg_replication_slots` the relay reads.
+    public static func slotColumns(serverVersion: Int) -> String {
+        switch serverVersion {
+        case 170_000...:
+            return "invalidation_reason AS invalidation, failover, synced"
+        case 160_000..<170_000:
+            return "CASE WHEN conflicting THEN 'conflicting (recovery conflict on a standby)' END AS invalidation, false AS failover, false AS synced"
+        default:
+            return "NULL::text AS invalidation, false AS failover, false AS synced"
+        }
+    }
+
     static func slotInfo(_ c: PGConnection, _ name: String) throws(ReplicationError) -> SlotInfo? {
         let rows = try c.query(
-            "SELECT slot_type, plugin, database, active, active_pid, wal_status, confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = \(c.literal(name))",
+            "SELECT slot_type, plugin, database, active, active_pid, wal_status, confirmed_flush_lsn, \(slotColumns(serverVersion: c.serverVersion)) FROM pg_replication_slots WHERE slot_name = \(c.literal(name))",
             label: "reading pg_replication_slots")
         guard rows.count == 1 else { return nil }
         return SlotInfo(
+            invalidation: rows[0, "invalidation"], failover: rows[0, "failover"] == "t", synced: rows[0, "synced"] == "t",
             plugin: rows[0, "plugin"], slotType: rows[0, "slot_type"] ?? "?",
             database: rows[0, "database"], active: rows[0, "active"] == "t",
             activePID: rows[0, "active_pid"].flatMap { Int($0) }, walStatus: rows[0, "wal_status"],

@@ -20,53 +20,69 @@ final class PrivateCluster: @unchecked Sendable {
     }
 
     /// A streaming standby of this cluster (`pg_basebackup -R`), started and replaying.
-    func makeStandby() throws -> PrivateCluster {
+    /// `settings` go into its postgresql.conf; `slot` names a physical slot on this
+    /// cluster for it (`pg_basebackup -C -S`); the connection string it replicates
+    /// with names a database, which slot synchronization (17+) needs.
+    func makeStandby(_ settings: [String] = [], slot: String? = nil) throws -> PrivateCluster {
         let port = try TCPProxy.freePort()
-        let owner = Self.asOwner
+        let slotOptions = slot.map { "-C -S \($0)" } ?? ""
+        let lines = settings.map { "echo \"\($0)\" >> \"$dir/data/postgresql.conf\" && " }.joined()
         let output = try Shell.run(
             """
             dir=$(mktemp -d /tmp/outbox-relay-pg.XXXXXX) && { [ "$(id -u)" != 0 ] || chown postgres "$dir"; } &&
-            \(owner) '\(Self.pgBin)/pg_basebackup' -D "$dir/data" -R -X stream -h 127.0.0.1 -p \(self.port) -U postgres >/dev/null &&
+            \(owner("pg_basebackup")) -D "$dir/data" -R -X stream \(slotOptions) -d "host=127.0.0.1 port=\(self.port) user=postgres dbname=postgres" >/dev/null &&
             echo "port = \(port)" >> "$dir/data/postgresql.conf" &&
-            echo "unix_socket_directories = '$dir'" >> "$dir/data/postgresql.conf" &&
-            \(owner) '\(Self.pgBin)/pg_ctl' -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null && echo "$dir"
+            echo "unix_socket_directories = '$dir'" >> "$dir/data/postgresql.conf" && \(lines)
+            \(owner("pg_ctl")) -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null && echo "$dir"
             """)
-        return PrivateCluster(directory: output, port: port)
+        let standby = PrivateCluster(directory: output, port: port)
+        standby.pgBin = pgBin
+        standby.pgLib = pgLib
+        return standby
     }
 
     /// `pg_ctl promote`: the standby becomes a primary on a new timeline.
     func promote() throws {
-        try Shell.run("\(Self.asOwner) '\(Self.pgBin)/pg_ctl' -D '\(directory)/data' -w -t 60 promote >/dev/null")
+        try Shell.run("\(owner("pg_ctl")) -D '\(directory)/data' -w -t 60 promote >/dev/null")
     }
 
     /// `pg_ctl stop -m immediate`: the primary dies.
     func kill() throws {
-        try Shell.run("\(Self.asOwner) '\(Self.pgBin)/pg_ctl' -D '\(directory)/data' -m immediate -w stop >/dev/null")
+        try Shell.run("\(owner("pg_ctl")) -D '\(directory)/data' -m immediate -w stop >/dev/null")
     }
 
-    init(_ settings: [String] = []) throws {
+    /// The server binaries of this cluster when it is not the suite's own version.
+    private(set) var pgBin = PrivateCluster.pgBin
+    private(set) var pgLib = ProcessInfo.processInfo.environment["PG_LIB"] ?? ""
+
+    /// `major`: another PostgreSQL version than the suite's (scripts/pg-versions.sh fetches it).
+    init(_ settings: [String] = [], major: Int? = nil) throws {
         let script = TestDatabase.repository.appendingPathComponent("scripts/pg-env.sh").path
+        let versions = TestDatabase.repository.appendingPathComponent("scripts/pg-versions.sh").path
         let quoted = settings.map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }.joined(separator: " ")
-        let output = try Shell.run("source '\(script)' && unset PGPORT && pg_start \(quoted) && trap - EXIT && echo \"$PG_DIR $PGPORT\"")
-        let parts = output.split(separator: " ").map(String.init)
-        guard parts.count == 2, let port = Int(parts[1]) else { throw ShellError(message: "pg_start printed \(output)") }
+        let use = major.map { "source '\(versions)' && pg_use \($0) && " } ?? ""
+        let output = try Shell.run("\(use)source '\(script)' && unset PGPORT && pg_start \(quoted) && trap - EXIT && echo \"$PG_DIR $PGPORT $PG_BIN $PG_LIB\"")
+        let parts = output.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
+        guard parts.count >= 3, let port = Int(parts[1]) else { throw ShellError(message: "pg_start printed \(output)") }
         directory = parts[0]
         self.port = port
+        pgBin = parts[2]
+        pgLib = parts.count > 3 ? parts[3] : ""
+    }
+
+    /// Runs a server command of this cluster's version as its owner.
+    func owner(_ command: String) -> String {
+        let env = pgLib.isEmpty ? "" : "env LD_LIBRARY_PATH='\(pgLib)' "
+        return (getuid() == 0 ? "runuser -u postgres -- " : "") + env + "'\(pgBin)/\(command)'"
     }
 
     deinit {
-        _ = try? Shell.run("\(Self.asOwner) '\(Self.pgBin)/pg_ctl' -D '\(directory)/data' -m immediate -w stop >/dev/null 2>&1; rm -rf '\(directory)'")
-    }
-
-    /// Runs as the cluster's owner, with the server's own libraries (PG_LIB) for PyPI-built versions.
-    static var asOwner: String {
-        let lib = ProcessInfo.processInfo.environment["PG_LIB"].flatMap { $0.isEmpty ? nil : "env LD_LIBRARY_PATH='\($0)'" } ?? ""
-        return (getuid() == 0 ? "runuser -u postgres -- " : "") + lib
+        _ = try? Shell.run("\(owner("pg_ctl")) -D '\(directory)/data' -m immediate -w stop >/dev/null 2>&1; rm -rf '\(directory)'")
     }
 
     /// `pg_ctl restart -m fast|immediate`.
     func restart(mode: String) throws {
-        try Shell.run("\(Self.asOwner) '\(Self.pgBin)/pg_ctl' -D '\(directory)/data' -l '\(directory)/server.log' -m \(mode) -w -t 60 restart >/dev/null")
+        try Shell.run("\(owner("pg_ctl")) -D '\(directory)/data' -l '\(directory)/server.log' -m \(mode) -w -t 60 restart >/dev/null")
     }
 
     func connect() throws -> PGConnection { try PGConnection(conninfo: conninfo, replication: false) }
