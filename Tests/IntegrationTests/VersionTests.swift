@@ -67,6 +67,44 @@ struct VersionTests {
         #expect(status.stdout.contains(#""standby":"t""#) && status.stdout.contains(#""current_lsn":""#))
     }
 
+    /// Logical decoding on a standby (16+): the relay pointed at a standby creates
+    /// its slot there (once the primary logs a running-transactions record), streams
+    /// what the primary commits, and goes on streaming when that standby is promoted.
+    @Test func relayStreamsFromAStandbyAndThroughItsPromotion() async throws {
+        let primary = try PrivateCluster(major: 18)
+        let outbox = try TestOutbox(createSlot: false, conninfo: primary.conninfo)
+        let standby = try primary.makeStandby(["hot_standby_feedback = on"])
+        let file = SinkFile()
+        defer { file.remove() }
+        let relay = try CLI.start(SlotLossTests.runArguments(outbox, conninfo: standby.conninfo, file: file))
+        defer { _ = relay.terminate() }
+        let started = Date()
+        while !relay.stderr.contains("msg=streaming") && Date().timeIntervalSince(started) < 30 {
+            try outbox.sql.query("SELECT pg_log_standby_snapshot()")
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        try #require(relay.stderr.contains("msg=streaming"), "\(relay.stderr)")
+        let streamingAfter = Date().timeIntervalSince(started)
+        let first = try outbox.insert(3)
+        #expect(try await file.waitForEvents(3, within: 20).compactMap { $0["id"] as? String } == first)
+        // The primary dies; the standby (and its slot) becomes the primary.
+        let end = try outbox.currentWAL
+        let replica = try PGConnection(conninfo: standby.conninfo, replication: false)
+        for _ in 0..<200 {
+            let replayed = try replica.query("SELECT pg_last_wal_replay_lsn() AS l")[0, "l"].flatMap { LSN(string: $0) } ?? .zero
+            if replayed >= end { break }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        try primary.kill()
+        try standby.promote()
+        let promoted = try PGConnection(conninfo: standby.conninfo, replication: false)
+        let later = try promoted.query(
+            "INSERT INTO \(outbox.schema).outbox (aggregatetype, aggregateid, type, payload) VALUES ('order', 'k', 'After', '{}') RETURNING id::text")[0, "id"]
+        let events = try await file.waitForEvents(4, within: 30)
+        #expect(events.last?["id"] as? String == later)
+        print("standby (PostgreSQL 18): streaming \(String(format: "%.1f", streamingAfter)) s after start; after the promotion the relay went on with the promoted server's writes")
+    }
+
     @Test func failoverSlotSurvivesPromotionWithNothingLostOrTwice() async throws {
         let primary = try PrivateCluster(major: 18)
         let outbox = try TestOutbox(createSlot: false, conninfo: primary.conninfo)
