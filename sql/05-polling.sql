@@ -20,7 +20,9 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE TRIGGER outbox_notify
+-- DROP + CREATE rather than CREATE OR REPLACE TRIGGER, which PostgreSQL 13 lacks.
+DROP TRIGGER IF EXISTS outbox_notify ON public.outbox;
+CREATE TRIGGER outbox_notify
     AFTER INSERT ON public.outbox
     FOR EACH STATEMENT EXECUTE FUNCTION public.outbox_notify();
 
