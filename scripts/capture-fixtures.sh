@@ -4,8 +4,15 @@
 # pg_logical_slot_get_binary_changes returns exactly one pgoutput message per
 # row, the same bytes the walsender puts after an XLogData header.
 # Re-run to refresh the fixtures; the decoder tests assert on their content.
+#
+#   bash scripts/capture-fixtures.sh            # PostgreSQL 15: protocols 1 to 3
+#   bash scripts/capture-fixtures.sh --pg 18    # 16+: protocol 4 only (v4-parallel)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+major=15
+if [ "${1:-}" = "--pg" ]; then major=$2; fi
+source scripts/pg-versions.sh
+pg_use "$major"
 source scripts/pg-env.sh
 pg_start "logical_decoding_work_mem = 64kB"
 out=Tests/TestFixtures/Fixtures
@@ -52,6 +59,33 @@ dump() { # slot file options...
   psql -X -v ON_ERROR_STOP=1 -At -c "SELECT encode(data, 'hex') FROM pg_logical_slot_get_binary_changes('$slot', NULL, NULL, $*)" >"$out/$file.hex"
   echo "$file: $(wc -l <"$out/$file.hex") messages"
 }
+# Protocol 4 (16+, streaming = parallel): Stream Abort carries the abort LSN
+# and time. Captured from a newer server; the protocol 1–3 fixtures stay 15's.
+if [ "$major" != 15 ]; then
+  q -c "SELECT pg_create_logical_replication_slot('fx_v4', 'pgoutput')"
+  q <<'SQL'
+BEGIN;
+INSERT INTO outbox (aggregatetype, aggregateid, type, payload)
+SELECT 'bulk', (i % 7)::text, 'Bulk', jsonb_build_object('i', i, 'pad', repeat('p', 100)) FROM generate_series(1, 600) i;
+COMMIT;
+-- A top-level abort is no longer streamed when decoding starts after it (18
+-- skips known-aborted transactions); an aborted subtransaction of a streamed,
+-- committed one still produces a Stream Abort.
+BEGIN;
+INSERT INTO outbox (aggregatetype, aggregateid, type, payload)
+SELECT 'bulk', 'x', 'Kept', jsonb_build_object('i', i, 'pad', repeat('p', 100)) FROM generate_series(1, 600) i;
+SAVEPOINT s1;
+INSERT INTO keyed SELECT i, repeat('k', 100) FROM generate_series(100, 900) i;
+ROLLBACK TO s1;
+INSERT INTO keyed VALUES (998, 'after the savepoint');
+COMMIT;
+INSERT INTO keyed VALUES (999, 'flush');
+SQL
+  psql -X -v ON_ERROR_STOP=1 -At -c "SELECT encode(data, 'hex') FROM pg_logical_slot_get_binary_changes('fx_v4', NULL, NULL, 'proto_version', '4', 'publication_names', 'fx_all', 'streaming', 'parallel')" >"$out/v4-parallel.hex"
+  echo "v4-parallel: $(wc -l <"$out/v4-parallel.hex") messages (PostgreSQL $major)"
+  exit 0
+fi
+
 dump fx_router v1-router "'proto_version', '1', 'publication_names', 'fx_loose', 'messages', 'true'"
 
 # Logical messages are not filtered by publication: the other slots are

@@ -28,7 +28,7 @@ import os, sys, glob
 out = sys.argv[1]
 for path in glob.glob("Tests/TestFixtures/Fixtures/*.hex"):
     # Flags byte: protocol version, and the outbox's schema (the router fixtures use "loose").
-    version = {"v1": 0, "v2": 1, "v3": 2}[os.path.basename(path)[:2]] | (0x40 if "router" in path else 0)
+    version = {"v1": 0, "v2": 1, "v3": 2, "v4": 3}[os.path.basename(path)[:2]] | (0x40 if "router" in path else 0)
     msgs = [bytes.fromhex(l) for l in open(path).read().split()]
     msgs = [m for m in msgs if len(m) < 4000]
     for start in range(0, len(msgs), 7):

@@ -147,6 +147,24 @@ struct DecoderFixtureTests {
         #expect(aborts.allSatisfy { $0.abortLSN == nil })
     }
 
+    /// Captured from PostgreSQL 18 with `proto_version 4, streaming parallel`
+    /// (scripts/capture-fixtures.sh --pg 18): Stream Abort carries the abort LSN and time.
+    @Test func protocolFourStreamAbortCarriesItsLSNAndTime() throws {
+        let messages = try Fixture.decodeAll("v4-parallel", protocolVersion: 4)
+        let aborts = messages.compactMap { if case .streamAbort(let a) = $0 { a } else { nil } }
+        let abort = try #require(aborts.first)
+        #expect(aborts.count == 1 && abort.subxid != abort.xid, "the aborted subtransaction")
+        let abortLSN = try #require(abort.abortLSN)
+        #expect(abortLSN > .zero && abort.abortTimestamp != nil)
+        let commits = messages.compactMap { if case .streamCommit(let c) = $0 { c } else { nil } }
+        #expect(commits.count == 2 && commits.allSatisfy { $0.endLSN > $0.commitLSN })
+        #expect(commits.contains { $0.xid == abort.xid }, "the subtransaction's parent commits")
+        // The same bytes are not a protocol 2 Stream Abort: the extra fields are trailing bytes there.
+        let raw = try #require(try Fixture.messages("v4-parallel").first { $0.first == 65 })
+        var v2 = PGOutputDecoder(protocolVersion: 2)
+        #expect(throws: DecodeError.self) { try v2.decode(raw) }
+    }
+
     @Test func protocolThreeTwoPhaseCommit() throws {
         let messages = try Fixture.decodeAll("v3-two-phase", protocolVersion: 3)
         let kinds = Set(messages.map(\.type))

@@ -7,7 +7,7 @@ struct MalformedInputTests {
     /// Every strict prefix of every captured message (up to 40 of each type per
     /// fixture) must throw a DecodeError, never trap, and leave the decoder's
     /// state as it was.
-    @Test(arguments: [("v1-all", 1), ("v1-binary", 1), ("v2-streaming", 2), ("v3-two-phase", 3)])
+    @Test(arguments: [("v1-all", 1), ("v1-binary", 1), ("v2-streaming", 2), ("v3-two-phase", 3), ("v4-parallel", 4)])
     func truncationSweep(fixture: String, protocolVersion: Int) throws {
         var decoder = PGOutputDecoder(protocolVersion: protocolVersion)
         var perType: [UInt8: Int] = [:]
