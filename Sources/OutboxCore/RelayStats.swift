@@ -49,6 +49,9 @@ public struct RelayStats: Sendable, Equatable {
     /// From the periodic server check: the slot's `wal_status` and `safe_wal_size` (bytes).
     public var slotWALStatus: String?
     public var slotSafeWALSize: Int64?
+    /// From the same check (17+): the slot is a failover slot; it is a standby's synchronized copy.
+    public var slotFailover = false
+    public var slotSynced = false
 
     public init() {}
 

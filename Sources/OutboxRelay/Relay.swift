@@ -430,6 +430,10 @@ public final class Relay: RelayService, @unchecked Sendable {
             stats.slotWALStatus = slot.walStatus
             stats.slotSafeWALSize = slot.safeWALSize
         }
+        if let slot = verdict.slot {
+            stats.slotFailover = slot.failover
+            stats.slotSynced = slot.synced
+        }
         if !warnedNonTransactional && machine.stats.nonTransactionalMessages > 0 {
             warnedNonTransactional = true
             logger.warning(
@@ -563,6 +567,8 @@ public final class Relay: RelayService, @unchecked Sendable {
         snapshot.lastAcknowledgementAt = stats.lastAcknowledgementAt
         snapshot.slotWALStatus = stats.slotWALStatus
         snapshot.slotSafeWALSize = stats.slotSafeWALSize
+        snapshot.slotFailover = stats.slotFailover
+        snapshot.slotSynced = stats.slotSynced
         snapshot.sinkReachable = sink.isReachable
         published.withLock { $0 = snapshot }
     }

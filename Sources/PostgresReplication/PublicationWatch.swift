@@ -36,6 +36,9 @@ public final class PublicationWatch: @unchecked Sendable {
         public var walStatus: String?
         /// Bytes of WAL that can still be written before the slot is in danger of being invalidated (`max_slot_wal_keep_size`); nil when unlimited.
         public var safeWALSize: Int64?
+        /// 17+: a failover slot, and whether this copy is a standby's synchronized one.
+        public var failover = false
+        public var synced = false
     }
 
     public init(options: ReplicationOptions, intervalMilliseconds: Int, logger: Logger) {
@@ -84,9 +87,13 @@ public final class PublicationWatch: @unchecked Sendable {
                 try ReplicationSession.checkPublication(c, options, mayCreate: false, logger: logger)
             }
             let rows = try c.query(
-                "SELECT wal_status, safe_wal_size FROM pg_replication_slots WHERE slot_name = \(c.literal(options.slot))", label: "reading the slot's status")
+                "SELECT wal_status, safe_wal_size, \(ReplicationSession.slotColumns(serverVersion: c.serverVersion)) FROM pg_replication_slots WHERE slot_name = \(c.literal(options.slot))",
+                label: "reading the slot's status")
             guard rows.count == 1 else { return .success(nil) }
-            return .success(SlotStatus(walStatus: rows[0, "wal_status"], safeWALSize: rows[0, "safe_wal_size"].flatMap { Int64($0) }))
+            return .success(
+                SlotStatus(
+                    walStatus: rows[0, "wal_status"], safeWALSize: rows[0, "safe_wal_size"].flatMap { Int64($0) },
+                    failover: rows[0, "failover"] == "t", synced: rows[0, "synced"] == "t"))
         } catch .publicationUnusable(let publication, let reason) {
             return .failure(
                 .publicationUnusable(

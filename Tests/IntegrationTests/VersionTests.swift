@@ -113,9 +113,16 @@ struct VersionTests {
         try outbox.sql.query("SELECT pg_reload_conf()")
         let file = SinkFile()
         defer { file.remove() }
-        let relay = try CLI.start(SlotLossTests.runArguments(outbox, file: file))
+        let relay = try CLI.start(SlotLossTests.runArguments(outbox, file: file) + ["--http-address", "127.0.0.1:0"])
+        let base = try await OperationsTests.address(from: relay)
         try await relay.waitForStderr("streaming")
         #expect(relay.stderr.contains("failover=true"))
+        var shown = false
+        for _ in 0..<60 where !shown {
+            shown = try await OperationsTests.get(base + "/metrics").body.contains("slot_failover 1")
+            if !shown { try await Task.sleep(for: .milliseconds(200)) }
+        }
+        #expect(shown, "/metrics shows the failover slot")
         let before = try outbox.insert(3)
         _ = try await file.waitForEvents(3)
         // The standby's sync worker persists its copy once the primary's slot has moved past
