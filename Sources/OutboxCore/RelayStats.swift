@@ -52,6 +52,8 @@ public struct RelayStats: Sendable, Equatable {
     /// From the same check (17+): the slot is a failover slot; it is a standby's synchronized copy.
     public var slotFailover = false
     public var slotSynced = false
+    /// The server's reason if it invalidated the slot (17+ `invalidation_reason`, 16 `conflicting`).
+    public var slotInvalidation: String?
 
     public init() {}
 

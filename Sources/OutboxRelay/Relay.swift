@@ -433,6 +433,7 @@ public final class Relay: RelayService, @unchecked Sendable {
         if let slot = verdict.slot {
             stats.slotFailover = slot.failover
             stats.slotSynced = slot.synced
+            stats.slotInvalidation = slot.invalidation
         }
         if !warnedNonTransactional && machine.stats.nonTransactionalMessages > 0 {
             warnedNonTransactional = true
@@ -569,6 +570,7 @@ public final class Relay: RelayService, @unchecked Sendable {
         snapshot.slotSafeWALSize = stats.slotSafeWALSize
         snapshot.slotFailover = stats.slotFailover
         snapshot.slotSynced = stats.slotSynced
+        snapshot.slotInvalidation = stats.slotInvalidation
         snapshot.sinkReachable = sink.isReachable
         published.withLock { $0 = snapshot }
     }

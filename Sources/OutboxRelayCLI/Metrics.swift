@@ -52,6 +52,11 @@ enum PrometheusText {
                 statuses.map { (#"{wal_status="\#($0)"}"#, $0 == stats.slotWALStatus ? "1" : "0") })
             single("slot_failover", "gauge", "1 when the slot is a failover slot (PostgreSQL 17+), kept in step on standbys with sync_replication_slots.", stats.slotFailover ? 1 : 0)
             single("slot_synced", "gauge", "1 when the slot is a standby's synchronized copy of a failover slot (PostgreSQL 17+).", stats.slotSynced ? 1 : 0)
+            if let reason = stats.slotInvalidation {
+                metric(
+                    "slot_invalidated", "gauge", "1 with the server's reason once it invalidated the slot (PostgreSQL 16+).",
+                    [(#"{reason="\#(reason.replacingOccurrences(of: "\"", with: "'"))"}"#, "1")])
+            }
             if let safe = stats.slotSafeWALSize {
                 single("slot_safe_wal_size_bytes", "gauge", "WAL that can still be written before the slot risks invalidation (max_slot_wal_keep_size).", safe)
             }

@@ -39,6 +39,8 @@ public final class PublicationWatch: @unchecked Sendable {
         /// 17+: a failover slot, and whether this copy is a standby's synchronized one.
         public var failover = false
         public var synced = false
+        /// Why the server invalidated it (17+ `invalidation_reason`, 16 `conflicting`), nil while valid.
+        public var invalidation: String?
     }
 
     public init(options: ReplicationOptions, intervalMilliseconds: Int, logger: Logger) {
@@ -93,7 +95,8 @@ public final class PublicationWatch: @unchecked Sendable {
             return .success(
                 SlotStatus(
                     walStatus: rows[0, "wal_status"], safeWALSize: rows[0, "safe_wal_size"].flatMap { Int64($0) },
-                    failover: rows[0, "failover"] == "t", synced: rows[0, "synced"] == "t"))
+                    failover: rows[0, "failover"] == "t", synced: rows[0, "synced"] == "t",
+                    invalidation: rows[0, "invalidation"]))
         } catch .publicationUnusable(let publication, let reason) {
             return .failure(
                 .publicationUnusable(

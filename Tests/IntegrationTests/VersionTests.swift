@@ -162,19 +162,22 @@ struct VersionTests {
             if replayed >= end { break }
             try await Task.sleep(for: .milliseconds(50))
         }
+        // A relay beside the standby waits: the sync worker holds the slot until promotion.
+        let resumed = try CLI.start(SlotLossTests.runArguments(outbox, conninfo: standby.conninfo, file: file))
+        defer { _ = resumed.terminate() }
+        try await resumed.waitForStderr("synchronized from the primary", within: 15)
+        #expect(resumed.process.isRunning)
         try primary.kill()
         try standby.promote()
         // Copied by pg_basebackup: on the promoted node it names a standby that is gone.
         try replica.query("ALTER SYSTEM RESET synchronized_standby_slots")
         try replica.query("SELECT pg_reload_conf()")
-
-        let resumed = try CLI.start(SlotLossTests.runArguments(outbox, conninfo: standby.conninfo, file: file))
-        defer { _ = resumed.terminate() }
+        try await resumed.waitForStderr("msg=streaming", within: 20)
         let events = try await file.waitForEvents(10, within: 30)
         let ids = events.compactMap { $0["id"] as? String }
         #expect(ids == before + missed, "exactly the 7 events after the failover, nothing twice")
         try await Task.sleep(for: .seconds(1))
         #expect(try crashEvents(fromFile: file.path).count == 10)
-        print("failover slot (PostgreSQL 18): after promotion the relay resumed on the synced slot and delivered the \(missed.count) events committed before the failover, 0 lost, 0 twice")
+        print("failover slot (PostgreSQL 18): a relay beside the standby waited while the slot was synced, took over at promotion and delivered the \(missed.count) events committed before the failover, 0 lost, 0 twice")
     }
 }
