@@ -41,6 +41,16 @@ final class PrivateCluster: @unchecked Sendable {
         return standby
     }
 
+    /// Waits (10 s at most) until this standby has replayed the primary's WAL up to `end`.
+    func waitForReplay(upTo end: LSN) async throws {
+        let connection = try connect()
+        for _ in 0..<200 {
+            let replayed = try connection.query("SELECT pg_last_wal_replay_lsn() AS l")[0, "l"].flatMap { LSN(string: $0) } ?? .zero
+            if replayed >= end { return }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+    }
+
     /// `pg_ctl promote`: the standby becomes a primary on a new timeline.
     func promote() throws {
         try Shell.run("\(owner("pg_ctl")) -D '\(directory)/data' -w -t 60 promote >/dev/null")

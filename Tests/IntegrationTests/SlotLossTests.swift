@@ -74,12 +74,7 @@ struct SlotLossTests {
         try outbox.insert(7)  // committed after the relay's last confirmed position
         // Let the standby replay everything, then the primary dies and the standby is promoted.
         let end = try outbox.currentWAL
-        let replica = try PGConnection(conninfo: standby.conninfo, replication: false)
-        for _ in 0..<200 {
-            let replayed = try replica.query("SELECT pg_last_wal_replay_lsn() AS l")[0, "l"].flatMap { LSN(string: $0) } ?? .zero
-            if replayed >= end { break }
-            try await Task.sleep(for: .milliseconds(50))
-        }
+        try await standby.waitForReplay(upTo: end)
         try primary.kill()
         try standby.promote()
 

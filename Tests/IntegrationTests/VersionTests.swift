@@ -90,11 +90,7 @@ struct VersionTests {
         // The primary dies; the standby (and its slot) becomes the primary.
         let end = try outbox.currentWAL
         let replica = try PGConnection(conninfo: standby.conninfo, replication: false)
-        for _ in 0..<200 {
-            let replayed = try replica.query("SELECT pg_last_wal_replay_lsn() AS l")[0, "l"].flatMap { LSN(string: $0) } ?? .zero
-            if replayed >= end { break }
-            try await Task.sleep(for: .milliseconds(50))
-        }
+        try await standby.waitForReplay(upTo: end)
         try primary.kill()
         try standby.promote()
         let promoted = try PGConnection(conninfo: standby.conninfo, replication: false)
@@ -157,11 +153,7 @@ struct VersionTests {
             return
         }
         let end = try outbox.currentWAL
-        for _ in 0..<200 {
-            let replayed = try replica.query("SELECT pg_last_wal_replay_lsn() AS l")[0, "l"].flatMap { LSN(string: $0) } ?? .zero
-            if replayed >= end { break }
-            try await Task.sleep(for: .milliseconds(50))
-        }
+        try await standby.waitForReplay(upTo: end)
         // A relay beside the standby waits: the sync worker holds the slot until promotion.
         let resumed = try CLI.start(SlotLossTests.runArguments(outbox, conninfo: standby.conninfo, file: file))
         defer { _ = resumed.terminate() }
