@@ -177,7 +177,7 @@ public struct OutboxRouter: Sendable {
     public func isOutbox(_ relationOID: UInt32) -> Bool { layouts[relationOID] != nil }
 
     /// An inserted row: nil if it is not in the outbox table, else the event or why it cannot be one.
-    public func route(
+    public mutating func route(
         _ insert: Insert, lsn: LSN, commitTime: PostgresTimestamp
     ) -> Result<
         OutboxEvent, PoisonEvent
@@ -256,8 +256,10 @@ public struct OutboxRouter: Sendable {
 
         var headers: [(name: String, value: String)] = [("id", id), ("type", type)]
         if let index = layout.headers, let raw = row.bytes(at: index) {
-            switch Self.headerMembers(Array(raw), column: config.headersColumn ?? "headers") {
-            case .success(let members): headers += members
+            switch Self.headerMembers(Array(raw), column: config.headersColumn ?? "headers", reserved: reservedHeaders) {
+            case .success(let members):
+                headers += members.kept
+                droppedHeaderMembers += members.dropped
             case .failure(let failure): return poison(failure.reason)
             }
         }
@@ -276,7 +278,7 @@ public struct OutboxRouter: Sendable {
 
     /// A logical decoding message: nil if its prefix is not ours or it is not
     /// transactional; else the event or why its content cannot be one.
-    public func route(
+    public mutating func route(
         _ message: LogicalMessage, lsn: LSN, commitTime: PostgresTimestamp
     ) -> Result<
         OutboxEvent, PoisonEvent
@@ -326,8 +328,10 @@ public struct OutboxRouter: Sendable {
         var headers: [(name: String, value: String)] = [("id", id), ("type", type)]
         if let name = config.headersColumn, let m = member(name), m.kind != .null {
             guard m.kind == .object else { return poison("member \"\(name)\" is not a JSON object") }
-            switch Self.headerMembers(Array(content[m.range]), column: name) {
-            case .success(let more): headers += more
+            switch Self.headerMembers(Array(content[m.range]), column: name, reserved: reservedHeaders) {
+            case .success(let more):
+                headers += more.kept
+                droppedHeaderMembers += more.dropped
             case .failure(let failure): return poison(failure.reason)
             }
         }
@@ -370,22 +374,48 @@ public struct OutboxRouter: Sendable {
         return nil
     }
 
-    /// Members of a JSON object as headers: strings unescaped, other values as JSON text.
+    /// Header names the relay sets itself: `id`, `type`, `lsn` (the Kafka sink adds
+    /// it) and the configured extra columns' headers. A `headers` member with one of
+    /// these names would duplicate it (Java's `lastHeader("id")` would return the
+    /// member), so it is dropped and counted, never passed on.
+    public var reservedHeaders: Set<String> {
+        Set(["id", "type", "lsn"] + config.headerColumns.map(\.header))
+    }
+
+    /// `headers` members dropped because they used a reserved name, since the router was made.
+    public private(set) var droppedHeaderMembers = 0
+
+    /// Members of a JSON object as headers: strings unescaped, other values as
+    /// JSON text; JSON `null` means no headers; members with a reserved name are
+    /// dropped (counted in `dropped`). Anything but an object or null is a poison row.
     static func headerMembers(
-        _ raw: [UInt8], column: String
-    ) -> Result<
-        [(name: String, value: String)], Failure
-    > {
+        _ raw: [UInt8], column: String, reserved: Set<String>
+    ) -> Result<(kept: [(name: String, value: String)], dropped: Int), Failure> {
+        let first = raw.first { $0 != 32 && $0 != 9 && $0 != 10 && $0 != 13 }
+        if first == 110, String(decoding: raw, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) == "null" {
+            return .success(([], 0))
+        }
+        let kind: String? =
+            switch first {
+            case 91: "an array"
+            case 34: "a string"
+            case 116, 102: "a boolean"
+            case .some(let c) where c == 45 || (48...57).contains(c): "a number"
+            default: nil
+            }
+        if let kind { return Self.fail("column \"\(column)\" must be a JSON object or null, not \(kind)") }
         do {
-            return .success(
-                try JSONText.objectMembers(raw).map { m throws(JSONText.SyntaxError) in
-                    (
-                        m.name,
-                        m.kind == .string
-                            ? try JSONText.stringValue(raw, m.range)
-                            : String(decoding: raw[m.range], as: UTF8.self)
-                    )
-                })
+            var kept: [(name: String, value: String)] = []
+            var dropped = 0
+            for m in try JSONText.objectMembers(raw) {
+                if reserved.contains(m.name) {
+                    dropped += 1
+                    continue
+                }
+                kept.append(
+                    (m.name, m.kind == .string ? try JSONText.stringValue(raw, m.range) : String(decoding: raw[m.range], as: UTF8.self)))
+            }
+            return .success((kept, dropped))
         } catch {
             return Self.fail("column \"\(column)\" is not a JSON object: \(error)")
         }

@@ -23,6 +23,8 @@ public struct RelayStats: Sendable, Equatable {
     /// Messages with another prefix, or non-transactional ones (which could be phantom events).
     public var ignoredMessages = 0
     public var nonTransactionalMessages = 0
+    /// `headers` members dropped because they used a name the relay sets itself (`id`, `type`, `lsn`, …).
+    public var droppedHeaderMembers = 0
     public var reconnects = 0
     public var statusUpdates = 0
     /// Polling mode: claim queries run, and those that found rows.

@@ -185,6 +185,7 @@ public struct StreamMachine: Sendable {
     /// Counters and positions; the driver adds its own (state, latency, reachability).
     public var stats: RelayStats {
         var snapshot = counters
+        snapshot.droppedHeaderMembers = router.droppedHeaderMembers
         if recentTopicCount > 0 { snapshot.eventsByTopic[recentTopic, default: 0] += recentTopicCount }
         snapshot.confirmedLSN = reportedFlush
         snapshot.inFlightEvents = inFlightEvents

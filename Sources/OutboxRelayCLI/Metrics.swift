@@ -37,6 +37,7 @@ enum PrometheusText {
             single("polls_total", "counter", "Claim queries run.", stats.polls)
         }
         single("in_flight_events", "gauge", "Events sent and not yet acknowledged.", stats.inFlightEvents)
+        single("header_members_dropped_total", "counter", "Members of the headers column dropped because they used a header name the relay sets itself (id, type, lsn, extra columns).", stats.droppedHeaderMembers)
         single("in_flight_bytes", "gauge", "Key and value bytes of those events.", stats.inFlightBytes)
         if mode == "run" {
             single("confirmed_lsn", "gauge", "The flush LSN confirmed to PostgreSQL, as a number.", stats.confirmedLSN.rawValue)

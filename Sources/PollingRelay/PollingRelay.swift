@@ -407,6 +407,7 @@ public final class PollingRelay: RelayService, @unchecked Sendable {
 
     private func publish() {
         stats.sinkReachable = sink.isReachable
+        stats.droppedHeaderMembers = router.droppedHeaderMembers
         let snapshot = stats
         published.withLock { $0 = snapshot }
     }

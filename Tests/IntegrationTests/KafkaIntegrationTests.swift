@@ -129,6 +129,32 @@ struct KafkaIntegrationTests {
         await running.stop()
     }
 
+    /// A `headers` member named like the relay's own headers never becomes a second
+    /// header of that name (consumers dedupe on `id`); `null` means no headers.
+    @Test func headersColumnCannotSpoofTheEventIDAndNullMeansNone() async throws {
+        let outbox = try TestOutbox()
+        let route = outbox.name
+        let running = RunningRelay(config: outbox.config(), sink: try TestKafka.sink())
+        try await running.waitFor("streaming") { $0.state == .streaming }
+        try outbox.sql.query(
+            """
+            INSERT INTO \(outbox.schema).outbox (id, aggregatetype, aggregateid, type, payload, headers) VALUES
+            ('00000000-0000-0000-0000-0000000000a1', '\(route)', 'k', 'Created', '{}', '{"id": "forged", "type": "Forged", "lsn": "0/1", "trace": "t-1"}'),
+            ('00000000-0000-0000-0000-0000000000a2', '\(route)', 'k', 'Created', '{}', 'null'::jsonb)
+            """)
+        try await running.waitFor("acknowledged") { $0.eventsAcknowledged == 2 }
+        let records = try TestKafka.read("outbox.event.\(route)", count: 2, seconds: 5)
+        #expect(records.count == 2)
+        let spoofed = try #require(records.first)
+        #expect(spoofed.headers.filter { $0.0 == "id" }.map(\.1) == ["00000000-0000-0000-0000-0000000000a1"])
+        #expect(spoofed.headers.filter { $0.0 == "type" }.map(\.1) == ["Created"])
+        #expect(spoofed.headers.filter { $0.0 == "lsn" }.count == 1 && spoofed.header("lsn") != "0/1")
+        #expect(spoofed.header("trace") == "t-1")
+        #expect(records[1].headers.map(\.0) == ["id", "type", "lsn"])
+        #expect(running.relay.currentStats.droppedHeaderMembers == 3)
+        await running.stop()
+    }
+
     @Test func perKeyOrderOverTenThousandEventsFromEightWriters() async throws {
         let outbox = try TestOutbox()
         let route = outbox.name

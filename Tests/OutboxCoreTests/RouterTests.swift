@@ -1,5 +1,5 @@
 import Foundation
-import OutboxCore
+@testable import OutboxCore
 import PGOutput
 import TestFixtures
 import Testing
@@ -59,7 +59,7 @@ struct RouterTests {
         let (_, poison, _) = try routeFixture()
         let reasons = Dictionary(uniqueKeysWithValues: poison.compactMap { p in p.id.map { ($0, p) } })
         #expect(reasons["r2"]?.reason == #"column "aggregateid" is NULL"#)
-        #expect(reasons["r3"]?.reason.hasPrefix(#"column "headers" is not a JSON object"#) == true)
+        #expect(reasons["r3"]?.reason == #"column "headers" must be a JSON object or null, not an array"#)
         #expect(
             reasons["r4"]?.reason.contains(#"topic "outbox.event.bad topic/x" is not a valid topic name"#)
                 == true)
@@ -134,5 +134,30 @@ struct RouterTests {
             config.validate() == [
                 #"topic template "x.{aggregate}" has an unknown placeholder; use {aggregatetype} and {type}"#
             ])
+    }
+
+    @Test func headersMembersNeverSpoofTheRelaysOwnHeaders() {
+        let reserved: Set<String> = ["id", "type", "lsn", "tenant"]
+        let spoof = Array(#"{"id": "forged", "type": "Forged", "lsn": "0/1", "tenant": "x", "trace": "t-1"}"#.utf8)
+        guard case .success(let members) = OutboxRouter.headerMembers(spoof, column: "headers", reserved: reserved) else {
+            Issue.record("a spoofing object is still an object")
+            return
+        }
+        #expect(members.kept.map(\.name) == ["trace"] && members.dropped == 4)
+        // null is valid JSON and means no headers; other JSON values are poison with an accurate reason.
+        guard case .success(let none) = OutboxRouter.headerMembers(Array(" null ".utf8), column: "headers", reserved: reserved)
+        else {
+            Issue.record("null must mean no headers")
+            return
+        }
+        #expect(none.kept.isEmpty && none.dropped == 0)
+        for (json, kind) in [(#""text""#, "a string"), ("42", "a number"), ("true", "a boolean"), ("[]", "an array")] {
+            guard case .failure(let failure) = OutboxRouter.headerMembers(Array(json.utf8), column: "headers", reserved: reserved)
+            else {
+                Issue.record("\(json) must be a poison row")
+                continue
+            }
+            #expect(failure.reason == "column \"headers\" must be a JSON object or null, not \(kind)")
+        }
     }
 }
