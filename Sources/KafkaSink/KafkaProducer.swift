@@ -32,7 +32,9 @@ final class KafkaProducer {
             guard rd_kafka_conf_set(conf, key, value, &errorText, errorText.count) == RD_KAFKA_CONF_OK
             else {
                 rd_kafka_conf_destroy(conf)
-                throw ConfigurationError(description: "Kafka property \(key): \(Self.text(errorText))")
+                // librdkafka's text quotes the value: never for a secret.
+                let reason = KafkaSinkConfig.isSecret(key) ? "invalid value (not shown: a secret)" : Self.text(errorText)
+                throw ConfigurationError(description: "Kafka property \(key): \(reason)")
             }
         }
         rd_kafka_conf_set_events(

@@ -64,6 +64,11 @@ public struct KafkaSinkConfig: Sendable {
     }
 }
 
+/// A librdkafka property (`-X`) that librdkafka refuses: a usage error (exit 64), named by its key.
+public struct KafkaConfigurationError: Error, CustomStringConvertible {
+    public var description: String
+}
+
 /// `EventSink` over librdkafka.
 ///
 /// - Key = the aggregate id; value = the payload bytes exactly as stored
@@ -119,6 +124,8 @@ public final class KafkaSink: EventSink {
         self.logger = logger
         do {
             producer = try KafkaProducer(configuration: config.effectiveProperties)
+        } catch let error as KafkaProducer.ConfigurationError {
+            throw KafkaConfigurationError(description: error.description)
         } catch {
             throw SinkError("\(error)")
         }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import KafkaSink
 import Logging
 import OutboxCore
 import OutboxRelay
@@ -172,7 +173,7 @@ struct Run: AsyncParsableCommand {
             eventSink = try sinkOptions.makeSink(logger: logger, transactionalID: transactionalID)
         } catch {
             logger.critical("\(error)")
-            throw ExitCode(1)
+            throw ExitCode(error is KafkaConfigurationError ? 64 : 1)
         }
         let relay = Relay(config: config, sink: eventSink, logger: logger)
         logger.info(

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import KafkaSink
 import Logging
 import OutboxCore
 import OutboxRelay
@@ -93,7 +94,7 @@ struct Poll: AsyncParsableCommand {
         let eventSink: any EventSink
         do { eventSink = try sinkOptions.makeSink(logger: logger) } catch {
             logger.critical("\(error)")
-            throw ExitCode(1)
+            throw ExitCode(error is KafkaConfigurationError ? 64 : 1)
         }
         let relay = PollingRelay(config: config, sink: eventSink, logger: logger)
         logger.info("starting", metadata: ["source": "\(Conninfo.redacted(config.conninfo))", "mode": "poll", "sink": "\(eventSink.name)"])

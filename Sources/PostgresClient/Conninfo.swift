@@ -1,4 +1,5 @@
 import CLibPQ
+import Glibc
 
 /// Helpers for libpq connection strings (`key=value …` or `postgresql://` URIs).
 public enum Conninfo {
@@ -28,16 +29,44 @@ public enum Conninfo {
         return parts.isEmpty ? "<defaults from the environment>" : parts.joined(separator: " ")
     }
 
-    /// nil when libpq accepts the string, else libpq's reason (which never echoes a password).
+    /// nil when libpq accepts the string, else what is wrong with it, in words that
+    /// never repeat any part of the string: libpq's own parse errors quote the
+    /// text around the mistake (`missing "=" after "<the rest of a password>"`,
+    /// the whole URI for an unclosed `[`), so they are mapped, never passed on.
     public static func validate(_ conninfo: String) -> String? {
+        if conninfo.utf8.contains(0) { return "it contains a NUL byte" }
         var error: UnsafeMutablePointer<CChar>?
         guard let options = PQconninfoParse(conninfo, &error) else {
-            defer { if let error { PQfreemem(error) } }
-            return error.map { String(cString: $0).trimmingTrailingNewlines }
-                ?? "invalid connection string"
+            let libpq = error.map { String(cString: $0) } ?? ""
+            if let error { PQfreemem(error) }
+            return describe(parseError: libpq, uri: conninfo.hasPrefix("postgres://") || conninfo.hasPrefix("postgresql://"))
         }
-        PQconninfoFree(options)
+        defer { PQconninfoFree(options) }
+        var option = options
+        while let keyword = option.pointee.keyword {
+            if String(cString: keyword) == "host", let value = option.pointee.val, strchr(value, 64) != nil {
+                return
+                    "its host contains \"@\": in a URI, a password (or user) containing @, :, / or % must be percent-encoded (@ as %40)"
+            }
+            option += 1
+        }
         return nil
+    }
+
+    /// libpq's parse error (which quotes the input) as a message that quotes nothing.
+    static func describe(parseError: String, uri: Bool) -> String {
+        let quoting = uri ? "percent-encode special characters in values (@ as %40, space as %20)" : "quote values that contain spaces or quotes: password='a b', and escape ' and \\ inside them with a backslash"
+        if parseError.contains("missing \"=\"") {
+            return "a value is missing \"=\" or has an unquoted space (\(quoting))"
+        }
+        if parseError.contains("unterminated quoted string") { return "a quoted value is not closed" }
+        if parseError.contains("invalid connection option") || parseError.contains("invalid URI query parameter") {
+            return "it names an option libpq does not know (a value with an unquoted space or \"=\" can look like one; \(quoting))"
+        }
+        if parseError.contains("percent-encoded") { return "a % in the URI is not followed by two hexadecimal digits (write % as %25)" }
+        if parseError.contains("IPv6") || parseError.contains("\"]\"") { return "an IPv6 host address in [brackets] is not closed" }
+        if parseError.contains("out of memory") { return "out of memory while parsing it" }
+        return "libpq cannot parse it (\(quoting))"
     }
 }
 

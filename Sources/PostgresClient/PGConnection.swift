@@ -65,7 +65,7 @@ public final class PGConnection {
         var status = PGRES_POLLING_WRITING
         while true {
             if PQstatus(conn) == CONNECTION_BAD || status == PGRES_POLLING_FAILED {
-                return .connectionFailed(String(cString: PQerrorMessage(conn)).trimmingTrailingNewlines)
+                return .connecting(String(cString: PQerrorMessage(conn)).trimmingTrailingNewlines)
             }
             if status == PGRES_POLLING_OK { return nil }
             let left = deadline == Int.max ? -1 : deadline - monotonicMilliseconds()

@@ -5,8 +5,12 @@ import PGOutput
 /// relay reconnect with backoff; the others stop it before anything more is
 /// confirmed, because retrying could not help or could skip events.
 public enum ReplicationError: Error, Sendable, CustomStringConvertible {
-    /// Could not connect (server down, bad host, authentication failed, …).
+    /// Could not connect for a reason that may pass (server down or starting, too many connections, a timeout).
     case connectionFailed(String)
+    /// The server or libpq refused the connection for a reason no retry can fix
+    /// (wrong password, no such database or role, no REPLICATION privilege, TLS
+    /// verification, an invalid option): `fix` says what to change.
+    case connectionRejected(String, fix: String)
     /// The connection dropped or the server ended the stream.
     case connectionLost(String)
     /// Another process streams from the slot; this relay waits as a hot standby.
@@ -42,6 +46,38 @@ public enum ReplicationError: Error, Sendable, CustomStringConvertible {
         }
     }
 
+    /// Classifies a failed connection attempt by libpq's message (a connection
+    /// failure has no SQLSTATE in libpq's API): the permanent ones, which no retry
+    /// can fix, become `connectionRejected` with what to change.
+    public static func connecting(_ message: String) -> ReplicationError {
+        func any(_ needles: String...) -> Bool { needles.contains { message.contains($0) } }
+        let transient = any(
+            "the database system is starting up", "the database system is shutting down", "too many", "timeout expired",
+            "Connection refused", "server closed the connection unexpectedly", "in recovery mode", "abandoned",
+            "could not translate host name")
+        if transient { return .connectionFailed(message) }
+        let fix: String? =
+            if any("password authentication failed", "password is required", "no password supplied", "SASL authentication failed") {
+                "Fix the password (SQLSTATE 28P01); it comes from the connection string, OUTBOX_RELAY_SOURCE_FILE or ~/.pgpass"
+            } else if any("database \"") && any("does not exist") {
+                "Create the database or fix dbname (SQLSTATE 3D000)"
+            } else if any("role \"") && any("does not exist") {
+                "Create the role or fix user (SQLSTATE 28000)"
+            } else if any("no pg_hba.conf entry") {
+                "Allow this client in pg_hba.conf; `run` needs a \"replication\" line too (SQLSTATE 28000)"
+            } else if any("must be superuser or replication role", "permission denied to start WAL sender") {
+                "Give the role REPLICATION: ALTER ROLE … REPLICATION, see sql/03-relay-role.sql (SQLSTATE 42501)"
+            } else if any("certificate verify failed", "certificate", "server does not support SSL", "SSL error") {
+                "Fix the TLS settings: sslmode, sslrootcert, the server's certificate"
+            } else if any("invalid connection option", "invalid sslmode", "invalid integer value", "invalid port", "invalid value for parameter") {
+                "Fix the connection string's options"
+            } else {
+                nil
+            }
+        if let fix { return .connectionRejected(message, fix: fix) }
+        return .connectionFailed(message)
+    }
+
     /// An invalidation reason in words, with the setting behind it.
     public static func explain(invalidation reason: String) -> String {
         switch reason {
@@ -56,6 +92,7 @@ public enum ReplicationError: Error, Sendable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .connectionFailed(let m): return "cannot connect to PostgreSQL: \(m)"
+        case .connectionRejected(let m, let fix): return "PostgreSQL rejected the connection: \(m). \(fix)"
         case .connectionLost(let m): return "replication connection lost: \(m)"
         case .slotInUse(let slot, let pid):
             return

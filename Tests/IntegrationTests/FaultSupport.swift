@@ -66,12 +66,14 @@ final class PrivateCluster: @unchecked Sendable {
     private(set) var pgLib = ProcessInfo.processInfo.environment["PG_LIB"] ?? ""
 
     /// `major`: another PostgreSQL version than the suite's (scripts/pg-versions.sh fetches it).
-    init(_ settings: [String] = [], major: Int? = nil) throws {
+    /// `port`: listen there (a client may already be trying it).
+    init(_ settings: [String] = [], major: Int? = nil, port: Int? = nil) throws {
         let script = TestDatabase.repository.appendingPathComponent("scripts/pg-env.sh").path
         let versions = TestDatabase.repository.appendingPathComponent("scripts/pg-versions.sh").path
         let quoted = settings.map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }.joined(separator: " ")
         let use = major.map { "source '\(versions)' && pg_use \($0) && " } ?? ""
-        let output = try Shell.run("\(use)source '\(script)' && unset PGPORT && pg_start \(quoted) && trap - EXIT && echo \"$PG_DIR $PGPORT $PG_BIN $PG_LIB\"")
+        let wanted = port.map { "PGPORT_WANTED=\($0) " } ?? ""
+        let output = try Shell.run("\(use)source '\(script)' && unset PGPORT && \(wanted)pg_start \(quoted) && trap - EXIT && echo \"$PG_DIR $PGPORT $PG_BIN $PG_LIB\"")
         let parts = output.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
         guard parts.count >= 3, let port = Int(parts[1]) else { throw ShellError(message: "pg_start printed \(output)") }
         directory = parts[0]
