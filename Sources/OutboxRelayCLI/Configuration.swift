@@ -35,14 +35,22 @@ struct ConfigurationSources {
     }
 
     /// The options a command declares, read from ArgumentParser's own
-    /// description of it (the JSON behind `--experimental-dump-help`), so this
-    /// list can never drift from the flags and `--help`. `-X` (short only) is
-    /// `kafka-property`.
-    static func options(of command: any ParsableCommand.Type) -> [Option] {
+    /// description of it — the JSON its public `--experimental-dump-help` flag
+    /// prints, obtained through the public `parseAsRoot` and `fullMessage(for:)`
+    /// — so this list can never drift from the flags and `--help`. `-X` (short
+    /// only) is `kafka-property`. A description it cannot read is an error, never
+    /// an empty list: environment and file configuration must not stop silently.
+    static func options(of name: String, root: any ParsableCommand.Type) throws -> [Option] {
+        var dump = ""
+        do { _ = try root.parseAsRoot([name, "--experimental-dump-help"]) } catch { dump = root.fullMessage(for: error) }
         guard
-            let json = try? JSONSerialization.jsonObject(with: Data(command._dumpHelp().utf8)) as? [String: Any],
+            let json = try? JSONSerialization.jsonObject(with: Data(dump.utf8)) as? [String: Any],
             let info = json["command"] as? [String: Any], let arguments = info["arguments"] as? [[String: Any]]
-        else { return [] }
+        else {
+            throw Problem(
+                description:
+                    "cannot read the options of `\(name)` from ArgumentParser's --experimental-dump-help; environment and config-file settings would be ignored")
+        }
         return arguments.compactMap { argument in
             let names = (argument["names"] as? [[String: Any]]) ?? []
             let long = names.first { $0["kind"] as? String == "long" }?["name"] as? String
@@ -57,8 +65,13 @@ struct ConfigurationSources {
     }
 
     /// Each subcommand's options by command name.
-    static func commands(_ subcommands: [any ParsableCommand.Type]) -> [String: [Option]] {
-        Dictionary(uniqueKeysWithValues: subcommands.map { ($0._commandName, options(of: $0)) })
+    static func commands(of root: any ParsableCommand.Type) throws -> [String: [Option]] {
+        var commands: [String: [Option]] = [:]
+        for subcommand in root.configuration.subcommands {
+            let name = subcommand.configuration.commandName ?? String(describing: subcommand).lowercased()
+            commands[name] = try options(of: name, root: root)
+        }
+        return commands
     }
 
     /// The merged command line, and where each injected option came from.
@@ -90,10 +103,19 @@ struct ConfigurationSources {
             let text: String
             do { text = try readFile(configPath) } catch { throw Problem(description: "cannot read config file \(configPath): \(error)") }
             file = try Self.parse(text, path: configPath)
-            let known = Set(commands.values.flatMap { $0.map(\.name) } + ["kafka-properties"])
+            let all = commands.values.flatMap { $0 }
+            let known = Set(all.map(\.name) + ["kafka-properties"])
+            let repeatable = Set(all.filter { $0.kind == .repeated }.map(\.name) + ["kafka-properties"])
+            var firstLine: [String: Int] = [:]
             for entry in file {
                 let key = entry.key.hasSuffix("-file") ? String(entry.key.dropLast(5)) : entry.key
                 if !known.contains(key) { throw Problem(description: "config file \(configPath) line \(entry.line): unknown option \"\(entry.key)\"") }
+                // A repeated key of a single-valued option is a mistake, not "the last one wins".
+                if !repeatable.contains(key), let earlier = firstLine[key] {
+                    throw Problem(
+                        description: "config file \(configPath) lines \(earlier) and \(entry.line) both set \"\(key)\", which takes one value")
+                }
+                firstLine[key] = firstLine[key] ?? entry.line
             }
         }
 
@@ -123,6 +145,7 @@ struct ConfigurationSources {
                 }
             }
             guard !origin.isEmpty else { continue }
+            for value in values { try Self.checkControlCharacters(value, origin: origin) }
             switch option.kind {
             case .flag:
                 switch values.first?.lowercased() ?? "" {
@@ -141,9 +164,19 @@ struct ConfigurationSources {
         self.arguments = [command] + injected + arguments.dropFirst()
     }
 
+    /// A file's text, without a UTF-8 byte order mark (editors on Windows write one).
     static func readFile(_ path: String) throws -> String {
         guard let data = FileManager.default.contents(atPath: path) else { throw Problem(description: "not readable") }
-        return String(decoding: data, as: UTF8.self)
+        let text = String(decoding: data, as: UTF8.self)
+        return text.hasPrefix("\u{FEFF}") ? String(text.dropFirst()) : text
+    }
+
+    /// Control characters (NUL and the rest of C0 but tab) make no sense in a
+    /// value and can hide what it is: refused, naming where, never the value.
+    static func checkControlCharacters(_ value: String, origin: String) throws {
+        if value.unicodeScalars.contains(where: { $0.value < 32 && $0 != "\t" || $0.value == 127 }) {
+            throw Problem(description: "\(origin): the value contains a control character (NUL, a line break, …)")
+        }
     }
 
     /// A value read from a file: the whole file without its trailing newline;
@@ -155,7 +188,9 @@ struct ConfigurationSources {
             return text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty && !$0.hasPrefix("#") }
         }
         var value = Substring(text)
-        while value.last == "\n" || value.last == "\r" { value = value.dropLast() }
+        while let last = value.unicodeScalars.last, last == "\n" || last == "\r" {
+            value = Substring(value.unicodeScalars.dropLast())
+        }
         return [String(value)]
     }
 
@@ -167,6 +202,8 @@ struct ConfigurationSources {
     /// `key = value` lines; keys may use `-` or `_`; values may be double-quoted.
     static func parse(_ text: String, path: String) throws -> [(key: String, value: String, line: Int)] {
         var entries: [(key: String, value: String, line: Int)] = []
+        // A byte order mark and CRLF line ends (files written on Windows) are accepted.
+        let text = (text.hasPrefix("\u{FEFF}") ? String(text.dropFirst()) : text).replacingOccurrences(of: "\r\n", with: "\n")
         for (number, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             let line = raw.trimmingCharacters(in: .whitespaces)
             if line.isEmpty || line.hasPrefix("#") { continue }
@@ -176,6 +213,7 @@ struct ConfigurationSources {
             let key = line[..<equals].trimmingCharacters(in: .whitespaces).replacingOccurrences(of: "_", with: "-")
             var value = line[line.index(after: equals)...].trimmingCharacters(in: .whitespaces)
             if value.count >= 2 && value.hasPrefix("\"") && value.hasSuffix("\"") { value = String(value.dropFirst().dropLast()) }
+            try checkControlCharacters(value, origin: "config file \(path) line \(number + 1)")
             entries.append((key, value, number + 1))
         }
         return entries

@@ -32,7 +32,7 @@ struct OutboxRelayCommand: AsyncParsableCommand {
         do {
             sources = try ConfigurationSources(
                 arguments: Array(CommandLine.arguments.dropFirst()), environment: ProcessInfo.processInfo.environment,
-                commands: ConfigurationSources.commands(configuration.subcommands))
+                commands: ConfigurationSources.commands(of: OutboxRelayCommand.self))
         } catch {
             FileHandle.standardError.write(Data("Error: \(error)\n".utf8))
             Foundation.exit(64)

@@ -109,4 +109,30 @@ struct MistakeTests {
         #expect(await Self.exitCode(cli) == 64)
         #expect(cli.stderr.contains("linger.ms"))
     }
+
+    @Test func configFilesAcceptBOMAndCRLFAndRefuseRepeatsAndControlCharacters() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("config-\(UUID())")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        func write(_ name: String, _ bytes: [UInt8]) throws -> String {
+            let path = directory.appendingPathComponent(name).path
+            FileManager.default.createFile(atPath: path, contents: Data(bytes))
+            return path
+        }
+        let source = "source = \(TestDatabase.conninfo!)"
+        let windows = try write("windows.conf", [0xEF, 0xBB, 0xBF] + Array("\(source)\r\nslot = from_windows_file\r\nformat = json\r\n".utf8))
+        let ok = try CLI.start(["status", "--config", windows])
+        _ = await Self.exitCode(ok)
+        #expect(ok.stdout.contains("from_windows_file") && ok.stdout.hasPrefix("{"), "BOM and CRLF accepted: \(ok.stdout) \(ok.stderr)")
+
+        let repeated = try write("repeated.conf", Array("\(source)\nslot = a\n# later\nslot = b\n".utf8))
+        let twice = try CLI.start(["status", "--config", repeated])
+        #expect(await Self.exitCode(twice) == 64)
+        #expect(twice.stderr.contains("lines 2 and 4 both set \"slot\""), "\(twice.stderr)")
+
+        let nul = try write("nul.conf", Array("\(source)\nslot = a".utf8) + [0] + Array("b\n".utf8))
+        let control = try CLI.start(["status", "--config", nul])
+        #expect(await Self.exitCode(control) == 64)
+        #expect(control.stderr.contains("line 2: the value contains a control character"), "\(control.stderr)")
+    }
 }
