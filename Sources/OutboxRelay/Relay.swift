@@ -70,6 +70,8 @@ public enum RelayError: Error, Sendable, CustomStringConvertible {
     case database(ReplicationError)
     /// A row or message that cannot become an event, with no dead-letter destination.
     case poison(PoisonEvent)
+    /// The same, read from a slot: it can be skipped on purpose with `skipCommand`.
+    case poisonInLog(PoisonEvent, skipCommand: String)
     case sink(String)
     /// The sink dropped what it had not delivered and can go on (`SinkError.retryable`):
     /// the session ends and its events are read again.
@@ -85,6 +87,9 @@ public enum RelayError: Error, Sendable, CustomStringConvertible {
         case .database(.connectionLost(let m)): return "database connection lost: \(m)"
         case .database(let e): return e.description
         case .poison(let p): return SessionEnd.poison(p).description
+        case .poisonInLog(let p, let skip):
+            return SessionEnd.poison(p).description
+                + ". Or, if that transaction must never be relayed, skip exactly it: `\(skip)` (then restart)"
         case .sink(let m): return "sink failed: \(m)"
         case .sinkInterrupted(let m): return "sink interrupted: \(m)"
         case .unexpectedMessage(let m): return m
@@ -313,7 +318,7 @@ public final class Relay: RelayService, @unchecked Sendable {
                     try finish(session, report)
                     return
                 case .end(let reason):
-                    throw .session(reason)
+                    throw sessionEnded(reason)
                 }
                 try afterTurn(watch)
             }
@@ -373,8 +378,17 @@ public final class Relay: RelayService, @unchecked Sendable {
             }
             try carryOut(machine.deadLetterResult(poison, accepted: accepted))
         case .end(let reason):
-            throw .session(reason)
+            throw sessionEnded(reason)
         }
+    }
+
+    /// A poison row from the log names the command that skips its transaction.
+    private func sessionEnded(_ reason: SessionEnd) -> RelayError {
+        guard case .poison(let poison) = reason else { return .session(reason) }
+        return .poisonInLog(
+            poison,
+            skipCommand:
+                "outbox-relay skip --slot \(config.replication.slot) --publication \(config.replication.publication) --lsn \(poison.lsn)")
     }
 
     /// One `poll(2)` on the PostgreSQL socket (when reading), the sink's wake-up

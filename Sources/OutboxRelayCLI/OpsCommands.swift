@@ -171,6 +171,132 @@ struct RecreateSlot: ParsableCommand {
     }
 }
 
+/// `outbox-relay skip`: moves a slot past exactly one transaction on purpose, as
+/// PostgreSQL's `ALTER SUBSCRIPTION … SKIP (lsn = …)` does: the one whose commit
+/// LSN a poison-row error named, and only if it is the next one in the slot.
+/// Exit codes: 0 skipped; 1 refused (not the next transaction, slot in use, …); 64 bad usage.
+struct Skip: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Skip exactly one transaction of a slot — the one whose commit LSN the relay's poison-row error named — dropping its events on purpose.",
+        discussion: """
+            Refuses when the next transaction waiting in the slot does not commit at --lsn (so a typo or a \
+            stale LSN skips nothing), or when a relay holds the slot. Logs the commit and end LSN and every \
+            event it drops. Stop the relay first; start it again afterwards.
+            """)
+
+    @OptionGroup(title: "Database") var database: SourceOptions
+
+    @Option(help: "Logical replication slot (not in use).")
+    var slot = "outbox_slot"
+
+    @Option(help: "Publication the relay streams.")
+    var publication = "outbox_pub"
+
+    @Option(help: ArgumentHelp("Commit LSN of the transaction to skip, as the relay's error printed it.", valueName: "X/Y"))
+    var lsn: String
+
+    @OptionGroup(title: "Routing") var routingOptions: RoutingOptions
+    @OptionGroup(title: "Logging") var logOptions: LogOptions
+
+    func validate() throws {
+        if let problem = ReplicationOptions.validateSlotName(slot) { throw ValidationError("--slot: \(problem)") }
+        if LSN(string: lsn) == nil { throw ValidationError("--lsn must be an LSN like 0/16B3748, got \"\(lsn)\"") }
+    }
+
+    func run() throws {
+        let logger = logOptions.bootstrap()
+        let target = LSN(string: lsn)!
+        do {
+            let connection = try PGConnection(conninfo: database.resolved()!, replication: false, applicationName: "outbox-relay-skip")
+            let state = try connection.query("SELECT active FROM pg_replication_slots WHERE slot_name = \(connection.literal(slot))")
+            guard state.count == 1 else { throw SkipRefused("slot \"\(slot)\" does not exist") }
+            guard state[0, "active"] != "t" else { throw SkipRefused("slot \"\(slot)\" is in use: stop the relay first") }
+            // The next transaction only (upto_nchanges 1 still returns it whole), without consuming it.
+            let rows = try connection.query(
+                """
+                SELECT data FROM pg_logical_slot_peek_binary_changes(\(connection.literal(slot)), NULL, 1,
+                    'proto_version', '1', 'publication_names', \(connection.literal(connection.identifier(publication))), 'messages', 'true')
+                """, label: "reading the slot's next transaction")
+            var decoder = PGOutputDecoder()
+            var router = OutboxRouter(config: routingOptions.routing())
+            var commitLSN: LSN?
+            var endLSN: LSN?
+            var dropped: [String] = []
+            for index in 0..<rows.count {
+                guard let hex = rows[index, "data"], let bytes = Self.bytes(fromHex: hex) else { continue }
+                switch try decoder.decode(bytes) {
+                case .begin(let begin): commitLSN = begin.finalLSN
+                case .relation(let relation): router.relationChanged(relation)
+                case .insert(let insert):
+                    switch router.route(insert, lsn: commitLSN ?? .zero, commitTime: PostgresTimestamp(rawValue: 0)) {
+                    case .success(let event)?: dropped.append("id=\(event.id) type=\(event.type)")
+                    case .failure(let poison)?: dropped.append("id=\(poison.id ?? "?") (poison: \(poison.reason))")
+                    case nil: break
+                    }
+                case .message(let message) where message.isTransactional:
+                    switch router.route(message, lsn: commitLSN ?? .zero, commitTime: PostgresTimestamp(rawValue: 0)) {
+                    case .success(let event)?: dropped.append("message id=\(event.id) type=\(event.type)")
+                    case .failure(let poison)?: dropped.append("message (poison: \(poison.reason))")
+                    case nil: break
+                    }
+                case .commit(let commit): endLSN = commit.endLSN
+                default: break
+                }
+                if endLSN != nil { break }
+            }
+            guard let commitLSN, let endLSN else {
+                throw SkipRefused("slot \"\(slot)\" has no complete transaction waiting; nothing skipped")
+            }
+            guard commitLSN == target else {
+                throw SkipRefused(
+                    "the next transaction in slot \"\(slot)\" commits at \(commitLSN), not \(target); nothing skipped (it may have been skipped or relayed already)")
+            }
+            try connection.query(
+                "SELECT pg_replication_slot_advance(\(connection.literal(slot)), '\(endLSN)'::pg_lsn)", label: "advancing the slot")
+            logger.warning(
+                "skipped one transaction on purpose: its events are not relayed",
+                metadata: [
+                    "slot": "\(slot)", "commit_lsn": "\(commitLSN)", "end_lsn": "\(endLSN)", "events": "\(dropped.count)",
+                    "dropped": "\(dropped.prefix(50).joined(separator: "; "))\(dropped.count > 50 ? "; …" : "")",
+                ])
+        } catch let refused as SkipRefused {
+            logger.critical("\(refused.message)")
+            throw ExitCode(1)
+        } catch {
+            logger.critical("\(error)")
+            throw ExitCode(1)
+        }
+    }
+
+    struct SkipRefused: Error {
+        var message: String
+        init(_ message: String) { self.message = message }
+    }
+
+    /// bytea's text form `\x…` as bytes.
+    static func bytes(fromHex text: String) -> [UInt8]? {
+        let hex = Array(text.utf8.dropFirst(2))
+        guard text.hasPrefix("\\x"), hex.count % 2 == 0 else { return nil }
+        func nibble(_ c: UInt8) -> UInt8? {
+            switch c {
+            case 48...57: c - 48
+            case 97...102: c - 87
+            case 65...70: c - 55
+            default: nil
+            }
+        }
+        var out: [UInt8] = []
+        out.reserveCapacity(hex.count / 2)
+        var i = 0
+        while i < hex.count {
+            guard let high = nibble(hex[i]), let low = nibble(hex[i + 1]) else { return nil }
+            out.append(high << 4 | low)
+            i += 2
+        }
+        return out
+    }
+}
+
 /// `outbox-relay tail`: decoded events from a slot, printed as NDJSON, without
 /// confirming anything (the slot's position does not move).
 struct Tail: AsyncParsableCommand {

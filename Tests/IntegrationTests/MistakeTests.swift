@@ -135,4 +135,38 @@ struct MistakeTests {
         #expect(await Self.exitCode(control) == 64)
         #expect(control.stderr.contains("line 2: the value contains a control character"), "\(control.stderr)")
     }
+
+    /// A poison transaction stops the relay, whose error names the command that
+    /// skips exactly it; the command refuses any other LSN.
+    @Test func skipMovesPastExactlyThePoisonTransaction() async throws {
+        let outbox = try TestOutbox()
+        let file = SinkFile()
+        defer { file.remove() }
+        let arguments = SlotLossTests.runArguments(outbox, file: file)
+        let relay = try CLI.start(arguments)
+        try await relay.waitForStderr("msg=streaming")
+        let good = try outbox.insert(1)
+        let poisonID = try outbox.sql.query(
+            "INSERT INTO \(outbox.schema).outbox (aggregatetype, aggregateid, type, payload, headers) VALUES ('order', 'k', 'Bad', '{}', '[1]') RETURNING id::text")[0, "id"]!
+        let after = try outbox.insert(1)
+        #expect(await Self.exitCode(relay) == 1)
+        let pattern = try Regex(#"outbox-relay skip --slot \S+ --publication \S+ --lsn ([0-9A-F]+/[0-9A-F]+)"#)
+        let match = try #require(relay.stderr.firstMatch(of: pattern), "the error names the skip command: \(relay.stderr)")
+        let lsn = String(match.output[1].substring ?? "")
+
+        let source = ["--source", outbox.conninfo, "--slot", outbox.slot, "--publication", outbox.publication, "--table", "\(outbox.schema).outbox"]
+        let wrong = try CLI.start(["skip", "--lsn", "0/1"] + source)
+        #expect(await Self.exitCode(wrong) == 1)
+        #expect(wrong.stderr.contains("commits at \(lsn), not 0/1; nothing skipped"), "\(wrong.stderr)")
+        let skip = try CLI.start(["skip", "--lsn", lsn] + source)
+        #expect(await Self.exitCode(skip) == 0, "\(skip.stderr)")
+        #expect(skip.stderr.contains("skipped one transaction on purpose") && skip.stderr.contains(poisonID), "\(skip.stderr)")
+
+        let resumed = try CLI.start(arguments)
+        defer { _ = resumed.terminate() }
+        let ids = try await file.waitForEvents(2).compactMap { $0["id"] as? String }
+        #expect(ids == good + after, "the good events, the poison one never")
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(!(try crashEvents(fromFile: file.path).map(\.id).contains(poisonID)))
+    }
 }

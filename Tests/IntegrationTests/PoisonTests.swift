@@ -39,7 +39,7 @@ struct PoisonTests {
         let reasons = Dictionary(uniqueKeysWithValues: dead.map { ($0.key ?? "", $0.header("dlq.reason") ?? "") })
         #expect(reasons["00000000-0000-0000-0000-000000000002"] == #"column "aggregateid" is NULL"#)
         #expect(reasons["00000000-0000-0000-0000-000000000003"]?.contains(#"column "headers" is not a JSON object"#) == true)
-        #expect(reasons["00000000-0000-0000-0000-000000000004"]?.contains(#"column "headers" is not a JSON object"#) == true)
+        #expect(reasons["00000000-0000-0000-0000-000000000004"]?.contains(#"column "headers" must be a JSON object or null, not an array"#) == true)
         #expect(reasons["00000000-0000-0000-0000-000000000005"]?.contains("is not a valid topic name") == true)
         let good = try TestKafka.read("\(outbox.name).ok", count: 2)
         #expect(good.compactMap { $0.header("id") } == [rows[0].id, rows[5].id])
