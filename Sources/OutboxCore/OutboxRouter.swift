@@ -443,3 +443,48 @@ public struct OutboxRouter: Sendable {
         return out
     }
 }
+
+/// `schema.table`, `table`, or either part double-quoted as in SQL (`"Sales"."Outbox"`,
+/// `"my.schema".outbox`; `""` inside quotes is one `"`). Quoted parts are taken
+/// exactly; unquoted ones as written (they are matched against the catalog's
+/// names). nil when it is not one or two non-empty parts.
+public func parseQualifiedTableName(_ text: String) -> (schema: String, name: String)? {
+    var parts: [String] = []
+    var current = ""
+    var quoted = false
+    var wasQuoted = false
+    var characters = Array(text)[...]
+    while let c = characters.popFirst() {
+        if quoted {
+            if c == "\"" {
+                if characters.first == "\"" {
+                    current.append("\"")
+                    characters = characters.dropFirst()
+                } else {
+                    quoted = false
+                }
+            } else {
+                current.append(c)
+            }
+        } else if c == "\"" {
+            guard current.isEmpty else { return nil }  // a quote in the middle of a name
+            quoted = true
+            wasQuoted = true
+        } else if c == "." {
+            guard !current.isEmpty else { return nil }
+            parts.append(current)
+            current = ""
+            wasQuoted = false
+        } else {
+            guard !wasQuoted else { return nil }  // text after a closing quote
+            current.append(c)
+        }
+    }
+    guard !quoted, !current.isEmpty else { return nil }
+    parts.append(current)
+    switch parts.count {
+    case 1: return ("public", parts[0])
+    case 2: return (parts[0], parts[1])
+    default: return nil
+    }
+}

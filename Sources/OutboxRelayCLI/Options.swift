@@ -141,7 +141,8 @@ struct RoutingOptions: ParsableArguments {
 
     func validate() throws {
         if splitTable() == nil {
-            throw ValidationError("--table must be schema.table or table, got \"\(table)\"")
+            throw ValidationError(
+                "--table must be schema.table or table, either part double-quoted when it holds dots, capitals or quotes (\"Sales\".\"Outbox\"), got \"\(table)\"")
         }
         for spec in headerColumns where spec.isEmpty || spec.hasPrefix(":") || spec.hasSuffix(":") {
             throw ValidationError("--header-column must be column or column:header, got \"\(spec)\"")
@@ -149,14 +150,7 @@ struct RoutingOptions: ParsableArguments {
         for problem in routing().validate() { throw ValidationError(problem) }
     }
 
-    func splitTable() -> (schema: String, name: String)? {
-        let parts = table.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
-        switch parts.count {
-        case 1 where !parts[0].isEmpty: return ("public", parts[0])
-        case 2 where !parts[0].isEmpty && !parts[1].isEmpty: return (parts[0], parts[1])
-        default: return nil
-        }
-    }
+    func splitTable() -> (schema: String, name: String)? { parseQualifiedTableName(table) }
 
     func routing() -> RoutingConfig {
         var routing = RoutingConfig()

@@ -160,4 +160,15 @@ struct RouterTests {
             #expect(failure.reason == "column \"headers\" must be a JSON object or null, not \(kind)")
         }
     }
+
+    @Test func qualifiedTableNamesAcceptSQLQuoting() {
+        #expect(parseQualifiedTableName("outbox")! == ("public", "outbox"))
+        #expect(parseQualifiedTableName("app.outbox")! == ("app", "outbox"))
+        #expect(parseQualifiedTableName(#""Sales"."Outbox""#)! == ("Sales", "Outbox"))
+        #expect(parseQualifiedTableName(#""my.schema"."out.box""#)! == ("my.schema", "out.box"))
+        #expect(parseQualifiedTableName(#""a""b".t"#)! == (#"a"b"#, "t"))
+        for bad in ["", ".", "a.", ".b", "a.b.c", #""open"#, #"a"b".t"#, #""x"y.t"#] {
+            #expect(parseQualifiedTableName(bad) == nil, "\(bad)")
+        }
+    }
 }
