@@ -1,16 +1,20 @@
 import Foundation
-import Glibc
+import NIOCore
+import NIOHTTP1
+import NIOPosix
 import Synchronization
 
-/// A small HTTP/1.1 server for the health probes and `/metrics`: GET and HEAD,
-/// one request per connection (`Connection: close`), on a thread of its own.
+/// The health probes and `/metrics`, on swift-nio's HTTP/1.1 server pipeline.
 ///
-/// Deliberately minimal: three read-only endpoints scraped every few seconds
-/// do not justify an event-loop framework in a sidecar. Requests are bounded
-/// (8 KiB of headers, a 2-second read timeout), so a slow or hostile client
-/// cannot hold the probes up for long or grow memory.
+/// An event loop serves every connection at once, so one slow or idle client
+/// never delays another's probe. Each connection is bounded: a request must
+/// arrive complete within `requestTimeout` of the connection (or of the last
+/// response, for keep-alive), else the connection is closed — a slow-loris
+/// client and an idle one alike; at most `maxConnections` are open (more are
+/// closed at once); a header block over NIO's limit ends the connection.
+/// `stop()` closes everything without waiting for any client.
 final class HTTPServer: @unchecked Sendable {
-    // @unchecked Sendable: `listener` is immutable; `running` is atomic; the handler is Sendable.
+    // @unchecked Sendable: immutable after init except `channel`, which is behind a Mutex.
     struct Response: Sendable {
         var status: Int
         var contentType = "text/plain; charset=utf-8"
@@ -19,127 +23,133 @@ final class HTTPServer: @unchecked Sendable {
 
     let address: String
     let port: Int
-    private let listener: Int32
-    private let handler: @Sendable (String) -> Response
-    private let running = Atomic<Bool>(true)
-    private let finished = DispatchSemaphore(value: 0)
+    static let maxConnections = 64
+    static let requestTimeout = TimeAmount.seconds(5)
 
-    /// Binds `host:port` (port 0 picks a free one; `port` says which).
+    private let group: MultiThreadedEventLoopGroup
+    private let channel: Channel
+    /// Open connections, shared with the child channels' initializers.
+    private let connections = ConnectionCount()
+
+    /// Binds `host:port` (port 0 picks a free one; `port` says which). Serving starts at once.
     init(host: String, port: Int, handler: @escaping @Sendable (_ path: String) -> Response) throws {
-        var hints = addrinfo()
-        hints.ai_family = AF_UNSPEC
-        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
-        hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV
-        var info: UnsafeMutablePointer<addrinfo>?
-        guard getaddrinfo(host, String(port), &hints, &info) == 0, let first = info else {
-            throw ServerError("cannot resolve --http-address host \"\(host)\"")
-        }
-        defer { freeaddrinfo(info) }
-        let fd = socket(first.pointee.ai_family, first.pointee.ai_socktype, first.pointee.ai_protocol)
-        guard fd >= 0 else { throw ServerError("socket: \(String(cString: strerror(errno)))") }
-        var yes: Int32 = 1
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, socklen_t(MemoryLayout<Int32>.size))
-        guard bind(fd, first.pointee.ai_addr, first.pointee.ai_addrlen) == 0 else {
-            let reason = String(cString: strerror(errno))
-            close(fd)
-            throw ServerError("cannot listen on \(host):\(port): \(reason)")
-        }
-        guard listen(fd, 64) == 0 else {
-            close(fd)
-            throw ServerError("listen: \(String(cString: strerror(errno)))")
-        }
-        var bound = sockaddr_storage()
-        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        _ = withUnsafeMutablePointer(to: &bound) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
-        let boundPort = withUnsafePointer(to: &bound) { pointer -> Int in
-            pointer.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { Int(UInt16(bigEndian: $0.pointee.sin_port)) }
-        }
-        self.listener = fd
-        self.port = boundPort
-        self.address = "\(host):\(boundPort)"
-        self.handler = handler
-    }
-
-    struct ServerError: Error, CustomStringConvertible {
-        var description: String
-        init(_ description: String) { self.description = description }
-    }
-
-    /// Serves on a new thread until `stop()`.
-    func start() {
-        Thread { [self] in
-            while running.load(ordering: .acquiring) {
-                var descriptor = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
-                guard poll(&descriptor, 1, 100) > 0 else { continue }
-                let client = accept(listener, nil, nil)
-                guard client >= 0 else { continue }
-                serve(client)
-                close(client)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let connections = self.connections
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(ChannelOptions.backlog, value: 128)
+            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { channel in
+                // Over the bound: refuse by closing, before any byte is read.
+                let admitted = connections.count.withLock { count -> Bool in
+                    guard count < Self.maxConnections else { return false }
+                    count += 1
+                    return true
+                }
+                guard admitted else { return channel.close() }
+                channel.closeFuture.whenComplete { _ in connections.count.withLock { $0 -= 1 } }
+                return channel.pipeline.configureHTTPServerPipeline(withErrorHandling: true).flatMap {
+                    channel.pipeline.addHandler(ProbeHandler(handler: handler))
+                }
             }
-            close(listener)
-            finished.signal()
-        }.start()
+        do {
+            channel = try bootstrap.bind(host: host, port: port).wait()
+        } catch {
+            try? group.syncShutdownGracefully()
+            throw ServerError("cannot listen on --http-address \(host):\(port): \(error)")
+        }
+        self.group = group
+        self.port = channel.localAddress?.port ?? port
+        self.address = host.contains(":") ? "[\(host)]:\(self.port)" : "\(host):\(self.port)"
     }
 
-    /// Stops accepting and waits for the serving thread.
+    /// Kept for the service's shape: the server serves from `init` on.
+    func start() {}
+
+    /// Closes the listener and every connection; never waits for a client.
     func stop() {
-        guard running.exchange(false, ordering: .acquiringAndReleasing) else { return }
-        finished.wait()
+        channel.close(promise: nil)
+        group.shutdownGracefully { _ in }
+    }
+}
+
+/// Open connections, shared by reference with the child channels' initializers.
+private final class ConnectionCount: Sendable {
+    let count = Mutex(0)
+}
+
+struct ServerError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// One connection: answers GET and HEAD with the handler's response; closes a
+/// connection that has not sent a complete request within the request timeout.
+private final class ProbeHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    let handler: @Sendable (String) -> HTTPServer.Response
+    private var request: HTTPRequestHead?
+    private var deadline: Scheduled<Void>?
+
+    init(handler: @escaping @Sendable (String) -> HTTPServer.Response) { self.handler = handler }
+
+    func channelActive(context: ChannelHandlerContext) {
+        armDeadline(context)
+        context.fireChannelActive()
     }
 
-    private func serve(_ client: Int32) {
-        var timeout = timeval(tv_sec: 2, tv_usec: 0)
-        setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(client, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        var request: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        while request.count < 8192 {
-            let n = buffer.withUnsafeMutableBytes { recv(client, $0.baseAddress, $0.count, 0) }
-            guard n > 0 else { break }
-            request.append(contentsOf: buffer[0..<n])
-            if request.count >= 4, request.suffix(4).elementsEqual([13, 10, 13, 10]) || containsBlankLine(request) { break }
+    /// A request must be complete within the request timeout (a slow-loris client is cut off).
+    private func armDeadline(_ context: ChannelHandlerContext) {
+        deadline?.cancel()
+        let channel = context.channel
+        deadline = context.eventLoop.scheduleTask(in: HTTPServer.requestTimeout) { channel.close(promise: nil) }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head): request = head
+        case .body: break  // probes have no body; ignored (NIO bounds the header block)
+        case .end:
+            guard let head = request else { return }
+            request = nil
+            respond(to: head, context: context)
         }
-        let line = String(decoding: request.prefix { $0 != 13 && $0 != 10 }, as: UTF8.self).split(separator: " ")
-        var response: Response
-        var head = false
-        if line.count < 2 || !String(line.last ?? "").hasPrefix("HTTP/1") {
-            response = Response(status: 400, body: "bad request\n")
-        } else if line[0] != "GET" && line[0] != "HEAD" {
-            response = Response(status: 405, body: "only GET and HEAD\n")
-        } else {
-            head = line[0] == "HEAD"
-            let path = String(line[1].split(separator: "?", maxSplits: 1).first ?? "")
+    }
+
+    private func respond(to head: HTTPRequestHead, context: ChannelHandlerContext) {
+        let response: HTTPServer.Response
+        switch head.method {
+        case .GET, .HEAD:
+            let path = String(head.uri.split(separator: "?", maxSplits: 1).first ?? "")
             response = handler(path)
+        default:
+            response = .init(status: 405, body: "only GET and HEAD\n")
         }
-        let body = Array(response.body.utf8)
-        var out = "HTTP/1.1 \(response.status) \(Self.reason(response.status))\r\n"
-        out += "Content-Type: \(response.contentType)\r\nContent-Length: \(body.count)\r\nConnection: close\r\n"
-        if response.status == 405 { out += "Allow: GET, HEAD\r\n" }
-        out += "\r\n"
-        var bytes = Array(out.utf8)
-        if !head { bytes += body }
-        var sent = 0
-        while sent < bytes.count {
-            let n = bytes[sent...].withUnsafeBytes { send(client, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            guard n > 0 else { break }
-            sent += n
+        let body = ByteBuffer(string: response.body)
+        var headers = HTTPHeaders([
+            ("Content-Type", response.contentType), ("Content-Length", "\(body.readableBytes)"),
+        ])
+        if response.status == 405 { headers.add(name: "Allow", value: "GET, HEAD") }
+        let keepAlive = head.isKeepAlive
+        headers.add(name: "Connection", value: keepAlive ? "keep-alive" : "close")
+        let status = HTTPResponseStatus(statusCode: response.status)
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
+        if head.method != .HEAD { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
+            if !keepAlive { channel.close(promise: nil) }
         }
+        if keepAlive { armDeadline(context) }
     }
 
-    private func containsBlankLine(_ bytes: [UInt8]) -> Bool {
-        guard bytes.count >= 4 else { return false }
-        for i in 0...(bytes.count - 4) where bytes[i] == 13 && bytes[i + 1] == 10 && bytes[i + 2] == 13 && bytes[i + 3] == 10 { return true }
-        return false
+    func channelInactive(context: ChannelHandlerContext) {
+        deadline?.cancel()
+        context.fireChannelInactive()
     }
 
-    static func reason(_ status: Int) -> String {
-        switch status {
-        case 200: "OK"
-        case 400: "Bad Request"
-        case 404: "Not Found"
-        case 405: "Method Not Allowed"
-        case 503: "Service Unavailable"
-        default: "Status"
-        }
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
     }
 }
