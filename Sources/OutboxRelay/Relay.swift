@@ -190,7 +190,8 @@ public final class Relay: RelayService, @unchecked Sendable {
         while !stopping {
             let attemptStart = Instant.now()
             do throws(RelayError) {
-                setState(stats.state == .starting ? .connecting : .reconnecting)
+                // A standby stays one while it retries: its line is logged once per standby period.
+                if stats.state != .standby { setState(stats.state == .starting ? .connecting : .reconnecting) }
                 let session: ReplicationSession
                 do {
                     session = try ReplicationSession(

@@ -169,4 +169,19 @@ struct MistakeTests {
         try await Task.sleep(for: .milliseconds(500))
         #expect(!(try crashEvents(fromFile: file.path).map(\.id).contains(poisonID)))
     }
+
+    @Test func aStandbyLogsOncePerStandbyPeriod() async throws {
+        let outbox = try TestOutbox()
+        let files = [SinkFile(), SinkFile()]
+        defer { files.forEach { $0.remove() } }
+        let active = try CLI.start(SlotLossTests.runArguments(outbox, file: files[0]))
+        try await active.waitForStderr("msg=streaming")
+        let standby = try CLI.start(SlotLossTests.runArguments(outbox, file: files[1]))
+        defer { _ = standby.terminate() }
+        try await standby.waitForStderr("hot standby")
+        try await Task.sleep(for: .seconds(5))  // two more retries at the default 2 s
+        #expect(standby.stderr.components(separatedBy: "waiting as hot standby").count - 1 == 1, "\(standby.stderr)")
+        #expect(active.terminate() == 0)
+        try await standby.waitForStderr("msg=streaming", within: 10)
+    }
 }
