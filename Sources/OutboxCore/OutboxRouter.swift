@@ -31,6 +31,12 @@ public struct RoutingConfig: Sendable, Equatable {
         }
     }
 
+    /// The columns events are made of (headers and extra columns included).
+    public var requiredColumns: [String] {
+        [idColumn, aggregateTypeColumn, aggregateIDColumn, typeColumn, payloadColumn] + (headersColumn.map { [$0] } ?? [])
+            + headerColumns.map(\.column)
+    }
+
     public init() {}
 
     /// Problems with the configuration itself, found before connecting.

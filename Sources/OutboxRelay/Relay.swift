@@ -43,6 +43,7 @@ public struct RelayConfig: Sendable {
     public init(replication: ReplicationOptions, routing: RoutingConfig) {
         self.replication = replication
         self.routing = routing
+        self.replication.columns = routing.requiredColumns
     }
 
     /// The stream machine's part of it.

@@ -11,6 +11,9 @@ public struct ReplicationOptions: Sendable {
     /// The outbox table the publication must publish (`schema`, `name`); nil for a
     /// message-only outbox.
     public var table: (schema: String, name: String)?
+    /// The outbox table's columns the events are made of: a generated one among
+    /// them is named at start (pgoutput before 18 never sends generated columns).
+    public var columns: [String] = []
     /// Create the slot and the publication if they are missing (first start only).
     public var createSlot: Bool
     /// pgoutput `proto_version`. The relay runs 1: transactions arrive whole at commit.
@@ -218,6 +221,7 @@ public final class ReplicationSession {
             .flatMap { $0[0, "setting"] }.flatMap { Int($0) }
 
         try Self.checkPublication(connection, options, mayCreate: mayCreate, logger: logger)
+        try Self.checkGeneratedColumns(connection, options, serverVersion: serverVersion)
     }
 
     /// `CREATE_REPLICATION_SLOT … LOGICAL pgoutput`; returns its consistent
@@ -340,6 +344,33 @@ public final class ReplicationSession {
                     "it does not include table \(table.schema).\(table.name): ALTER PUBLICATION \(options.publication) ADD TABLE \(table.schema).\(table.name)"
             )
         }
+    }
+
+    /// A configured column that is generated never reaches the relay (pgoutput
+    /// leaves generated columns out before 18, and on 18 unless the publication
+    /// says `publish_generated_columns = stored`): every row would be a poison
+    /// row "has no column". Say what it really is, at start.
+    static func checkGeneratedColumns(
+        _ c: PGConnection, _ options: ReplicationOptions, serverVersion: Int
+    ) throws(ReplicationError) {
+        guard let table = options.table, !options.columns.isEmpty else { return }
+        let qualified = c.literal("\(c.identifier(table.schema)).\(c.identifier(table.name))")
+        let names = options.columns.map { c.literal($0) }.joined(separator: ", ")
+        let published =
+            serverVersion >= 180_000
+            ? "(SELECT pubgencols = 's' FROM pg_publication WHERE pubname = \(c.literal(options.publication)))" : "false"
+        let rows = try c.query(
+            """
+            SELECT a.attname, \(published) AS published FROM pg_attribute a
+            WHERE a.attrelid = to_regclass(\(qualified)) AND a.attgenerated <> '' AND NOT a.attisdropped AND a.attname IN (\(names))
+            """, label: "checking for generated columns")
+        guard rows.count > 0, rows[0, "published"] != "t" else { return }
+        let columns = (0..<rows.count).compactMap { rows[$0, "attname"] }.map { "\"\($0)\"" }.joined(separator: ", ")
+        throw .publicationUnusable(
+            publication: options.publication,
+            reason: serverVersion >= 180_000
+                ? "column \(columns) of \(table.schema).\(table.name) is a generated column, which the publication does not publish: ALTER PUBLICATION \(options.publication) SET (publish_generated_columns = stored), or make it an ordinary column"
+                : "column \(columns) of \(table.schema).\(table.name) is a generated column: PostgreSQL \(serverVersion / 10_000) does not publish generated columns to logical replication (18 can, with publish_generated_columns = stored); make it an ordinary column")
     }
 
     /// `START_REPLICATION SLOT … LOGICAL <lsn> (…)`. The server starts at

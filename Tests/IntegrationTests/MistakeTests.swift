@@ -184,4 +184,17 @@ struct MistakeTests {
         #expect(active.terminate() == 0)
         try await standby.waitForStderr("msg=streaming", within: 10)
     }
+
+    @Test func aGeneratedColumnIsNamedAsSuch() async throws {
+        let outbox = try TestOutbox()
+        try outbox.sql.query(
+            "ALTER TABLE \(outbox.schema).outbox DROP COLUMN type, ADD COLUMN type text GENERATED ALWAYS AS ('Fixed') STORED")
+        let file = SinkFile()
+        defer { file.remove() }
+        let relay = try CLI.start(SlotLossTests.runArguments(outbox, file: file))
+        #expect(await Self.exitCode(relay) == 1)
+        // logfmt escapes the quotes around the column name.
+        #expect(relay.stderr.contains(#"column \"type\" of \#(outbox.schema).outbox is a generated column"#), "\(relay.stderr)")
+        #expect(!relay.stderr.contains("has no column"))
+    }
 }
