@@ -427,7 +427,8 @@ public struct OutboxRouter: Sendable {
         }
     }
 
-    static func decodeByteaHex(_ text: ArraySlice<UInt8>) -> [UInt8]? {
+    /// bytea's text form (`\\x` and hex digits) as bytes; nil when it is not one.
+    public static func decodeByteaHex(_ text: ArraySlice<UInt8>) -> [UInt8]? {
         guard text.count >= 2, text.first == 92, text[text.startIndex + 1] == 120, text.count % 2 == 0
         else { return nil }
         var out: [UInt8] = []

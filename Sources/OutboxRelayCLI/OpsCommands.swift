@@ -223,7 +223,7 @@ struct Skip: ParsableCommand {
             var endLSN: LSN?
             var dropped: [String] = []
             for index in 0..<rows.count {
-                guard let hex = rows[index, "data"], let bytes = Self.bytes(fromHex: hex) else { continue }
+                guard let hex = rows[index, "data"], let bytes = OutboxRouter.decodeByteaHex(Array(hex.utf8)[...]) else { continue }
                 switch try decoder.decode(bytes) {
                 case .begin(let begin): commitLSN = begin.finalLSN
                 case .relation(let relation): router.relationChanged(relation)
@@ -271,29 +271,6 @@ struct Skip: ParsableCommand {
     struct SkipRefused: Error {
         var message: String
         init(_ message: String) { self.message = message }
-    }
-
-    /// bytea's text form `\x…` as bytes.
-    static func bytes(fromHex text: String) -> [UInt8]? {
-        let hex = Array(text.utf8.dropFirst(2))
-        guard text.hasPrefix("\\x"), hex.count % 2 == 0 else { return nil }
-        func nibble(_ c: UInt8) -> UInt8? {
-            switch c {
-            case 48...57: c - 48
-            case 97...102: c - 87
-            case 65...70: c - 55
-            default: nil
-            }
-        }
-        var out: [UInt8] = []
-        out.reserveCapacity(hex.count / 2)
-        var i = 0
-        while i < hex.count {
-            guard let high = nibble(hex[i]), let low = nibble(hex[i + 1]) else { return nil }
-            out.append(high << 4 | low)
-            i += 2
-        }
-        return out
     }
 }
 
