@@ -38,10 +38,6 @@ public struct RelayStats: Sendable, Equatable {
 
     /// Events sent to the sink, per topic.
     public var eventsByTopic: [String: Int] = [:]
-    /// Send → acknowledgement, per event.
-    public var publishLatency = LatencyHistogram()
-    /// Commit (the transaction's commit timestamp) → acknowledgement, per event.
-    public var commitToPublishLatency = LatencyHistogram()
     /// Commit time of the oldest transaction not fully acknowledged (Unix µs), 0 when none.
     public var oldestPendingCommitMicros: Int64 = 0
     /// Monotonic ms of the last acknowledgement, for stall detection.
@@ -75,24 +71,12 @@ public struct RelayStats: Sendable, Equatable {
     }
 }
 
-/// A Prometheus-style histogram of latencies with fixed bucket bounds (seconds).
-public struct LatencyHistogram: Sendable, Equatable {
-    public static let bounds: [Double] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
-    /// Cumulative counts are derived when rendering; these are per bucket (+Inf last).
-    public private(set) var counts = [Int](repeating: 0, count: LatencyHistogram.bounds.count + 1)
-    public private(set) var sum = 0.0
-    public private(set) var count = 0
-
-    public init() {}
-
-    public mutating func observe(seconds: Double) {
-        var index = Self.bounds.count
-        for (i, bound) in Self.bounds.enumerated() where seconds <= bound {
-            index = i
-            break
-        }
-        counts[index] += 1
-        sum += max(0, seconds)
-        count += 1
-    }
+/// Told each event's latencies as the sink acknowledges it: a metrics backend
+/// implements it (the CLI's Prometheus exporter). Called on the relay's thread,
+/// so it must be quick and thread-safe.
+public protocol LatencyObserver: Sendable {
+    /// `publishSeconds`: from sending the transaction's first event to this
+    /// event's acknowledgement; `commitToAcknowledgedSeconds`: from the
+    /// transaction's commit timestamp to it, when the commit time is known.
+    func acknowledged(publishSeconds: Double, commitToAcknowledgedSeconds: Double?)
 }

@@ -144,8 +144,12 @@ public final class Relay: RelayService, @unchecked Sendable {
     private var timings: [(ticket: UInt64, sentAt: UInt64, commitMicros: Int64, remaining: Int)] = []
     private var timingsHead = 0
 
-    public init(config: RelayConfig, sink: any EventSink, logger: Logger) {
+    /// Told each event's latencies as it is acknowledged (metrics).
+    private let latencyObserver: (any LatencyObserver)?
+
+    public init(config: RelayConfig, sink: any EventSink, logger: Logger, latencyObserver: (any LatencyObserver)? = nil) {
         self.config = config
+        self.latencyObserver = latencyObserver
         self.sink = sink
         self.logger = logger
         self.machine = StreamMachine(configuration: config.stream)
@@ -543,10 +547,10 @@ public final class Relay: RelayService, @unchecked Sendable {
         }
         guard low < timings.count, timings[low].ticket == ticket else { return }
         timings[low].remaining -= 1
-        stats.publishLatency.observe(seconds: Double(now &- timings[low].sentAt) / 1e9)
-        if timings[low].commitMicros > 0 {
-            stats.commitToPublishLatency.observe(
-                seconds: Double(Self.wallClockMicros() - timings[low].commitMicros) / 1e6)
+        if let latencyObserver {
+            latencyObserver.acknowledged(
+                publishSeconds: Double(now &- timings[low].sentAt) / 1e9,
+                commitToAcknowledgedSeconds: timings[low].commitMicros > 0 ? Double(Self.wallClockMicros() - timings[low].commitMicros) / 1e6 : nil)
         }
         while timingsHead < timings.count && timings[timingsHead].remaining <= 0 { timingsHead += 1 }
         if timingsHead > 1024 && timingsHead * 2 > timings.count {
@@ -578,8 +582,6 @@ public final class Relay: RelayService, @unchecked Sendable {
         var snapshot = machine.stats
         snapshot.state = stats.state
         snapshot.reconnects = stats.reconnects
-        snapshot.publishLatency = stats.publishLatency
-        snapshot.commitToPublishLatency = stats.commitToPublishLatency
         snapshot.oldestPendingCommitMicros = stats.oldestPendingCommitMicros
         snapshot.lastAcknowledgementAt = stats.lastAcknowledgementAt
         snapshot.slotWALStatus = stats.slotWALStatus

@@ -38,10 +38,9 @@ struct HTTPRunner: Service {
 /// Runs the relay (and the HTTP endpoints, if asked) in one service group:
 /// SIGTERM/SIGINT stop the relay first, then the HTTP server. The group also
 /// ends when the relay ends by itself (a fatal error, or --end-lsn reached).
-func runServices(relay: any RelayService, mode: String, slot: String?, http: HTTPOptions.Address?, logger: Logger) async throws {
+func runServices(relay: any RelayService, metrics: MetricsExporter?, http: HTTPOptions.Address?, logger: Logger) async throws {
     var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
     if let (host, port) = http {
-        let started = Date()
         let server = try HTTPServer(host: host, port: port) { path in
             let stats = relay.currentStats
             switch path {
@@ -54,10 +53,7 @@ func runServices(relay: any RelayService, mode: String, slot: String?, http: HTT
                 if stats.state == .streaming && !ready { reason = stats.sinkReachable ? "sink not acknowledging" : "sink unreachable" }
                 return .init(status: ready ? 200 : 503, body: ready ? "ready\n" : "not ready: \(reason)\n")
             case "/metrics":
-                var text = PrometheusText.render(stats, mode: mode, slot: slot, nowMicros: Int64(Date().timeIntervalSince1970 * 1_000_000))
-                text += "# HELP outbox_relay_uptime_seconds Seconds since the process started.\n# TYPE outbox_relay_uptime_seconds gauge\n"
-                text += "outbox_relay_uptime_seconds \(String(format: "%.3f", Date().timeIntervalSince(started)))\n"
-                text += PrometheusText.processMetrics()
+                let text = metrics.map { String(decoding: $0.render(stats), as: UTF8.self) } ?? ""
                 return .init(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: text)
             default:
                 return .init(status: 404, body: "not found; try /healthz, /readyz or /metrics\n")

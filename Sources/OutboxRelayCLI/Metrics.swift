@@ -1,112 +1,168 @@
 import Foundation
 import OutboxCore
 import OutboxRelay
-import PGOutput
+import Prometheus
+import Synchronization
 
-/// The relay's counters in the Prometheus text exposition format (0.0.4).
-enum PrometheusText {
-    static func render(_ stats: RelayStats, mode: String, slot: String?, nowMicros: Int64) -> String {
-        var out = ""
-        func metric(_ name: String, _ type: String, _ help: String, _ samples: [(labels: String, value: String)]) {
-            out += "# HELP outbox_relay_\(name) \(help)\n# TYPE outbox_relay_\(name) \(type)\n"
-            for sample in samples { out += "outbox_relay_\(name)\(sample.labels) \(sample.value)\n" }
+/// The relay's metrics, exposed through swift-prometheus's registry (text
+/// format 0.0.4: escaping, families, histogram layout are the library's).
+///
+/// Counters and gauges are copied from a `RelayStats` snapshot at each scrape:
+/// the relay's thread keeps plain integers and takes no lock per event for
+/// them. The two latency histograms are recorded as events are acknowledged
+/// (`LatencyObserver`), since a histogram cannot be set from a snapshot.
+/// Scrapes are serialized, so a reset-and-increment of a counter is never seen
+/// half done.
+final class MetricsExporter: LatencyObserver {
+    static let latencyBuckets: [Double] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
+    private static let states: [RelayStats.State] = [.starting, .connecting, .streaming, .standby, .reconnecting, .stopping, .stopped, .failed]
+    private static let walStatuses = ["reserved", "extended", "unreserved", "lost"]
+
+    private let registry = PrometheusCollectorRegistry()
+    private let mode: String
+    private let slot: String?
+    private let started = Date()
+    private let publishLatency: ValueHistogram
+    private let commitToPublishLatency: ValueHistogram
+    /// Metrics whose label values appear at run time (topics, an invalidation reason).
+    private struct Dynamic {
+        var topics: [String: Counter] = [:]
+        var invalidation: (reason: String, gauge: Gauge)?
+        var safeWALSize: Gauge?
+    }
+    private let scrape = Mutex(Dynamic())
+
+    init(mode: String, slot: String?) {
+        self.mode = mode
+        self.slot = slot
+        publishLatency = registry.makeValueHistogram(
+            descriptor: Self.name("outbox_relay_publish_latency_seconds", "From sending a transaction's first event to the sink to each event's acknowledgement."),
+            buckets: Self.latencyBuckets)
+        commitToPublishLatency = registry.makeValueHistogram(
+            descriptor: Self.name("outbox_relay_commit_to_publish_latency_seconds", "From the transaction's commit timestamp to each event's acknowledgement by the sink."),
+            buckets: Self.latencyBuckets)
+    }
+
+    private static func name(_ name: String, _ help: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(metricName: name, unitName: "", helpText: help)
+    }
+
+    func acknowledged(publishSeconds: Double, commitToAcknowledgedSeconds: Double?) {
+        publishLatency.record(max(0, publishSeconds))
+        if let seconds = commitToAcknowledgedSeconds { commitToPublishLatency.record(max(0, seconds)) }
+    }
+
+    /// The exposition for one scrape.
+    func render(_ stats: RelayStats) -> [UInt8] {
+        scrape.withLock { dynamic in
+            update(from: stats, &dynamic)
+            return registry.emitToBuffer()
         }
-        func single(_ name: String, _ type: String, _ help: String, _ value: some CustomStringConvertible) {
-            metric(name, type, help, [("", "\(value)")])
+    }
+
+    private func counter(_ name: String, _ help: String, _ value: Int, labels: [(String, String)] = []) {
+        let counter = registry.makeCounter(descriptor: Self.name(name, help), labels: labels)
+        counter.reset()
+        counter.increment(by: Int64(max(0, value)))
+    }
+
+    private func gauge(_ name: String, _ help: String, _ value: Double, labels: [(String, String)] = []) {
+        registry.makeGauge(descriptor: Self.name(name, help), labels: labels).set(to: value)
+    }
+
+    private func gauge(_ name: String, _ help: String, _ value: some BinaryInteger, labels: [(String, String)] = []) {
+        gauge(name, help, Double(value), labels: labels)
+    }
+
+    private func update(from stats: RelayStats, _ dynamic: inout Dynamic) {
+        let p = "outbox_relay_"
+        for state in Self.states {
+            gauge(p + "state", "1 for the current state (\(mode) mode).", state == stats.state ? 1 : 0, labels: [("state", state.rawValue)])
         }
-        let states: [RelayStats.State] = [.starting, .connecting, .streaming, .standby, .reconnecting, .stopping, .stopped, .failed]
-        metric(
-            "state", "gauge", "1 for the current state (\(mode) mode).",
-            states.map { (#"{state="\#($0.rawValue)"}"#, $0 == stats.state ? "1" : "0") })
-        single("ready", "gauge", "1 when streaming and the sink is delivering (what /readyz reports).", stats.isReady(nowMilliseconds: Relay.nowMilliseconds()) ? 1 : 0)
-        metric(
-            "events_published_total", "counter", "Events handed to the sink, by topic.",
-            stats.eventsByTopic.sorted { $0.key < $1.key }.map { (#"{topic="\#(escape($0.key))"}"#, "\($0.value)") })
-        single("events_acknowledged_total", "counter", "Events (and dead-letter records) the sink acknowledged.", stats.eventsAcknowledged)
-        single("tombstones_total", "counter", "Tombstones published (NULL payload with --tombstones).", stats.tombstones)
-        single("dead_lettered_total", "counter", "Rows and events sent to the dead-letter destination.", stats.deadLettered)
-        metric(
-            "suppressed_changes_total", "counter", "Changes to the outbox table that never become events.",
-            [(#"{kind="delete"}"#, "\(stats.suppressedDeletes)"), (#"{kind="update"}"#, "\(stats.suppressedUpdates)"), (#"{kind="truncate"}"#, "\(stats.suppressedTruncates)")])
-        single("transactions_total", "counter", "Transactions received (run) or batches completed (poll).", stats.transactions)
-        single("ignored_messages_total", "counter", "Logical messages with another prefix.", stats.ignoredMessages)
-        single("non_transactional_messages_total", "counter", "Non-transactional logical messages with the outbox prefix (never events).", stats.nonTransactionalMessages)
-        single("reconnects_total", "counter", "Reconnections to PostgreSQL after a retryable failure.", stats.reconnects)
-        single("status_updates_total", "counter", "Standby status updates sent to PostgreSQL.", stats.statusUpdates)
+        gauge(p + "ready", "1 when streaming and the sink is delivering (what /readyz reports).", stats.isReady(nowMilliseconds: Relay.nowMilliseconds()) ? 1 : 0)
+        for (topic, count) in stats.eventsByTopic {
+            let counter =
+                dynamic.topics[topic]
+                ?? registry.makeCounter(descriptor: Self.name(p + "events_published_total", "Events handed to the sink, by topic."), labels: [("topic", topic)])
+            dynamic.topics[topic] = counter
+            counter.reset()
+            counter.increment(by: Int64(count))
+        }
+        counter(p + "events_acknowledged_total", "Events (and dead-letter records) the sink acknowledged.", stats.eventsAcknowledged)
+        counter(p + "tombstones_total", "Tombstones published (NULL payload with --tombstones).", stats.tombstones)
+        counter(p + "dead_lettered_total", "Rows and events sent to the dead-letter destination.", stats.deadLettered)
+        let suppressed = "Changes to the outbox table that never become events."
+        counter(p + "suppressed_changes_total", suppressed, stats.suppressedDeletes, labels: [("kind", "delete")])
+        counter(p + "suppressed_changes_total", suppressed, stats.suppressedUpdates, labels: [("kind", "update")])
+        counter(p + "suppressed_changes_total", suppressed, stats.suppressedTruncates, labels: [("kind", "truncate")])
+        counter(p + "transactions_total", "Transactions received (run) or batches completed (poll).", stats.transactions)
+        counter(p + "ignored_messages_total", "Logical messages with another prefix.", stats.ignoredMessages)
+        counter(p + "non_transactional_messages_total", "Non-transactional logical messages with the outbox prefix (never events).", stats.nonTransactionalMessages)
+        counter(p + "reconnects_total", "Reconnections to PostgreSQL after a retryable failure.", stats.reconnects)
+        counter(p + "status_updates_total", "Standby status updates sent to PostgreSQL.", stats.statusUpdates)
+        counter(
+            p + "header_members_dropped_total",
+            "Members of the headers column dropped because they used a header name the relay sets itself (id, type, lsn, extra columns).",
+            stats.droppedHeaderMembers)
         if mode == "poll" {
-            single("polls_total", "counter", "Claim queries run.", stats.polls)
+            counter(p + "polls_total", "Claim queries run.", stats.polls)
         }
-        single("in_flight_events", "gauge", "Events sent and not yet acknowledged.", stats.inFlightEvents)
-        single("header_members_dropped_total", "counter", "Members of the headers column dropped because they used a header name the relay sets itself (id, type, lsn, extra columns).", stats.droppedHeaderMembers)
-        single("in_flight_bytes", "gauge", "Key and value bytes of those events.", stats.inFlightBytes)
+        gauge(p + "in_flight_events", "Events sent and not yet acknowledged.", stats.inFlightEvents)
+        gauge(p + "in_flight_bytes", "Key and value bytes of those events.", stats.inFlightBytes)
         if mode == "run" {
-            single("confirmed_lsn", "gauge", "The flush LSN confirmed to PostgreSQL, as a number.", stats.confirmedLSN.rawValue)
-            single("received_lsn", "gauge", "The newest LSN received from PostgreSQL.", stats.receivedLSN.rawValue)
-            single("server_wal_end_lsn", "gauge", "The server's WAL end as last reported by the walsender.", stats.serverWALEnd.rawValue)
-            single("replication_lag_bytes", "gauge", "Server WAL end minus the confirmed LSN.", stats.lagBytes)
-            single(
-                "replication_lag_seconds", "gauge", "Seconds since the commit of the oldest transaction not yet acknowledged (0 when caught up).",
-                String(format: "%.3f", stats.lagSeconds(nowMicros: nowMicros)))
-            let statuses = ["reserved", "extended", "unreserved", "lost"]
-            metric(
-                "slot_wal_status", "gauge", "1 for the slot's wal_status in pg_replication_slots\(slot.map { " (slot \($0))" } ?? "").",
-                statuses.map { (#"{wal_status="\#($0)"}"#, $0 == stats.slotWALStatus ? "1" : "0") })
-            single("slot_failover", "gauge", "1 when the slot is a failover slot (PostgreSQL 17+), kept in step on standbys with sync_replication_slots.", stats.slotFailover ? 1 : 0)
-            single("slot_synced", "gauge", "1 when the slot is a standby's synchronized copy of a failover slot (PostgreSQL 17+).", stats.slotSynced ? 1 : 0)
-            if let reason = stats.slotInvalidation {
-                metric(
-                    "slot_invalidated", "gauge", "1 with the server's reason once it invalidated the slot (PostgreSQL 16+).",
-                    [(#"{reason="\#(reason.replacingOccurrences(of: "\"", with: "'"))"}"#, "1")])
+            gauge(p + "confirmed_lsn", "The flush LSN confirmed to PostgreSQL, as a number.", stats.confirmedLSN.rawValue)
+            gauge(p + "received_lsn", "The newest LSN received from PostgreSQL.", stats.receivedLSN.rawValue)
+            gauge(p + "server_wal_end_lsn", "The server's WAL end as last reported by the walsender.", stats.serverWALEnd.rawValue)
+            gauge(p + "replication_lag_bytes", "Server WAL end minus the confirmed LSN.", stats.lagBytes)
+            gauge(
+                p + "replication_lag_seconds", "Seconds since the commit of the oldest transaction not yet acknowledged (0 when caught up).",
+                stats.lagSeconds(nowMicros: Int64(Date().timeIntervalSince1970 * 1_000_000)))
+            let walHelp = "1 for the slot's wal_status in pg_replication_slots\(slot.map { " (slot \($0))" } ?? "")."
+            for status in Self.walStatuses {
+                gauge(p + "slot_wal_status", walHelp, status == stats.slotWALStatus ? 1 : 0, labels: [("wal_status", status)])
+            }
+            gauge(p + "slot_failover", "1 when the slot is a failover slot (PostgreSQL 17+), kept in step on standbys with sync_replication_slots.", stats.slotFailover ? 1 : 0)
+            gauge(p + "slot_synced", "1 when the slot is a standby's synchronized copy of a failover slot (PostgreSQL 17+).", stats.slotSynced ? 1 : 0)
+            if let reason = stats.slotInvalidation, dynamic.invalidation?.reason != reason {
+                if let old = dynamic.invalidation { registry.unregisterGauge(old.gauge) }
+                let gauge = registry.makeGauge(
+                    descriptor: Self.name(p + "slot_invalidated", "1 with the server's reason once it invalidated the slot (PostgreSQL 16+)."), labels: [("reason", reason)])
+                gauge.set(to: 1)
+                dynamic.invalidation = (reason, gauge)
             }
             if let safe = stats.slotSafeWALSize {
-                single("slot_safe_wal_size_bytes", "gauge", "WAL that can still be written before the slot risks invalidation (max_slot_wal_keep_size).", safe)
+                let gauge =
+                    dynamic.safeWALSize
+                    ?? registry.makeGauge(
+                        descriptor: Self.name(p + "slot_safe_wal_size_bytes", "WAL that can still be written before the slot risks invalidation (max_slot_wal_keep_size)."))
+                dynamic.safeWALSize = gauge
+                gauge.set(to: Double(safe))
             }
         }
-        histogram("publish_latency_seconds", "From sending a transaction's first event to the sink to each event's acknowledgement.", stats.publishLatency)
-        histogram("commit_to_publish_latency_seconds", "From the transaction's commit timestamp to each event's acknowledgement by the sink.", stats.commitToPublishLatency)
-        return out
-
-        func histogram(_ name: String, _ help: String, _ h: LatencyHistogram) {
-            out += "# HELP outbox_relay_\(name) \(help)\n# TYPE outbox_relay_\(name) histogram\n"
-            var cumulative = 0
-            for (i, bound) in LatencyHistogram.bounds.enumerated() {
-                cumulative += h.counts[i]
-                out += "outbox_relay_\(name)_bucket{le=\"\(bound)\"} \(cumulative)\n"
-            }
-            out += "outbox_relay_\(name)_bucket{le=\"+Inf\"} \(h.count)\n"
-            out += "outbox_relay_\(name)_sum \(String(format: "%.6f", h.sum))\n"
-            out += "outbox_relay_\(name)_count \(h.count)\n"
-        }
+        gauge(p + "uptime_seconds", "Seconds since the process started.", Date().timeIntervalSince(started))
+        processMetrics()
     }
 
     /// The conventional `process_*` metrics (CPU seconds, resident and
     /// virtual memory, open descriptors), read from /proc/self.
-    static func processMetrics() -> String {
-        var out = ""
+    private func processMetrics() {
         var usage = rusage()
         if getrusage(RUSAGE_SELF.rawValue, &usage) == 0 {
             let cpu = Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
-            out += "# HELP process_cpu_seconds_total User and system CPU time spent in seconds.\n# TYPE process_cpu_seconds_total counter\n"
-            out += "process_cpu_seconds_total \(String(format: "%.3f", cpu))\n"
+            let counter = registry.makeCounter(descriptor: Self.name("process_cpu_seconds_total", "User and system CPU time spent in seconds."))
+            counter.reset()
+            counter.increment(by: max(0, cpu))
         }
         if let statm = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) {
             let pages = statm.split(separator: " ").compactMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
             let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
             if pages.count >= 2 {
-                out += "# HELP process_resident_memory_bytes Resident memory size in bytes.\n# TYPE process_resident_memory_bytes gauge\n"
-                out += "process_resident_memory_bytes \(pages[1] * pageSize)\n"
-                out += "# HELP process_virtual_memory_bytes Virtual memory size in bytes.\n# TYPE process_virtual_memory_bytes gauge\n"
-                out += "process_virtual_memory_bytes \(pages[0] * pageSize)\n"
+                gauge("process_resident_memory_bytes", "Resident memory size in bytes.", pages[1] * pageSize)
+                gauge("process_virtual_memory_bytes", "Virtual memory size in bytes.", pages[0] * pageSize)
             }
         }
         if let descriptors = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd") {
-            out += "# HELP process_open_fds Number of open file descriptors.\n# TYPE process_open_fds gauge\n"
-            out += "process_open_fds \(descriptors.count)\n"
+            gauge("process_open_fds", "Number of open file descriptors.", descriptors.count)
         }
-        return out
-    }
-
-    static func escape(_ value: String) -> String {
-        value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"").replacingOccurrences(of: "\n", with: "\\n")
     }
 }

@@ -315,7 +315,7 @@ struct Tail: AsyncParsableCommand {
         config.publicationCheckMilliseconds = 0
         let relay = Relay(config: config, sink: NDJSONSink.stdout(), logger: logger)
         do {
-            try await runServices(relay: relay, mode: "tail", slot: slot, http: nil, logger: logger)
+            try await runServices(relay: relay, metrics: nil, http: nil, logger: logger)
         } catch {
             logger.critical("tail stopped: \(error)")
             throw ExitCode(1)

@@ -175,12 +175,13 @@ struct Run: AsyncParsableCommand {
             logger.critical("\(error)")
             throw ExitCode(error is KafkaConfigurationError ? 64 : 1)
         }
-        let relay = Relay(config: config, sink: eventSink, logger: logger)
+        let metrics = MetricsExporter(mode: "run", slot: slot)
+        let relay = Relay(config: config, sink: eventSink, logger: logger, latencyObserver: metrics)
         logger.info(
             "starting",
             metadata: ["source": "\(Conninfo.redacted(source))", "slot": "\(slot)", "publication": "\(publication)", "sink": "\(eventSink.name)"])
         do {
-            try await runServices(relay: relay, mode: "run", slot: slot, http: httpOptions.address, logger: logger)
+            try await runServices(relay: relay, metrics: metrics, http: httpOptions.address, logger: logger)
         } catch {
             logger.critical("relay stopped: \(error)")
             throw ExitCode(1)

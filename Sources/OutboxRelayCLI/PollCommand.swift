@@ -99,7 +99,7 @@ struct Poll: AsyncParsableCommand {
         let relay = PollingRelay(config: config, sink: eventSink, logger: logger)
         logger.info("starting", metadata: ["source": "\(Conninfo.redacted(config.conninfo))", "mode": "poll", "sink": "\(eventSink.name)"])
         do {
-            try await runServices(relay: relay, mode: "poll", slot: nil, http: httpOptions.address, logger: logger)
+            try await runServices(relay: relay, metrics: MetricsExporter(mode: "poll", slot: nil), http: httpOptions.address, logger: logger)
         } catch {
             logger.critical("relay stopped: \(error)")
             throw ExitCode(1)

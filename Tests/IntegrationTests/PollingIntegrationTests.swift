@@ -168,7 +168,7 @@ struct PollingIntegrationTests {
         let text = "\(error)"
         #expect(
             text.contains("00000000-0000-0000-0000-0000000000ee") && text.contains("headers")
-                && text.contains("not a JSON object"))
+                && text.contains("must be a JSON object or null, not an array"), "\(text)")
         #expect(try rowCount(outbox) == 2, "the batch rolled back: nothing deleted")
     }
 
