@@ -17,8 +17,30 @@ public struct RoutingConfig: Sendable, Equatable {
     public var headerColumns: [HeaderColumn] = []
     /// `{aggregatetype}` and `{type}` are replaced by the row's values.
     public var topicTemplate = "outbox.event.{aggregatetype}"
-    /// A NULL payload becomes a tombstone (key, null value) instead of an event with a null payload.
-    public var tombstones = false
+    /// A NULL payload becomes a tombstone (key, null value), as with Debezium's EventRouter
+    /// and StringConverter; false: the 4-byte JSON text `null` (`--null-payload json-null`).
+    public var tombstones = true
+    /// `route.tombstone.on.empty.payload`: an empty or blank payload is a tombstone too.
+    public var tombstoneOnEmptyPayload = false
+    /// `route.topic.regex` and `route.topic.replacement` (Java syntax) applied to the
+    /// routing column's value; nil: `topicTemplate`.
+    public var topicRoute: TopicRoute?
+    /// How a value is encoded: `string` (Kafka Connect's StringConverter: the payload's
+    /// bytes as stored) or `json` (JsonConverter with `schemas.enable=false`).
+    public enum ValueEncoding: String, Sendable, CaseIterable { case string, json }
+    public var valueEncoding = ValueEncoding.string
+    /// `table.expand.json.payload`: with `json` encoding, a JSON payload is written as
+    /// JSON, not as a string holding it.
+    public var expandJSONPayload = false
+    /// `table.json.payload.null.behavior`: `ignore` (default) leaves members whose value
+    /// is null out of an expanded payload; `optional_bytes` keeps them.
+    public var keepNullMembers = false
+    /// `table.fields.additional.placement` entries placed in the envelope: with `json`
+    /// encoding the value becomes `{"payload":…, "<name>":<column>…}`.
+    public var envelopeColumns: [HeaderColumn] = []
+    /// `table.op.invalid.behavior`: what an UPDATE of an outbox row does (never an event).
+    public enum InvalidOperation: String, Sendable, CaseIterable { case warn, error, fatal }
+    public var updateBehavior = InvalidOperation.warn
     /// Transactional logical decoding messages with this prefix are events; nil to ignore all messages.
     public var messagePrefix: String? = "outbox"
 
@@ -34,7 +56,7 @@ public struct RoutingConfig: Sendable, Equatable {
     /// The columns events are made of (headers and extra columns included).
     public var requiredColumns: [String] {
         [idColumn, aggregateTypeColumn, aggregateIDColumn, typeColumn, payloadColumn] + (headersColumn.map { [$0] } ?? [])
-            + headerColumns.map(\.column)
+            + headerColumns.map(\.column) + envelopeColumns.map(\.column)
     }
 
     public init() {}
@@ -56,6 +78,15 @@ public struct RoutingConfig: Sendable, Equatable {
             problems.append(
                 "topic template \"\(topicTemplate)\" has an unknown placeholder; use {aggregatetype} and {type}"
             )
+        }
+        if let problem = topicRoute?.problem { problems.append(problem) }
+        if !envelopeColumns.isEmpty && valueEncoding == .string {
+            problems.append(
+                "envelope placement (\(envelopeColumns.map(\.column).joined(separator: ", "))) needs the json value encoding: under StringConverter Debezium writes the envelope as Java's Struct{…} text, which no consumer parses"
+            )
+        }
+        if expandJSONPayload && valueEncoding == .string {
+            problems.append("expanding the JSON payload needs the json value encoding (under StringConverter the payload is passed as stored)")
         }
         if let prefix = messagePrefix, prefix.isEmpty {
             problems.append("message prefix must not be empty")
@@ -92,6 +123,7 @@ public struct OutboxRouter: Sendable {
         var id: Int?, aggregateType: Int?, aggregateID: Int?, type: Int?, payload: Int?, headers: Int?
         var payloadType: UInt32 = 0
         var extra: [(index: Int, header: String)] = []
+        var envelope: [(index: Int, name: String, typeOID: UInt32)] = []
         var missing: [String] = []
     }
 
@@ -111,10 +143,17 @@ public struct OutboxRouter: Sendable {
         case aggregateType, type
     }
     private let template: [TemplatePart]
+    /// `route.topic.regex`, compiled; topics already computed, per routed value.
+    private let topicRegex: CompiledRegex?
+    /// `Regex<AnyRegexOutput>` is not `Sendable` only because its output type holds
+    /// `Any`; the compiled program is immutable and only read here.
+    struct CompiledRegex: @unchecked Sendable { let regex: Regex<AnyRegexOutput> }
+    private var topicCache: [String: String] = [:]
 
     public init(config: RoutingConfig) {
         self.config = config
         self.template = Self.compile(config.topicTemplate)
+        self.topicRegex = config.topicRoute.flatMap { (try? Regex($0.regex)).map(CompiledRegex.init) }
     }
 
     static func compile(_ template: String) -> [TemplatePart] {
@@ -137,7 +176,17 @@ public struct OutboxRouter: Sendable {
         return parts
     }
 
-    func topic(aggregateType: String, type: String) -> String {
+    /// The topic: `route.topic.regex`/`replacement` when configured (cached per value), else the template.
+    mutating func topic(aggregateType: String, type: String) throws -> String {
+        guard let route = config.topicRoute, let regex = topicRegex else { return templateTopic(aggregateType: aggregateType, type: type) }
+        if let cached = topicCache[aggregateType] { return cached }
+        let topic = try route.topic(for: aggregateType, compiled: regex.regex)
+        if topicCache.count >= 4096 { topicCache.removeAll(keepingCapacity: true) }
+        topicCache[aggregateType] = topic
+        return topic
+    }
+
+    func templateTopic(aggregateType: String, type: String) -> String {
         var topic = ""
         for part in template {
             switch part {
@@ -172,6 +221,11 @@ public struct OutboxRouter: Sendable {
         for extra in config.headerColumns {
             if let index = find(extra.column, required: true) {
                 layout.extra.append((index, extra.header))
+            }
+        }
+        for field in config.envelopeColumns {
+            if let index = find(field.column, required: true) {
+                layout.envelope.append((index, field.header, relation.columns[index].typeOID))
             }
         }
         layouts[relation.oid] = layout
@@ -277,9 +331,41 @@ public struct OutboxRouter: Sendable {
                 headers.append((extra.header, value))
             }
         }
+        var envelope: [(name: String, json: [UInt8])] = []
+        for field in layout.envelope {
+            switch Self.envelopeValue(row.columns[field.index], storage: row.storage, typeOID: field.typeOID) {
+            case .success(let json): envelope.append((field.name, json))
+            case .failure(let failure): return poison("column for envelope field \"\(field.name)\": \(failure.reason)")
+            }
+        }
         return makeEvent(
             id: id, aggregateType: aggregateType, key: key, type: type, payload: payload, format: format,
-            headers: headers, lsn: lsn, commitTime: commitTime, poison: poison)
+            headers: headers, envelope: envelope, lsn: lsn, commitTime: commitTime, poison: poison)
+    }
+
+    /// A column's value as the JsonConverter writes the type Debezium gives it:
+    /// integers and floats as numbers, booleans, text-like types (text, varchar,
+    /// char, uuid, json, jsonb) as strings, NULL as null. Other types are refused
+    /// rather than guessed (Debezium's mappings for them depend on its settings).
+    static func envelopeValue(_ column: TupleData.Column, storage: [UInt8], typeOID: UInt32) -> Result<[UInt8], Failure> {
+        guard case .text(let range) = column else {
+            if case .null = column { return .success(Array("null".utf8)) }
+            return fail("not sent as text (unchanged TOAST value or binary format)")
+        }
+        let raw = storage[range]
+        var out: [UInt8] = []
+        switch typeOID {
+        case 20, 21, 23: return .success(Array(raw))
+        case 16: return .success(Array((raw.first == 116 ? "true" : "false").utf8))
+        case 701:
+            guard let double = Double(String(decoding: raw, as: UTF8.self)), double.isFinite else { return fail("not a finite number") }
+            return .success(Array(DebeziumEncoding.javaDouble(double).utf8))
+        case 25, 1043, 1042, 2950, 114, 3802, 19:
+            DebeziumEncoding.appendJacksonString(raw, to: &out)
+            return .success(out)
+        default:
+            return fail("type OID \(typeOID) has no envelope encoding here; use int2/4/8, float8, bool or a text-like type")
+        }
     }
 
     /// A logical decoding message: nil if its prefix is not ours or it is not
@@ -349,23 +435,72 @@ public struct OutboxRouter: Sendable {
                 : String(decoding: content[m.range], as: UTF8.self)
             headers.append((extra.header, value))
         }
+        let envelope = config.envelopeColumns.map { field in
+            (name: field.header, json: member(field.column).map { Array(content[$0.range]) } ?? Array("null".utf8))
+        }
         return makeEvent(
             id: id, aggregateType: aggregateType, key: key, type: type, payload: payload, format: .json,
-            headers: headers, lsn: lsn, commitTime: commitTime, poison: poison)
+            headers: headers, envelope: envelope, lsn: lsn, commitTime: commitTime, poison: poison)
     }
 
-    private func makeEvent(
+    private mutating func makeEvent(
         id: String, aggregateType: String, key: String, type: String, payload: [UInt8]?,
-        format: OutboxEvent.PayloadFormat, headers: [(name: String, value: String)], lsn: LSN,
+        format: OutboxEvent.PayloadFormat, headers: [(name: String, value: String)],
+        envelope: [(name: String, json: [UInt8])], lsn: LSN,
         commitTime: PostgresTimestamp, poison: (String) -> Result<OutboxEvent, PoisonEvent>
     ) -> Result<OutboxEvent, PoisonEvent> {
-        let topic = topic(aggregateType: aggregateType, type: type)
+        let topic: String
+        do { topic = try self.topic(aggregateType: aggregateType, type: type) } catch { return poison("\(error)") }
         if let problem = Self.topicProblem(topic) { return poison(problem) }
-        let tombstone = payload == nil && config.tombstones
+        // Debezium: `payload == null || payload.toString().trim().isEmpty()` with
+        // route.tombstone.on.empty.payload; Java's trim() drops bytes ≤ 0x20.
+        let blank = payload?.allSatisfy { $0 <= 32 } ?? true
+        let tombstone = (payload == nil && config.tombstones && envelope.isEmpty) || (blank && config.tombstoneOnEmptyPayload)
+        var value = payload
+        var valueFormat = format
+        if !tombstone && config.valueEncoding == .json {
+            value = encodeJSON(payload, format: format, envelope: envelope)
+            valueFormat = .json
+        }
         return .success(
             OutboxEvent(
-                id: id, topic: topic, key: key, type: type, payload: payload, payloadFormat: format,
+                id: id, topic: topic, key: key, type: type, payload: value, payloadFormat: valueFormat,
                 headers: headers, tombstone: tombstone, lsn: lsn, commitTime: commitTime))
+    }
+
+    /// The value as Kafka Connect's JsonConverter (`schemas.enable=false`) writes
+    /// what the EventRouter built: the payload as a JSON string (bytea as base64),
+    /// or expanded with `table.expand.json.payload`; inside `{"payload":…}` with the
+    /// envelope fields after it when any are placed there.
+    func encodeJSON(_ payload: [UInt8]?, format: OutboxEvent.PayloadFormat, envelope: [(name: String, json: [UInt8])]) -> [UInt8] {
+        var encoded: [UInt8] = []
+        if let payload {
+            switch format {
+            case .bytes:
+                encoded.append(34)
+                encoded.append(contentsOf: Array(Base64.encode(payload).utf8))
+                encoded.append(34)
+            case .json, .text:
+                if config.expandJSONPayload, let expanded = DebeziumEncoding.expand(payload, dropNullMembers: !config.keepNullMembers) {
+                    encoded = expanded
+                } else {
+                    DebeziumEncoding.appendJacksonString(payload, to: &encoded)
+                }
+            }
+        } else {
+            encoded = Array("null".utf8)
+        }
+        guard !envelope.isEmpty else { return encoded }
+        var out = Array(#"{"payload":"#.utf8)
+        out += encoded
+        for field in envelope {
+            out.append(44)
+            DebeziumEncoding.appendJacksonString(Array(field.name.utf8), to: &out)
+            out.append(58)
+            out += field.json
+        }
+        out.append(125)
+        return out
     }
 
     /// Kafka's rules for topic names: 1–249 of `[A-Za-z0-9._-]`, not `.` or `..`.

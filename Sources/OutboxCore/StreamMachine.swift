@@ -524,7 +524,18 @@ public struct StreamMachine: Sendable {
             return emit(routed, now: now)
         case .update(let update):
             guard transaction != nil else { return end(.protocolViolation("Update outside a transaction at \(lsn)")) }
-            if router.isOutbox(update.relationOID) { counters.suppressedUpdates += 1 } else { counters.otherTableChanges += 1 }
+            guard router.isOutbox(update.relationOID) else {
+                counters.otherTableChanges += 1
+                return .none
+            }
+            counters.suppressedUpdates += 1
+            if configuration.routing.updateBehavior == .fatal, let open = transaction {
+                return end(
+                    .poison(
+                        PoisonEvent(
+                            id: nil, source: "\(configuration.routing.schema).\(configuration.routing.table)", lsn: open.finalLSN,
+                            reason: "an UPDATE of an outbox row (rows are inserted, never updated; table.op.invalid.behavior=fatal)")))
+            }
             return .none
         case .delete(let delete):
             guard transaction != nil else { return end(.protocolViolation("Delete outside a transaction at \(lsn)")) }

@@ -139,6 +139,7 @@ public final class Relay: RelayService, @unchecked Sendable {
     /// What the driver itself knows: state, reconnects, latency, reachability, slot health.
     private var stats = RelayStats()
     private var warnedNonTransactional = false
+    private var loggedUpdates = 0
     /// Per transaction with events in flight, in ticket order: when its first
     /// event was sent, its commit time, and how many of its events are unacknowledged.
     private var timings: [(ticket: UInt64, sentAt: UInt64, commitMicros: Int64, remaining: Int)] = []
@@ -454,6 +455,15 @@ public final class Relay: RelayService, @unchecked Sendable {
             stats.slotFailover = slot.failover
             stats.slotSynced = slot.synced
             stats.slotInvalidation = slot.invalidation
+        }
+        if machine.stats.suppressedUpdates > loggedUpdates {
+            // table.op.invalid.behavior warn or error (fatal ends the session in the machine).
+            let level: Logger.Level = config.routing.updateBehavior == .error ? .error : .warning
+            logger.log(
+                level: level,
+                "ignored UPDATEs of outbox rows: rows are inserted (and may be deleted), never updated; no event was made of them",
+                metadata: ["count": "\(machine.stats.suppressedUpdates - loggedUpdates)", "table": "\(config.routing.schema).\(config.routing.table)"])
+            loggedUpdates = machine.stats.suppressedUpdates
         }
         if !warnedNonTransactional && machine.stats.nonTransactionalMessages > 0 {
             warnedNonTransactional = true

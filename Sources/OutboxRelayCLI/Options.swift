@@ -109,9 +109,14 @@ struct RoutingOptions: ParsableArguments {
     var table = "public.outbox"
 
     @Option(help: "Column holding the event id (header id).") var idColumn = "id"
-    @Option(help: "Column holding the route (topic template {aggregatetype}).")
+    @Option(
+        name: [.customLong("aggregate-type-column"), .customLong("route-by-field")],
+        help: "Column holding the route (topic template {aggregatetype}, ${routedByValue}); Debezium's route.by.field.")
     var aggregateTypeColumn = "aggregatetype"
-    @Option(help: "Column holding the key.") var aggregateIdColumn = "aggregateid"
+    @Option(
+        name: [.customLong("aggregate-id-column"), .customLong("key-column")],
+        help: "Column holding the key; Debezium's table.field.event.key.")
+    var aggregateIdColumn = "aggregateid"
     @Option(help: "Column holding the event type (header type).") var typeColumn = "type"
     @Option(help: "Column holding the payload (jsonb, json, text or bytea).") var payloadColumn =
         "payload"
@@ -124,14 +129,40 @@ struct RoutingOptions: ParsableArguments {
             "Also send this column as a header (repeatable).", valueName: "column[:header]"))
     var headerColumns: [String] = []
 
-    @Option(help: "Topic template; {aggregatetype} and {type} are replaced by the row's values.")
+    @Option(help: "Topic template; {aggregatetype} and {type} are replaced by the row's values (unused when --route-topic-regex or --route-topic-replacement is set).")
     var topicTemplate = "outbox.event.{aggregatetype}"
 
-    @Flag(
-        help:
-            "A NULL payload becomes a tombstone (key, null value). Without it, an event with a null payload."
-    )
+    @Option(help: ArgumentHelp("Debezium's route.topic.regex, applied to the routing column's value (Java syntax; default (?<routedByValue>.*)).", valueName: "regex"))
+    var routeTopicRegex: String?
+
+    @Option(help: ArgumentHelp("Debezium's route.topic.replacement: $n and ${name} name the regex's groups (default outbox.event.${routedByValue}). Set either to route as Debezium does instead of --topic-template.", valueName: "replacement"))
+    var routeTopicReplacement: String?
+
+    @Option(help: ArgumentHelp("What a NULL payload becomes: tombstone (a record with a null value, as Debezium) or json-null (the 4-byte value null).", valueName: "tombstone|json-null"))
+    var nullPayload = "tombstone"
+
+    @Flag(help: ArgumentHelp("Accepted for compatibility: NULL payloads are tombstones by default (--null-payload).", visibility: .hidden))
     var tombstones = false
+
+    @Flag(help: "An empty or blank payload is a tombstone too (Debezium's route.tombstone.on.empty.payload).")
+    var tombstoneOnEmptyPayload = false
+
+    @Option(help: ArgumentHelp("string (Kafka Connect's StringConverter: the payload as stored) or json (JsonConverter with schemas.enable=false).", valueName: "string|json"))
+    var valueEncoding = "string"
+
+    @Flag(help: "With --value-encoding json, write a JSON payload as JSON rather than as a string holding it (Debezium's table.expand.json.payload).")
+    var expandJsonPayload = false
+
+    @Option(help: ArgumentHelp("ignore (members whose value is null are left out of an expanded payload) or optional_bytes (kept); Debezium's table.json.payload.null.behavior.", valueName: "ignore|optional_bytes"))
+    var jsonPayloadNullBehavior = "ignore"
+
+    @Option(
+        name: .customLong("additional-field"),
+        help: ArgumentHelp("Debezium's table.fields.additional.placement, one entry each (repeatable): a column as a header or an envelope field (--value-encoding json), under its name or an alias.", valueName: "column:header|envelope[:alias]"))
+    var additionalFields: [String] = []
+
+    @Option(help: ArgumentHelp("What an UPDATE of an outbox row does: warn, error (logged, no event) or fatal (the relay stops before its transaction is confirmed); Debezium's table.op.invalid.behavior.", valueName: "warn|error|fatal"))
+    var updateBehavior = "warn"
 
     @Option(
         help:
@@ -146,6 +177,24 @@ struct RoutingOptions: ParsableArguments {
         }
         for spec in headerColumns where spec.isEmpty || spec.hasPrefix(":") || spec.hasSuffix(":") {
             throw ValidationError("--header-column must be column or column:header, got \"\(spec)\"")
+        }
+        if !["tombstone", "json-null"].contains(nullPayload) { throw ValidationError("--null-payload must be tombstone or json-null, got \"\(nullPayload)\"") }
+        if RoutingConfig.ValueEncoding(rawValue: valueEncoding) == nil { throw ValidationError("--value-encoding must be string or json, got \"\(valueEncoding)\"") }
+        if !["ignore", "optional_bytes"].contains(jsonPayloadNullBehavior) {
+            throw ValidationError("--json-payload-null-behavior must be ignore or optional_bytes, got \"\(jsonPayloadNullBehavior)\"")
+        }
+        if RoutingConfig.InvalidOperation(rawValue: updateBehavior) == nil { throw ValidationError("--update-behavior must be warn, error or fatal, got \"\(updateBehavior)\"") }
+        for spec in additionalFields {
+            let parts = spec.split(separator: ":", omittingEmptySubsequences: false)
+            guard (2...3).contains(parts.count), !parts.contains(where: \.isEmpty) else {
+                throw ValidationError("--additional-field must be column:header, column:envelope or either with :alias, got \"\(spec)\"")
+            }
+            if parts[1] == "partition" {
+                throw ValidationError("--additional-field \"\(spec)\": partition placement is not supported (the key chooses the partition; the relay never sets one)")
+            }
+            guard parts[1] == "header" || parts[1] == "envelope" else {
+                throw ValidationError("--additional-field \"\(spec)\": the placement must be header or envelope, got \"\(parts[1])\"")
+            }
         }
         for problem in routing().validate() { throw ValidationError(problem) }
     }
@@ -166,8 +215,23 @@ struct RoutingOptions: ParsableArguments {
             return RoutingConfig.HeaderColumn(
                 column: parts[0], header: parts.count > 1 ? parts[1] : parts[0])
         }
+        for spec in additionalFields {
+            let parts = spec.split(separator: ":").map(String.init)
+            guard parts.count >= 2 else { continue }
+            let field = RoutingConfig.HeaderColumn(column: parts[0], header: parts.count > 2 ? parts[2] : parts[0])
+            if parts[1] == "envelope" { routing.envelopeColumns.append(field) } else { routing.headerColumns.append(field) }
+        }
         routing.topicTemplate = topicTemplate
-        routing.tombstones = tombstones
+        if routeTopicRegex != nil || routeTopicReplacement != nil {
+            routing.topicRoute = TopicRoute(
+                regex: routeTopicRegex ?? TopicRoute.debeziumDefault.regex, replacement: routeTopicReplacement ?? TopicRoute.debeziumDefault.replacement)
+        }
+        routing.tombstones = nullPayload != "json-null"
+        routing.tombstoneOnEmptyPayload = tombstoneOnEmptyPayload
+        routing.valueEncoding = RoutingConfig.ValueEncoding(rawValue: valueEncoding) ?? .string
+        routing.expandJSONPayload = expandJsonPayload
+        routing.keepNullMembers = jsonPayloadNullBehavior == "optional_bytes"
+        routing.updateBehavior = RoutingConfig.InvalidOperation(rawValue: updateBehavior) ?? .warn
         routing.messagePrefix = messagePrefix.isEmpty ? nil : messagePrefix
         return routing
     }

@@ -70,12 +70,57 @@ struct RouterTests {
         #expect(reasons["m3"]?.reason == #"member "aggregateid" is missing"#)
     }
 
-    @Test func nullPayloadIsTombstoneOnlyWhenAsked() throws {
-        let plain = try #require(try routeFixture().events.first { $0.id == "r5" })
-        #expect(plain.payload == nil && !plain.tombstone)
-        let tomb = try #require(
-            try routeFixture { $0.tombstones = true }.events.first { $0.id == "r5" })
+    @Test func nullPayloadIsATombstoneUnlessJSONNullIsAsked() throws {
+        // Debezium's EventRouter under StringConverter: a NULL payload is a record with a null value.
+        let tomb = try #require(try routeFixture().events.first { $0.id == "r5" })
         #expect(tomb.payload == nil && tomb.tombstone && tomb.key == "1")
+        let plain = try #require(try routeFixture { $0.tombstones = false }.events.first { $0.id == "r5" })
+        #expect(plain.payload == nil && !plain.tombstone)
+    }
+
+    @Test func debeziumOptionsOnCapturedRows() throws {
+        // route.topic.regex / replacement, Java syntax, whole-value match; no match: the value itself.
+        let routed = try routeFixture {
+            $0.topicRoute = TopicRoute(regex: "(?<kind>ord)(er)", replacement: "${kind}s\\.$2")
+        }.events
+        #expect(routed.first { $0.id == "r1" }?.topic == "ords.er")
+        #expect(try routeFixture { $0.topicRoute = .debeziumDefault }.events.first { $0.id == "r1" }?.topic == "outbox.event.order")
+        // JsonConverter (schemas.enable=false): the payload as a JSON string, or expanded.
+        let json = try routeFixture { $0.valueEncoding = .json }.events
+        #expect(json.first { $0.id == "r1" }.map { String(decoding: $0.payload ?? [], as: UTF8.self) } == #""{\"x\": 1}""#)
+        let text = try routeFixture {
+            $0.table = "text_outbox"
+            $0.headersColumn = nil
+            $0.valueEncoding = .json
+            $0.expandJSONPayload = true  // not JSON: stays a string, as Debezium after its warning
+        }.events
+        #expect(text.first { $0.id == "t1" }.map { String(decoding: $0.payload ?? [], as: UTF8.self) } == #""plain \"text\"""#)
+        let bytes = try routeFixture {
+            $0.table = "bytes_outbox"
+            $0.headersColumn = nil
+            $0.valueEncoding = .json
+        }.events
+        #expect(bytes.first { $0.id == "b1" }.map { String(decoding: $0.payload ?? [], as: UTF8.self) } == #""AP8Q""#)
+        let expanded = try routeFixture {
+            $0.valueEncoding = .json
+            $0.expandJSONPayload = true
+            $0.envelopeColumns = [.init(column: "tenant", header: "org"), .init(column: "type", header: "type")]
+        }.events
+        let r1 = try #require(expanded.first { $0.id == "r1" })
+        #expect(String(decoding: r1.payload ?? [], as: UTF8.self) == #"{"payload":{"x":1},"org":"acme","type":"Created"}"#)
+        // In the envelope a NULL payload is {"payload":null,…}, not a tombstone (as Debezium).
+        let r5 = try #require(expanded.first { $0.id == "r5" })
+        #expect(!r5.tombstone && String(decoding: r5.payload ?? [], as: UTF8.self) == #"{"payload":null,"org":null,"type":"Deleted"}"#)
+        // Messages: members are already JSON; null members dropped from the expanded payload.
+        let m1 = try #require(expanded.first { $0.id == "m1" })
+        #expect(String(decoding: m1.payload ?? [], as: UTF8.self) == #"{"payload":[1,{}],"org":"acme","type":"Issued"}"#)
+        // route.tombstone.on.empty.payload: blank payloads too.
+        #expect(try routeFixture { $0.tombstoneOnEmptyPayload = true }.events.first { $0.id == "r5" }?.tombstone == true)
+    }
+
+    @Test func updatesEndTheSessionWhenFatal() throws {
+        #expect(throws: SessionEnd.self) { try routeFixture { $0.updateBehavior = .fatal } }
+        #expect(try routeFixture().outboxChanges > 0)
     }
 
     @Test func updatesAndDeletesOfTheOutboxAreNotEvents() throws {
