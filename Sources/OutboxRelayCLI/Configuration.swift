@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import OutboxCore
 
 /// One configuration surface: every option of every command can be given as
 /// a flag, as an environment variable, or in a config file. Precedence:
@@ -77,6 +78,8 @@ struct ConfigurationSources {
     /// The merged command line, and where each injected option came from.
     var arguments: [String]
     var origins: [String: String] = [:]
+    /// Keys of an imported Debezium configuration that change nothing about the records.
+    var debeziumIgnored: [String] = []
 
     init(
         arguments input: [String], environment: [String: String], commands: [String: [Option]],
@@ -95,8 +98,36 @@ struct ConfigurationSources {
                 arguments.remove(at: index)
             }
         }
+        // --debezium-config PATH likewise: a Debezium connector configuration, the lowest source.
+        var debeziumPath = environment["OUTBOX_RELAY_DEBEZIUM_CONFIG"]
+        if let index = arguments.firstIndex(where: { $0 == "--debezium-config" || $0.hasPrefix("--debezium-config=") }) {
+            if arguments[index] == "--debezium-config" {
+                guard index + 1 < arguments.count else { throw Problem(description: "--debezium-config needs a path") }
+                debeziumPath = arguments[index + 1]
+                arguments.removeSubrange(index...(index + 1))
+            } else {
+                debeziumPath = String(arguments[index].dropFirst("--debezium-config=".count))
+                arguments.remove(at: index)
+            }
+        }
         self.arguments = arguments
         guard let command = arguments.first, let options = commands[command] else { return }
+        var debezium: [String: [String]] = [:]
+        if let debeziumPath {
+            let text: String
+            do { text = try readFile(debeziumPath) } catch { throw Problem(description: "cannot read Debezium configuration \(debeziumPath): \(error)") }
+            let translated: DebeziumConfig
+            do { translated = DebeziumConfig.translate(try DebeziumConfig.pairs(text)) } catch {
+                throw Problem(description: "Debezium configuration \(debeziumPath): \(error)")
+            }
+            if !translated.problems.isEmpty {
+                throw Problem(
+                    description: "Debezium configuration \(debeziumPath) has settings the relay cannot honour:\n"
+                        + translated.problems.map { "  - \($0)" }.joined(separator: "\n"))
+            }
+            for (name, value) in translated.options { debezium[name, default: []].append(value) }
+            debeziumIgnored = translated.ignored
+        }
 
         var file: [(key: String, value: String, line: Int)] = []
         if let configPath {
@@ -143,6 +174,10 @@ struct ConfigurationSources {
                     values = try Self.fileValues(entry.value, option: option, readFile: readFile)
                     origin = "config file \(configPath) line \(entry.line)"
                 }
+            }
+            if origin.isEmpty, let path = debeziumPath, let imported = debezium[option.name] {
+                values = option.kind == .repeated ? imported : [imported.last!]
+                origin = "Debezium configuration \(path)"
             }
             guard !origin.isEmpty else { continue }
             for value in values { try Self.checkControlCharacters(value, origin: origin) }
