@@ -5,8 +5,8 @@ import Testing
 struct DebeziumEncodingTests {
     @Test func jacksonStringEscapes() {
         var out: [UInt8] = []
-        DebeziumEncoding.appendJacksonString(Array("a\"b\\c\n\t\u{8}\u{C}\r\u{1}é/".utf8), to: &out)
-        #expect(String(decoding: out, as: UTF8.self) == #""a\"b\\c\n\t\b\f\r\u0001é/""#)
+        DebeziumEncoding.appendJacksonString(Array("a\"b\\c\n\t\u{8}\u{C}\r\u{1}é/😀".utf8), to: &out)
+        #expect(String(decoding: out, as: UTF8.self) == #""a\"b\\c\n\t\b\f\r\u0001é/\uD83D\uDE00""#)
     }
 
     @Test(arguments: [
@@ -24,6 +24,7 @@ struct DebeziumEncodingTests {
         #expect(expand(#"{"b": 1, "a": [1.50, 2, "x \"y\""], "n": null, "o": {}}"#) == #"{"b":1,"a":[1.5,2,"x \"y\""],"o":{}}"#)
         #expect(expand(#"{"n": null}"#, keepNull: true) == #"{"n":null}"#)
         #expect(expand(#"[true, false, null]"#) == "[true,false,null]")
+        #expect(expand(#"{"s": "Zoë 😀"}"#) == #"{"s":"Zoë \uD83D\uDE00"}"#)
         #expect(expand(#""a string""#) == nil, "not an object or array: Debezium keeps the string")
         #expect(expand("{broken") == nil)
         #expect(expand(#"{"a": 1} x"#) == nil)
