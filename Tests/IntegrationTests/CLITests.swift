@@ -36,6 +36,48 @@ struct CLITests {
         #expect(cli.stderr.contains("created replication slot") && cli.stderr.contains("stopped"))
     }
 
+    @Test func debeziumConnectorConfigurationDrivesRoutingAndEncoding() async throws {
+        let outbox = try TestOutbox(createSlot: false)
+        try outbox.sql.query("DROP PUBLICATION \(outbox.publication)")
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("dbz-\(outbox.name).json").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let config: [String: Any] = [
+            "name": "orders",
+            "config": [
+                "connector.class": "io.debezium.connector.postgresql.PostgresConnector", "plugin.name": "pgoutput",
+                "topic.prefix": "shop", "slot.name": outbox.slot, "publication.name": outbox.publication,
+                "table.include.list": "\(outbox.schema).outbox",
+                "value.converter": "org.apache.kafka.connect.json.JsonConverter", "value.converter.schemas.enable": false,
+                "transforms": "outbox", "transforms.outbox.type": "io.debezium.transforms.outbox.EventRouter",
+                "transforms.outbox.route.topic.replacement": "evt.${routedByValue}",
+                "transforms.outbox.table.fields.additional.placement": "type:envelope:eventType",
+                "transforms.outbox.table.expand.json.payload": true,
+            ],
+        ]
+        try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: path))
+        let cli = try CLI.start(["run", "--source", TestDatabase.conninfo!, "--debezium-config", path, "--create-slot"])
+        try await cli.waitForStderr("streaming")
+        try outbox.insert(payload: #"{"a": 1.50, "n": null}"#)
+        try await cli.waitForStdoutLines(1)
+        #expect(cli.terminate() == 0)
+        let event = try JSONSerialization.jsonObject(with: Data(cli.stdout.split(separator: "\n")[0].utf8)) as! [String: Any]
+        #expect(event["topic"] as? String == "evt.order")
+        let value = try #require(event["payload"] as? [String: Any])
+        #expect(value["payload"] as? [String: Double] == ["a": 1.5], "expanded, the null member left out")
+        #expect(value["eventType"] is String)
+
+        // What the relay cannot honour: one error naming every key, exit 64, no value shown.
+        try JSONSerialization.data(withJSONObject: [
+            "plugin.name": "decoderbufs", "database.password": "${file:/run/secret-path:pw}", "table.include.list": "public.outbox",
+            "transforms": "outbox", "transforms.outbox.type": "io.debezium.transforms.outbox.EventRouter",
+            "transforms.outbox.table.field.event.timestamp": "created_at",
+        ]).write(to: URL(fileURLWithPath: path))
+        let refused = try CLI.start(["run", "--debezium-config", path])
+        #expect(refused.wait() == 64)
+        #expect(refused.stderr.contains("plugin.name must be pgoutput") && refused.stderr.contains("table.field.event.timestamp has no counterpart"))
+        #expect(refused.stderr.contains("database.password uses a Kafka Connect config provider") && !refused.stderr.contains("secret-path"))
+    }
+
     @Test func usageErrorsNameTheOption() throws {
         let cli = try CLI.start(["run", "--source", "host=127.0.0.1", "--slot", "Bad-Slot"])
         #expect(cli.wait() == 64)

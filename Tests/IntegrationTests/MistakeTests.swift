@@ -96,9 +96,14 @@ struct MistakeTests {
         defer { _ = early.terminate() }
         try await Task.sleep(for: .seconds(2))
         #expect(early.process.isRunning && early.stderr.contains("reconnecting"))
-        let late = try PrivateCluster(port: port)
+        // The server comes up with its outbox table already there (a missing table is a
+        // permanent error, rightly): set up on another port, then reachable on this one.
+        let late = try PrivateCluster()
         try late.connect().query(
             try String(contentsOf: TestDatabase.repository.appendingPathComponent("sql/01-outbox-table.sql"), encoding: .utf8))
+        let proxy = TCPProxy(port: port, targetPort: late.port)
+        try proxy.start()
+        defer { proxy.stop() }
         try await early.waitForStderr("msg=streaming", within: 40)
     }
 
