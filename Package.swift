@@ -28,6 +28,12 @@ let package = Package(
             pkgConfig: "rdkafka",
             providers: [.apt(["librdkafka-dev"])]
         ),
+        // System library: a module map over the NATS C client (Debian's libnats-dev), nothing else.
+        .systemLibrary(
+            name: "CNats",
+            pkgConfig: "libnats",
+            providers: [.apt(["libnats-dev"])]
+        ),
         // The data flow, top to bottom: pure pieces first (no C library, no I/O), then
         // the libpq client, the replication session, the driver, the sinks, the CLI.
         //
@@ -62,6 +68,14 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // EventSink over NATS JetStream (libnats): PubAcks as acks, Nats-Msg-Id = event id, dead-letter subject.
+        .target(
+            name: "NATSSink",
+            dependencies: [
+                "OutboxCore", "CNats",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // The polling baseline and fallback: FOR UPDATE SKIP LOCKED batches, LISTEN/NOTIFY waker, same router and sinks.
         .target(
             name: "PollingRelay",
@@ -73,7 +87,7 @@ let package = Package(
         .executableTarget(
             name: "OutboxRelayCLI",
             dependencies: [
-                "OutboxCore", "OutboxRelay", "PGOutput", "KafkaSink", "PollingRelay", "PostgresClient", "PostgresReplication",
+                "OutboxCore", "OutboxRelay", "PGOutput", "KafkaSink", "NATSSink", "PollingRelay", "PostgresClient", "PostgresReplication",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -99,11 +113,12 @@ let package = Package(
         .testTarget(name: "PGOutputTests", dependencies: ["PGOutput", "TestFixtures"]),
         .testTarget(name: "OutboxCoreTests", dependencies: ["OutboxCore", "PGOutput", "TestFixtures"]),
         .testTarget(name: "OutboxRelayTests", dependencies: ["OutboxRelay", "OutboxCore", "PGOutput"]),
+        .testTarget(name: "SinkTests", dependencies: ["NATSSink", "OutboxCore", "PGOutput"]),
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
                 "OutboxCore", "OutboxRelay", "PostgresClient", "PostgresReplication", "PGOutput", "CLibPQ", "KafkaSink",
-                "PollingRelay",
+                "PollingRelay", "NATSSink", "CNats",
             ]
         ),
     ],

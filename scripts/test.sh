@@ -32,6 +32,8 @@ command -v psql >/dev/null || need_apt+=(postgresql-client-15)
 pkg-config --exists libpq 2>/dev/null || need_apt+=(libpq-dev pkg-config)
 pkg-config --exists rdkafka 2>/dev/null || need_apt+=(librdkafka-dev)
 command -v kcat >/dev/null || need_apt+=(kcat)
+pkg-config --exists libnats 2>/dev/null || need_apt+=(libnats-dev)
+[ -x /usr/sbin/nats-server ] || need_apt+=(nats-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "test.sh: installing ${need_apt[*]}" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
@@ -50,6 +52,11 @@ echo "test.sh: PostgreSQL $major ($PG_BIN) on 127.0.0.1:$PGPORT (wal_level=logic
 swift build --build-tests
 export OUTBOX_TEST_PG KAFKA_TEST_BROKERS TANSU_BIN PG_BIN PG_LIB PG_MAJOR
 export OUTBOX_RELAY_BIN="$PWD/.build/debug/outbox-relay"
+# The sinks' suites do not depend on the PostgreSQL version: they run with the
+# default one (each test starts its own server on a free loopback port).
+if [ "$major" = 15 ] || [ -n "${OUTBOX_TEST_SINKS:-}" ]; then
+  export NATS_SERVER_BIN=/usr/sbin/nats-server
+fi
 swift build --product outbox-relay
 # A hard ceiling, so a hang can never eat CI's budget (suites have their own time limits).
 timeout -s KILL 1500 swift test --skip-build --no-parallel "$@"

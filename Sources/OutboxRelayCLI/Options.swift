@@ -3,6 +3,7 @@ import Dispatch
 import Foundation
 import KafkaSink
 import Logging
+import NATSSink
 import OutboxCore
 import OutboxRelay
 import PostgresClient
@@ -32,7 +33,7 @@ struct SourceOptions: ParsableArguments {
 struct SinkOptions: ParsableArguments {
     @Option(
         help: ArgumentHelp(
-            "Where events go: kafka, stdout, or file:PATH (appends NDJSON; acknowledged after fsync).",
+            "Where events go: kafka, nats (JetStream), stdout, or file:PATH (appends NDJSON; acknowledged after fsync).",
             valueName: "sink"))
     var sink = "stdout"
 
@@ -49,9 +50,31 @@ struct SinkOptions: ParsableArguments {
 
     @Option(
         help: ArgumentHelp(
-            "Kafka topic for events that can never be delivered as they are (too large, invalid topic, unauthorized) and rows that cannot become events. Without it such an event stops the relay.",
+            "Kafka topic (NATS: subject) for events that can never be delivered as they are (too large, invalid topic, unauthorized, no stream) and rows that cannot become events. Without it such an event stops the relay.",
             valueName: "topic"))
     var dlqTopic: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "NATS server URL(s), comma-separated (with --sink nats); may carry user:password@ or a token, never logged.",
+            valueName: "nats://host:port,…"))
+    var natsUrl: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "The subject each event is published to, from {topic}, {key} and {type} (with --sink nats). A JetStream stream must cover it.",
+            valueName: "template"))
+    var natsSubject = "{topic}"
+
+    @Option(
+        help: ArgumentHelp("A NATS .creds file (user JWT and NKey seed) for the connection (with --sink nats).", valueName: "path"))
+    var natsCredentials: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "How long a NATS publication waits for JetStream's acknowledgement before the connection is taken as lost and the sink publishes again (with --sink nats).",
+            valueName: "ms"))
+    var natsAckTimeoutMs = 10_000
 
     @Option(
         help: ArgumentHelp(
@@ -60,15 +83,26 @@ struct SinkOptions: ParsableArguments {
     var kafkaTransactionalId: String?
 
     func validate() throws {
-        if sink != "stdout" && sink != "kafka" && !(sink.hasPrefix("file:") && sink.count > 5) {
-            throw ValidationError("--sink must be kafka, stdout or file:PATH, got \"\(sink)\"")
+        if !["stdout", "kafka", "nats"].contains(sink) && !(sink.hasPrefix("file:") && sink.count > 5) {
+            throw ValidationError("--sink must be kafka, nats, stdout or file:PATH, got \"\(sink)\"")
         }
         if sink == "kafka" && (kafkaBrokers ?? "").isEmpty {
             throw ValidationError("--sink kafka needs --kafka-brokers")
         }
-        if sink != "kafka" && (kafkaBrokers != nil || !kafkaProperties.isEmpty || dlqTopic != nil || kafkaTransactionalId != nil) {
-            throw ValidationError("--kafka-brokers, -X, --dlq-topic and --kafka-transactional-id apply only to --sink kafka")
+        if sink != "kafka" && (kafkaBrokers != nil || !kafkaProperties.isEmpty || kafkaTransactionalId != nil) {
+            throw ValidationError("--kafka-brokers, -X and --kafka-transactional-id apply only to --sink kafka")
         }
+        if sink != "kafka" && sink != "nats" && dlqTopic != nil {
+            throw ValidationError("--dlq-topic applies only to --sink kafka and --sink nats")
+        }
+        if sink == "nats" && (natsUrl ?? "").isEmpty {
+            throw ValidationError("--sink nats needs --nats-url")
+        }
+        if sink != "nats" && (natsUrl != nil || natsCredentials != nil || natsSubject != "{topic}") {
+            throw ValidationError("--nats-url, --nats-subject and --nats-credentials apply only to --sink nats")
+        }
+        do { _ = try DestinationTemplate(natsSubject) } catch { throw ValidationError("--nats-subject: \(error)") }
+        if natsAckTimeoutMs < 100 { throw ValidationError("--nats-ack-timeout-ms must be at least 100") }
         if let kafkaTransactionalId, kafkaTransactionalId.isEmpty {
             throw ValidationError("--kafka-transactional-id must not be empty")
         }
@@ -76,8 +110,11 @@ struct SinkOptions: ParsableArguments {
             throw ValidationError(
                 "-X takes key=value, got \"\(property.split(separator: "=").first ?? "")…\"")
         }
-        if let dlqTopic, let problem = OutboxRouter.topicProblem(dlqTopic) {
+        if sink == "kafka", let dlqTopic, let problem = OutboxRouter.topicProblem(dlqTopic) {
             throw ValidationError("--dlq-topic: \(problem)")
+        }
+        if sink == "nats", let dlqTopic, let problem = NATSMessage.subjectProblem(dlqTopic) {
+            throw ValidationError("--dlq-topic: the NATS subject \(problem)")
         }
     }
 
@@ -98,6 +135,12 @@ struct SinkOptions: ParsableArguments {
                 throw SinkError("--kafka-transactional-id auto is available with `run` only (it is derived from the slot)")
             }
             return try KafkaSink(config: kafka, logger: logger)
+        case "nats":
+            var nats = NATSSinkConfig(url: natsUrl!, subject: try DestinationTemplate(natsSubject))
+            nats.deadLetterSubject = dlqTopic
+            nats.credentialsFile = natsCredentials
+            nats.acknowledgementTimeoutMilliseconds = natsAckTimeoutMs
+            return try NATSSink(config: nats, logger: logger)
         default: return try NDJSONSink.file(path: String(sink.dropFirst(5)))
         }
     }

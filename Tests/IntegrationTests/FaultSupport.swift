@@ -212,6 +212,21 @@ final class ContinuousWriters: @unchecked Sendable {
     }
 }
 
+extension ContinuousWriters {
+    /// Under these writers, starts the relay and SIGKILLs it after a random pause,
+    /// `kills` times; starts it once more, lets it run briefly and stops the writers.
+    func sigkillLoop(_ arguments: [String], kills: Int, pauses: ClosedRange<Int>) async throws -> (written: Written, last: CLI) {
+        for _ in 0..<kills {
+            let cli = try CLI.start(arguments)
+            try await Task.sleep(for: .milliseconds(Int.random(in: pauses)))
+            cli.kill9()
+        }
+        let last = try CLI.start(arguments)
+        try await Task.sleep(for: .milliseconds(500))
+        return (stop(), last)
+    }
+}
+
 /// What a sink received, checked against what was written.
 struct DeliveryCheck: CustomStringConvertible {
     var written = 0

@@ -30,17 +30,6 @@ struct FaultTests {
         ] + sink
     }
 
-    func waitUntilConfirmed(_ outbox: TestOutbox, _ end: LSN, within seconds: Double = 90) async throws {
-        let deadline = Date().addingTimeInterval(seconds)
-        while try outbox.confirmedFlush < end {
-            guard Date() < deadline else {
-                Issue.record("slot not confirmed up to \(end): at \(try outbox.confirmedFlush)")
-                return
-            }
-            try await Task.sleep(for: .milliseconds(50))
-        }
-    }
-
     // MARK: 1. Crash anywhere
 
     @Test(arguments: ["file", "kafka"])
@@ -56,15 +45,8 @@ struct FaultTests {
             : ["--sink", "kafka", "--kafka-brokers", TestKafka.brokers!, "--topic-template", "\(topicPrefix).{aggregatetype}"]
         let arguments = Self.relayArguments(outbox, sink: sinkArguments)
         let writers = ContinuousWriters(conninfo: outbox.conninfo, table: "\(outbox.schema).outbox")
-        for _ in 0..<Self.kills {
-            let cli = try CLI.start(arguments)
-            try await Task.sleep(for: .milliseconds(Int.random(in: 100...900)))
-            cli.kill9()
-        }
-        let last = try CLI.start(arguments)
-        try await Task.sleep(for: .milliseconds(500))
-        let written = writers.stop()
-        try await waitUntilConfirmed(outbox, try outbox.currentWAL)
+        let (written, last) = try await writers.sigkillLoop(arguments, kills: Self.kills, pauses: 100...900)
+        try await outbox.waitUntilConfirmed(try outbox.currentWAL)
         #expect(last.terminate() == 0)
 
         let events: [(id: String, key: String, seq: Int)]
@@ -111,7 +93,7 @@ struct FaultTests {
         try await second.waitForStderr("streaming")
         try await Task.sleep(for: .milliseconds(500))
         let written = writers.stop()
-        try await waitUntilConfirmed(outbox, try outbox.currentWAL)
+        try await outbox.waitUntilConfirmed(try outbox.currentWAL)
         #expect(second.terminate() == 0)
         let check = DeliveryCheck(events: try crashEvents(fromFile: file.path), written: written)
         print("graceful shutdown: stopped in \(String(format: "%.2f", stopSeconds)) s with \(before.count) events delivered; \(check)")
@@ -228,7 +210,7 @@ struct FaultTests {
         let takeover = Date().timeIntervalSince(killedAt)
         try await Task.sleep(for: .milliseconds(500))
         let written = writers.stop()
-        try await waitUntilConfirmed(outbox, try outbox.currentWAL)
+        try await outbox.waitUntilConfirmed(try outbox.currentWAL)
         #expect(standby.terminate() == 0)
         let events = try crashEvents(fromFile: files[0].path) + crashEvents(fromFile: files[1].path)
         let check = DeliveryCheck(events: events, written: written)

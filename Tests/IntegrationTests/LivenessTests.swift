@@ -153,7 +153,7 @@ struct LivenessTests {
         try await active.waitForStderr("session may be stale", within: 10)
         try await Task.sleep(for: .seconds(3))
         let written = writers.stop()
-        try await FaultTests().waitUntilConfirmed(outbox, try outbox.currentWAL)
+        try await outbox.waitUntilConfirmed(try outbox.currentWAL)
         let old = try published(0, seconds: 5)
         let new = try published(1, seconds: 5)
         // What the old relay published after it woke, and how many of those are

@@ -110,6 +110,18 @@ final class TestOutbox {
     var currentWAL: LSN {
         get throws { LSN(string: try sql.query("SELECT pg_current_wal_lsn() AS l")[0, "l"]!)! }
     }
+
+    /// Waits until the slot is confirmed up to `end`; records an issue (not a hang) when it is not within `seconds`.
+    func waitUntilConfirmed(_ end: LSN, within seconds: Double = 90) async throws {
+        let deadline = Date().addingTimeInterval(seconds)
+        while try confirmedFlush < end {
+            guard Date() < deadline else {
+                Issue.record("slot not confirmed up to \(end): at \(try confirmedFlush)")
+                return
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+    }
 }
 
 /// Runs a relay on its own thread for the duration of a test.

@@ -1,5 +1,4 @@
 import Glibc
-import OutboxCore
 
 /// A self-pipe another thread signals (a stop request) to end a `poll(2)` at once.
 ///

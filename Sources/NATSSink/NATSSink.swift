@@ -1,0 +1,562 @@
+import CNats
+import Foundation
+import Glibc
+import Logging
+import OutboxCore
+
+/// How the NATS sink connects and publishes.
+public struct NATSSinkConfig: Sendable {
+    /// `nats://host:port`, comma-separated for several servers; may carry
+    /// `user:password@` or a token (never logged).
+    public var url: String
+    /// Where each event goes; `{topic}` by default, so subjects are the topics.
+    public var subject: DestinationTemplate
+    /// A subject for events JetStream refuses for good and rows that cannot become events.
+    public var deadLetterSubject: String?
+    /// A `.creds` file (JWT and NKey seed) for NATS accounts.
+    public var credentialsFile: String?
+    /// How long a publication waits for JetStream's acknowledgement before it counts as lost.
+    public var acknowledgementTimeoutMilliseconds = 10_000
+    /// Connect timeout, and how often the connection is pinged (2 unanswered pings: dead).
+    public var connectTimeoutMilliseconds = 2_000
+    public var pingIntervalMilliseconds = 5_000
+
+    public init(url: String, subject: DestinationTemplate) {
+        self.url = url
+        self.subject = subject
+    }
+
+    /// The URL with any user, password or token replaced by `[redacted]`.
+    public static func redacted(_ url: String) -> String {
+        url.split(separator: ",", omittingEmptySubsequences: false).map { one -> String in
+            guard let at = one.lastIndex(of: "@") else { return String(one) }
+            let scheme = one.range(of: "://").map { String(one[..<$0.upperBound]) } ?? ""
+            return scheme + "[redacted]@" + one[one.index(after: at)...]
+        }.joined(separator: ",")
+    }
+}
+
+/// Start-up problems the relay cannot run with (bad URL, JetStream not enabled): exit, not retry.
+public struct NATSConfigurationError: Error, CustomStringConvertible {
+    public var description: String
+}
+
+/// `EventSink` over NATS JetStream (the C client, libnats).
+///
+/// - Subject from the template; body = the payload as stored; headers
+///   `Nats-Msg-Id` (the event id), `key`, `id`, `type`, the `headers`
+///   members and extra columns, `lsn`; a tombstone is an empty body with
+///   `tombstone: true`.
+/// - Asynchronous publications; an event is acknowledged when its stream's
+///   PubAck arrives (the stream has it, per its replicas and storage). A PubAck
+///   that says "duplicate" (JetStream's window dropped a redelivery) also
+///   acknowledges: the stream has the event.
+/// - The destination away (connection lost, pings unanswered, no PubAck within
+///   the timeout): everything not acknowledged goes back to the front of the
+///   queue in send order, the sink reconnects with capped backoff and publishes
+///   it again; redeliveries JetStream already stored are dropped by `Nats-Msg-Id`.
+///   The client's own reconnect and its reconnect buffer are off, so nothing
+///   sent after a lost publication reaches the stream before it: order per key holds.
+/// - An event JetStream refuses for good (no stream covers its subject, larger
+///   than max_payload, a stream limit with discard new, an invalid subject or
+///   header) goes to the dead-letter subject when there is one; without one the
+///   sink throws, naming the event, before it is acknowledged.
+///
+/// Used only from the relay's I/O thread; libnats's threads only hand results
+/// over to `Inbox` and signal its wake-up pipe.
+public final class NATSSink: EventSink {
+    public let name = "nats"
+    public let config: NATSSinkConfig
+    private let logger: Logger
+
+    struct Record {
+        var sequence: UInt64
+        var ticket: UInt64
+        var weight: Int
+        var eventID: String
+        var lsn: String
+        var subject: String
+        var headers: [(name: String, value: String)]
+        var body: [UInt8]
+        var deadLetter: Bool
+    }
+
+    /// Accepted, not handed to libnats yet (or taken back after a lost connection), in send order.
+    private var queue = RecordQueue()
+    /// Handed to libnats and waiting for its PubAck, by the message's address.
+    private var published: [UInt: Record] = [:]
+    private var nextSequence: UInt64 = 1
+    private var ready: [Acknowledgement] = []
+
+    private var connection: Connection?
+    private var nextAttempt = Date.distantPast
+    private var backoffSeconds = 0.25
+    private var outage: String?
+    private let inboxWakeup = Wakeup()
+    /// Results of connections already closed, kept until their late callbacks cannot come.
+    private var retired: [(inbox: Inbox, at: Date)] = []
+
+    /// Records sent to the dead-letter subject.
+    public private(set) var deadLettered = 0
+    /// PubAcks that said the stream already had the message (a redelivery inside the duplicate window).
+    public private(set) var duplicates = 0
+    public var isReachable: Bool { connection != nil && outage == nil }
+    public var wakeupDescriptor: Int32? { inboxWakeup.descriptor }
+    public var inFlight: Int { queue.count + published.count }
+
+    public init(config: NATSSinkConfig, logger: Logger) throws {
+        self.config = config
+        self.logger = logger
+        if let subject = config.deadLetterSubject, let problem = NATSMessage.subjectProblem(subject) {
+            throw NATSConfigurationError(description: "--dlq-topic \(subject) \(problem)")
+        }
+        if config.subject.isConstant, let problem = NATSMessage.subjectProblem(config.subject.description) {
+            throw NATSConfigurationError(description: "--nats-subject \(config.subject) \(problem)")
+        }
+        do {
+            connection = try Connection(config: config, inbox: Inbox(wakeup: inboxWakeup))
+            logger.notice("NATS JetStream connected", metadata: ["url": "\(NATSSinkConfig.redacted(config.url))"])
+        } catch {
+            switch error {
+            case .configuration(let message): throw NATSConfigurationError(description: message)
+            case .unreachable(let message):
+                outage = message
+                logger.warning(
+                    "NATS unreachable; events wait in the relay and PostgreSQL until it is",
+                    metadata: ["url": "\(NATSSinkConfig.redacted(config.url))", "error": "\(message)"])
+            }
+        }
+    }
+
+    deinit {
+        connection?.close()
+        connection?.inbox.discard()
+        for (inbox, _) in retired { inbox.discard() }
+    }
+
+    // MARK: EventSink
+
+    public func send(_ event: OutboxEvent, ticket: UInt64) throws {
+        let subject = config.subject.render(event)
+        let record = Record(
+            sequence: takeSequence(), ticket: ticket, weight: event.weight, eventID: event.id,
+            lsn: event.lsn.description, subject: subject, headers: NATSMessage.headers(for: event),
+            body: NATSMessage.body(for: event), deadLetter: false)
+        if let problem = NATSMessage.subjectProblem(subject) {
+            return try failPermanently(record, "subject \"\(subject)\" (from --nats-subject \(config.subject)) \(problem)")
+        }
+        if let problem = record.headers.lazy.compactMap({ NATSMessage.headerProblem(name: $0.name, value: $0.value) }).first {
+            return try failPermanently(record, problem)
+        }
+        queue.append(record)
+        try pump()
+    }
+
+    public func deadLetter(_ poison: PoisonEvent, ticket: UInt64) throws -> Bool {
+        guard let subject = config.deadLetterSubject else { return false }
+        let headers: [(name: String, value: String)] = [
+            ("id", poison.id ?? ""), ("lsn", poison.lsn.description),
+            ("dlq.reason", Self.oneLine(poison.reason)), ("dlq.source", Self.oneLine(poison.source)),
+        ]
+        queue.append(
+            Record(
+                sequence: takeSequence(), ticket: ticket, weight: poison.payload?.count ?? 0,
+                eventID: poison.id ?? "", lsn: poison.lsn.description, subject: subject, headers: headers,
+                body: poison.payload ?? [], deadLetter: true))
+        deadLettered += 1
+        try pump()
+        return true
+    }
+
+    public func poll(timeoutMilliseconds: Int) throws -> [Acknowledgement] {
+        try collect()
+        try pump()
+        if ready.isEmpty && timeoutMilliseconds > 0 && (!published.isEmpty || !queue.isEmpty) {
+            var waitFor = timeoutMilliseconds
+            if connection == nil { waitFor = min(waitFor, max(1, Int(nextAttempt.timeIntervalSinceNow * 1000))) }
+            var fd = pollfd(fd: inboxWakeup.descriptor, events: Int16(POLLIN), revents: 0)
+            _ = Glibc.poll(&fd, 1, Int32(clamping: waitFor))
+            try collect()
+            try pump()
+        }
+        defer { ready.removeAll(keepingCapacity: true) }
+        return ready
+    }
+
+    public func flush(timeoutMilliseconds: Int) throws -> [Acknowledgement] {
+        let deadline = Date().addingTimeInterval(Double(timeoutMilliseconds) / 1000)
+        var acknowledged: [Acknowledgement] = []
+        repeat {
+            acknowledged += try poll(timeoutMilliseconds: max(0, min(100, Int(deadline.timeIntervalSinceNow * 1000))))
+        } while (!queue.isEmpty || !published.isEmpty) && Date() < deadline
+        return acknowledged
+    }
+
+    /// Drops what is queued and forgets what is published: a stale session's
+    /// events stay unconfirmed and are read again; a PubAck that still comes is ignored.
+    public func discardUnacknowledged() -> Int {
+        let dropped = queue.count + published.count
+        queue.removeAll()
+        published.removeAll()
+        return dropped
+    }
+
+    // MARK: Publishing
+
+    private func takeSequence() -> UInt64 {
+        defer { nextSequence += 1 }
+        return nextSequence
+    }
+
+    /// Hands queued records to libnats while connected; connects when it is time to try again.
+    private func pump() throws {
+        if connection == nil {
+            guard !queue.isEmpty || outage != nil, Date() >= nextAttempt else { return }
+            reconnect()
+            guard connection != nil else { return }
+        }
+        while let connection, let record = queue.first {
+            switch connection.publish(record, timeoutMilliseconds: config.acknowledgementTimeoutMilliseconds) {
+            case .published(let address):
+                queue.removeFirst()
+                published[address] = record
+            case .failed(let status, let text):
+                switch NATSMessage.classify(status: status, errorCode: 0, text: text, subject: record.subject) {
+                case .permanent(let why):
+                    queue.removeFirst()
+                    try failPermanently(record, why)
+                case .transient(let why):
+                    lose(why)
+                    return
+                }
+            }
+        }
+    }
+
+    /// Takes the PubAcks and failures libnats reported.
+    private func collect() throws {
+        guard let connection else { return }
+        inboxWakeup.clear()
+        let (results, disconnected) = connection.inbox.take()
+        defer { Inbox.release(results) }
+        var lost = disconnected
+        for result in results {
+            guard let record = published.removeValue(forKey: result.address) else { continue }
+            switch result.outcome {
+            case .stored(let duplicate):
+                if duplicate { duplicates += 1 }
+                ready.append(Acknowledgement(ticket: record.ticket, weight: record.weight))
+                if outage != nil {
+                    outage = nil
+                    logger.notice("NATS reachable again; delivering")
+                }
+            case .failed(let status, let code, let text):
+                switch NATSMessage.classify(status: status, errorCode: code, text: text, subject: record.subject) {
+                case .permanent(let why):
+                    try failPermanently(record, why)
+                case .transient(let why):
+                    published[result.address] = record  // goes back to the queue with the others
+                    if lost == nil { lost = why }
+                }
+            }
+        }
+        if let lost { lose(lost) }
+    }
+
+    /// The connection is lost or cannot be trusted: close it, put everything not
+    /// acknowledged back at the front of the queue in send order, try again later.
+    private func lose(_ why: String) {
+        guard let old = connection else { return }
+        connection = nil
+        old.close()
+        retired.append((old.inbox, Date()))
+        for (inbox, at) in retired where Date().timeIntervalSince(at) > 120 { inbox.discard() }
+        retired.removeAll { Date().timeIntervalSince($0.at) > 120 }
+        let back = published.values.sorted { $0.sequence < $1.sequence }
+        published.removeAll()
+        queue.insertAtFront(back)
+        nextAttempt = Date().addingTimeInterval(backoffSeconds)
+        backoffSeconds = min(backoffSeconds * 2, 5)
+        if outage == nil {
+            logger.warning(
+                "NATS unreachable; retrying, nothing new is confirmed meanwhile",
+                metadata: ["error": "\(why)", "waiting": "\(queue.count)"])
+        }
+        outage = why
+    }
+
+    private func reconnect() {
+        do {
+            connection = try Connection(config: config, inbox: Inbox(wakeup: inboxWakeup))
+            backoffSeconds = 0.25
+            logger.info("NATS connected; publishing again", metadata: ["waiting": "\(queue.count)"])
+            // Reachable once a PubAck comes (or now, when nothing waits for one).
+            if queue.isEmpty && outage != nil {
+                outage = nil
+                logger.notice("NATS reachable again")
+            }
+        } catch {
+            nextAttempt = Date().addingTimeInterval(backoffSeconds)
+            backoffSeconds = min(backoffSeconds * 2, 5)
+            let message: String
+            switch error {
+            case .configuration(let text), .unreachable(let text): message = text
+            }
+            if outage == nil {
+                logger.warning("NATS unreachable; retrying", metadata: ["error": "\(message)"])
+            }
+            outage = message
+        }
+    }
+
+    /// An event that can never be stored as it is: to the dead-letter subject, or stop.
+    private func failPermanently(_ record: Record, _ why: String) throws {
+        if record.deadLetter {
+            throw SinkError("dead-letter subject \(record.subject) refused the record for event id=\(record.eventID) (LSN \(record.lsn)): \(why)")
+        }
+        guard let dlq = config.deadLetterSubject else {
+            throw SinkError(
+                "NATS refused event id=\(record.eventID) (commit LSN \(record.lsn)): \(why). Nothing from this transaction on was confirmed; fix the cause (or set --dlq-topic) and restart"
+            )
+        }
+        var headers = record.headers.filter { NATSMessage.headerProblem(name: $0.name, value: $0.value) == nil }
+        headers += [("dlq.error", Self.oneLine(why)), ("dlq.original.subject", Self.oneLine(record.subject))]
+        let tooLarge = why.contains("max_payload")
+        if tooLarge { headers.append(("dlq.payload.omitted", "\(record.body.count) bytes")) }
+        queue.append(
+            Record(
+                sequence: takeSequence(), ticket: record.ticket, weight: record.weight, eventID: record.eventID,
+                lsn: record.lsn, subject: dlq, headers: headers, body: tooLarge ? [] : record.body, deadLetter: true))
+        deadLettered += 1
+        logger.warning(
+            "event sent to the dead-letter subject",
+            metadata: ["id": "\(record.eventID)", "lsn": "\(record.lsn)", "subject": "\(record.subject)", "error": "\(why)"])
+    }
+
+    static func oneLine(_ text: String) -> String {
+        String(text.map { $0 == "\n" || $0 == "\r" ? " " : $0 })
+    }
+}
+
+/// A FIFO of records with cheap removal at the front and insertion of a batch there.
+struct RecordQueue {
+    private var items: [NATSSink.Record] = []
+    private var head = 0
+    var count: Int { items.count - head }
+    var isEmpty: Bool { count == 0 }
+    var first: NATSSink.Record? { head < items.count ? items[head] : nil }
+    mutating func append(_ record: NATSSink.Record) { items.append(record) }
+    mutating func removeFirst() {
+        head += 1
+        if head > 1024 && head * 2 > items.count {
+            items.removeFirst(head)
+            head = 0
+        }
+    }
+    mutating func insertAtFront(_ records: [NATSSink.Record]) {
+        items.replaceSubrange(0..<head, with: records)
+        head = 0
+    }
+    mutating func removeAll() {
+        items.removeAll()
+        head = 0
+    }
+}
+
+// MARK: - libnats
+
+/// What libnats's threads report, taken by the relay's thread.
+final class Inbox: @unchecked Sendable {
+    enum Outcome {
+        case stored(duplicate: Bool)
+        case failed(status: String, code: Int, text: String)
+    }
+
+    private let lock = NSLock()
+    /// The messages stay alive until the relay's thread has matched them: a
+    /// message freed here could have its address reused by the next publication.
+    private var results: [(address: UInt, outcome: Outcome)] = []
+    private var disconnected: String?
+    private let wakeup: Wakeup
+
+    init(wakeup: Wakeup) { self.wakeup = wakeup }
+
+    func deliver(_ address: UInt, _ outcome: Outcome) {
+        lock.withLock { results.append((address, outcome)) }
+        wakeup.signal()
+    }
+
+    func disconnect(_ why: String) {
+        lock.withLock { if disconnected == nil { disconnected = why } }
+        wakeup.signal()
+    }
+
+    /// The results so far; the caller destroys their messages (`release`) once matched.
+    func take() -> ([(address: UInt, outcome: Outcome)], String?) {
+        lock.withLock {
+            defer { results.removeAll(keepingCapacity: true) }
+            return (results, disconnected)
+        }
+    }
+
+    static func release(_ results: [(address: UInt, outcome: Outcome)]) {
+        for result in results { natsMsg_Destroy(OpaquePointer(bitPattern: result.address)) }
+    }
+
+    /// Frees what a closed connection reported and nobody will match.
+    func discard() { Self.release(take().0) }
+}
+
+enum ConnectError: Error {
+    case configuration(String)
+    case unreachable(String)
+}
+
+/// One libnats connection and its JetStream context. Closed, never reused.
+final class Connection {
+    let inbox: Inbox
+    private var nc: OpaquePointer?
+    private var js: OpaquePointer?
+
+    enum PublishResult {
+        case published(UInt)
+        case failed(status: String, text: String)
+    }
+
+    init(config: NATSSinkConfig, inbox: Inbox) throws(ConnectError) {
+        self.inbox = inbox
+        let closure = Unmanaged.passUnretained(inbox).toOpaque()
+        var opts: OpaquePointer?
+        guard natsOptions_Create(&opts) == NATS_OK, let opts else { throw .unreachable("cannot create NATS options") }
+        defer { natsOptions_Destroy(opts) }
+        if natsOptions_SetURL(opts, config.url) != NATS_OK {
+            throw .configuration("--nats-url \(NATSSinkConfig.redacted(config.url)) is not a NATS URL: \(Self.lastError())")
+        }
+        _ = natsOptions_SetName(opts, "outbox-relay")
+        _ = natsOptions_SetTimeout(opts, Int64(config.connectTimeoutMilliseconds))
+        _ = natsOptions_SetPingInterval(opts, Int64(config.pingIntervalMilliseconds))
+        _ = natsOptions_SetMaxPingsOut(opts, 2)
+        // The sink reconnects itself, after taking back what was not acknowledged:
+        // libnats's reconnect would resend its buffer behind a lost publication.
+        _ = natsOptions_SetAllowReconnect(opts, false)
+        _ = natsOptions_SetDisconnectedCB(opts, natsDisconnected, closure)
+        if let file = config.credentialsFile {
+            let s = natsOptions_SetUserCredentialsFromFiles(opts, file, nil)
+            if s != NATS_OK { throw .configuration("--nats-credentials \(file): \(Self.lastError())") }
+        }
+        var connection: OpaquePointer?
+        let s = natsConnection_Connect(&connection, opts)
+        guard s == NATS_OK, let connection else {
+            let text = Self.lastError(s)
+            if s == NATS_NOT_PERMITTED || s == NATS_CONNECTION_AUTH_FAILED {
+                throw .configuration("NATS refused the credentials: \(text)")
+            }
+            throw .unreachable("cannot connect to \(NATSSinkConfig.redacted(config.url)): \(text)")
+        }
+        nc = connection
+        var jsOpts = jsOptions()
+        jsOptions_Init(&jsOpts)
+        jsOpts.Wait = Int64(config.connectTimeoutMilliseconds)
+        jsOpts.PublishAsync.MaxPending = 1 << 30  // the relay's in-flight bound is the bound
+        jsOpts.PublishAsync.AckHandler = natsAcknowledged
+        jsOpts.PublishAsync.AckHandlerClosure = closure
+        var context: OpaquePointer?
+        guard natsConnection_JetStream(&context, connection, &jsOpts) == NATS_OK, let context else {
+            close()
+            throw .unreachable("cannot create a JetStream context: \(Self.lastError())")
+        }
+        js = context
+        // JetStream must answer: an account without it is a configuration error, not an outage.
+        var info: UnsafeMutablePointer<jsAccountInfo>?
+        var code = jsErrCode(rawValue: 0)
+        let infoStatus = js_GetAccountInfo(&info, context, nil, &code)
+        if let info { jsAccountInfo_Destroy(info) }
+        if infoStatus != NATS_OK {
+            let text = Self.lastError(infoStatus)
+            close()
+            if infoStatus == NATS_NO_RESPONDERS || code.rawValue == 10039 {
+                throw .configuration(
+                    "JetStream is not enabled for this account on \(NATSSinkConfig.redacted(config.url)) (\(text)): start nats-server with -js, or enable JetStream for the account"
+                )
+            }
+            throw .unreachable("JetStream did not answer: \(text)")
+        }
+    }
+
+    func publish(_ record: NATSSink.Record, timeoutMilliseconds: Int) -> PublishResult {
+        guard let js else { return .failed(status: "NATS_CONNECTION_CLOSED", text: "connection closed") }
+        var msg: OpaquePointer?
+        var s = record.body.withUnsafeBufferPointer { body in
+            body.baseAddress.map { base in
+                base.withMemoryRebound(to: CChar.self, capacity: body.count) {
+                    natsMsg_Create(&msg, record.subject, nil, $0, Int32(body.count))
+                }
+            } ?? natsMsg_Create(&msg, record.subject, nil, nil, 0)
+        }
+        guard s == NATS_OK, let created = msg else {
+            return .failed(status: Self.statusName(s), text: Self.lastError(s))
+        }
+        for header in record.headers {
+            s = natsMsgHeader_Add(created, header.name, header.value)
+            if s != NATS_OK {
+                natsMsg_Destroy(created)
+                return .failed(status: "NATS_INVALID_ARG", text: "header \(header.name): \(Self.lastError(s))")
+            }
+        }
+        let address = UInt(bitPattern: created)
+        var pubOpts = jsPubOptions()
+        jsPubOptions_Init(&pubOpts)
+        pubOpts.MaxWait = Int64(timeoutMilliseconds)
+        s = js_PublishMsgAsync(js, &msg, &pubOpts)
+        if s != NATS_OK {
+            if let msg { natsMsg_Destroy(msg) }
+            return .failed(status: Self.statusName(s), text: Self.lastError(s))
+        }
+        return .published(address)
+    }
+
+    func close() {
+        if let js { jsCtx_Destroy(js) }
+        if let nc { natsConnection_Destroy(nc) }
+        js = nil
+        nc = nil
+    }
+
+    static func lastError(_ status: natsStatus? = nil) -> String {
+        var s = natsStatus(rawValue: 0)
+        if let text = nats_GetLastError(&s), text.pointee != 0 { return String(cString: text) }
+        return status.map { String(cString: natsStatus_GetText($0)) } ?? "unknown error"
+    }
+
+    static func statusName(_ s: natsStatus) -> String {
+        switch s {
+        case NATS_NO_RESPONDERS: "NATS_NO_RESPONDERS"
+        case NATS_MAX_PAYLOAD: "NATS_MAX_PAYLOAD"
+        case NATS_INVALID_SUBJECT: "NATS_INVALID_SUBJECT"
+        case NATS_TIMEOUT: "NATS_TIMEOUT"
+        case NATS_CONNECTION_CLOSED: "NATS_CONNECTION_CLOSED"
+        case NATS_CONNECTION_DISCONNECTED: "NATS_CONNECTION_DISCONNECTED"
+        default: "NATS_STATUS_\(s.rawValue)"
+        }
+    }
+}
+
+private let natsAcknowledged: jsPubAckHandler = { _, msg, pa, pae, closure in
+    guard let closure, let msg else { return }
+    let inbox = Unmanaged<Inbox>.fromOpaque(closure).takeUnretainedValue()
+    if let pa {
+        inbox.deliver(UInt(bitPattern: msg), .stored(duplicate: pa.pointee.Duplicate))
+    } else if let pae {
+        let text = pae.pointee.ErrText.map { String(cString: $0) } ?? String(cString: natsStatus_GetText(pae.pointee.Err))
+        inbox.deliver(
+            UInt(bitPattern: msg),
+            .failed(status: Connection.statusName(pae.pointee.Err), code: Int(pae.pointee.ErrCode.rawValue), text: text))
+    } else {
+        natsMsg_Destroy(msg)
+    }
+}
+
+private let natsDisconnected: natsConnectionHandler = { _, closure in
+    guard let closure else { return }
+    Unmanaged<Inbox>.fromOpaque(closure).takeUnretainedValue().disconnect("the connection to NATS was lost")
+}
