@@ -34,6 +34,12 @@ let package = Package(
             pkgConfig: "libnats",
             providers: [.apt(["libnats-dev"])]
         ),
+        // System library: rabbitmq-c (Debian's librabbitmq-dev) with small C helpers in the shim.
+        .systemLibrary(
+            name: "CRabbitMQ",
+            pkgConfig: "librabbitmq",
+            providers: [.apt(["librabbitmq-dev"])]
+        ),
         // The data flow, top to bottom: pure pieces first (no C library, no I/O), then
         // the libpq client, the replication session, the driver, the sinks, the CLI.
         //
@@ -76,6 +82,14 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // RabbitMQ sink (rabbitmq-c): publisher confirms as acks, mandatory returns and nacks as refusals.
+        .target(
+            name: "RabbitMQSink",
+            dependencies: [
+                "OutboxCore", "CRabbitMQ",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // The polling baseline and fallback: FOR UPDATE SKIP LOCKED batches, LISTEN/NOTIFY waker, same router and sinks.
         .target(
             name: "PollingRelay",
@@ -87,7 +101,7 @@ let package = Package(
         .executableTarget(
             name: "OutboxRelayCLI",
             dependencies: [
-                "OutboxCore", "OutboxRelay", "PGOutput", "KafkaSink", "NATSSink", "PollingRelay", "PostgresClient", "PostgresReplication",
+                "OutboxCore", "OutboxRelay", "PGOutput", "KafkaSink", "NATSSink", "RabbitMQSink", "PollingRelay", "PostgresClient", "PostgresReplication",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -113,12 +127,12 @@ let package = Package(
         .testTarget(name: "PGOutputTests", dependencies: ["PGOutput", "TestFixtures"]),
         .testTarget(name: "OutboxCoreTests", dependencies: ["OutboxCore", "PGOutput", "TestFixtures"]),
         .testTarget(name: "OutboxRelayTests", dependencies: ["OutboxRelay", "OutboxCore", "PGOutput"]),
-        .testTarget(name: "SinkTests", dependencies: ["NATSSink", "OutboxCore", "PGOutput"]),
+        .testTarget(name: "SinkTests", dependencies: ["NATSSink", "RabbitMQSink", "OutboxCore", "PGOutput"]),
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
                 "OutboxCore", "OutboxRelay", "PostgresClient", "PostgresReplication", "PGOutput", "CLibPQ", "KafkaSink",
-                "PollingRelay", "NATSSink", "CNats",
+                "PollingRelay", "NATSSink", "CNats", "RabbitMQSink", "CRabbitMQ",
             ]
         ),
     ],

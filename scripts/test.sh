@@ -34,6 +34,8 @@ pkg-config --exists rdkafka 2>/dev/null || need_apt+=(librdkafka-dev)
 command -v kcat >/dev/null || need_apt+=(kcat)
 pkg-config --exists libnats 2>/dev/null || need_apt+=(libnats-dev)
 [ -x /usr/sbin/nats-server ] || need_apt+=(nats-server)
+pkg-config --exists librabbitmq 2>/dev/null || need_apt+=(librabbitmq-dev)
+[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need_apt+=(rabbitmq-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "test.sh: installing ${need_apt[*]}" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
@@ -56,6 +58,7 @@ export OUTBOX_RELAY_BIN="$PWD/.build/debug/outbox-relay"
 # default one (each test starts its own server on a free loopback port).
 if [ "$major" = 15 ] || [ -n "${OUTBOX_TEST_SINKS:-}" ]; then
   export NATS_SERVER_BIN=/usr/sbin/nats-server
+  export RABBITMQ_SERVER_BIN=/usr/lib/rabbitmq/bin/rabbitmq-server
 fi
 swift build --product outbox-relay
 # A hard ceiling, so a hang can never eat CI's budget (suites have their own time limits).

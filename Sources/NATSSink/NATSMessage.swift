@@ -33,20 +33,9 @@ public enum NATSMessage {
     }
 
     /// The headers of an event's message: `Nats-Msg-Id` (the event id, so
-    /// JetStream's duplicate window drops a redelivery), `key` (the aggregate
-    /// id), then the event's headers (`id`, `type`, the `headers` members, extra
-    /// columns), `lsn`, and `tombstone: true` for a tombstone (empty body).
+    /// JetStream's duplicate window drops a redelivery), then `messageHeaders`.
     public static func headers(for event: OutboxEvent) -> [(name: String, value: String)] {
-        var out: [(name: String, value: String)] = [("Nats-Msg-Id", event.id), ("key", event.key)]
-        out += event.headers
-        if event.lsn != .zero { out.append(("lsn", event.lsn.description)) }
-        if event.tombstone { out.append(("tombstone", "true")) }
-        return out
-    }
-
-    /// The body: the payload as stored; empty for a tombstone; `null` for a NULL payload kept as JSON.
-    public static func body(for event: OutboxEvent) -> [UInt8] {
-        event.tombstone ? [] : (event.payload ?? Array("null".utf8))
+        [("Nats-Msg-Id", event.id)] + event.messageHeaders
     }
 
     /// What a failed publication means.

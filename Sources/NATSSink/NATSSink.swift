@@ -25,15 +25,6 @@ public struct NATSSinkConfig: Sendable {
         self.url = url
         self.subject = subject
     }
-
-    /// The URL with any user, password or token replaced by `[redacted]`.
-    public static func redacted(_ url: String) -> String {
-        url.split(separator: ",", omittingEmptySubsequences: false).map { one -> String in
-            guard let at = one.lastIndex(of: "@") else { return String(one) }
-            let scheme = one.range(of: "://").map { String(one[..<$0.upperBound]) } ?? ""
-            return scheme + "[redacted]@" + one[one.index(after: at)...]
-        }.joined(separator: ",")
-    }
 }
 
 /// Start-up problems the relay cannot run with (bad URL, JetStream not enabled): exit, not retry.
@@ -82,7 +73,7 @@ public final class NATSSink: EventSink {
     }
 
     /// Accepted, not handed to libnats yet (or taken back after a lost connection), in send order.
-    private var queue = RecordQueue()
+    private var queue = PendingQueue<Record>()
     /// Handed to libnats and waiting for its PubAck, by the message's address.
     private var published: [UInt: Record] = [:]
     private var nextSequence: UInt64 = 1
@@ -90,7 +81,7 @@ public final class NATSSink: EventSink {
 
     private var connection: Connection?
     private var nextAttempt = Date.distantPast
-    private var backoffSeconds = 0.25
+    private var backoff = ReconnectBackoff()
     private var outage: String?
     private let inboxWakeup = Wakeup()
     /// Results of connections already closed, kept until their late callbacks cannot come.
@@ -115,7 +106,7 @@ public final class NATSSink: EventSink {
         }
         do {
             connection = try Connection(config: config, inbox: Inbox(wakeup: inboxWakeup))
-            logger.notice("NATS JetStream connected", metadata: ["url": "\(NATSSinkConfig.redacted(config.url))"])
+            logger.notice("NATS JetStream connected", metadata: ["url": "\(redactedURL(config.url))"])
         } catch {
             switch error {
             case .configuration(let message): throw NATSConfigurationError(description: message)
@@ -123,7 +114,7 @@ public final class NATSSink: EventSink {
                 outage = message
                 logger.warning(
                     "NATS unreachable; events wait in the relay and PostgreSQL until it is",
-                    metadata: ["url": "\(NATSSinkConfig.redacted(config.url))", "error": "\(message)"])
+                    metadata: ["url": "\(redactedURL(config.url))", "error": "\(message)"])
             }
         }
     }
@@ -141,7 +132,7 @@ public final class NATSSink: EventSink {
         let record = Record(
             sequence: takeSequence(), ticket: ticket, weight: event.weight, eventID: event.id,
             lsn: event.lsn.description, subject: subject, headers: NATSMessage.headers(for: event),
-            body: NATSMessage.body(for: event), deadLetter: false)
+            body: event.messageBody, deadLetter: false)
         if let problem = NATSMessage.subjectProblem(subject) {
             return try failPermanently(record, "subject \"\(subject)\" (from --nats-subject \(config.subject)) \(problem)")
         }
@@ -184,12 +175,7 @@ public final class NATSSink: EventSink {
     }
 
     public func flush(timeoutMilliseconds: Int) throws -> [Acknowledgement] {
-        let deadline = Date().addingTimeInterval(Double(timeoutMilliseconds) / 1000)
-        var acknowledged: [Acknowledgement] = []
-        repeat {
-            acknowledged += try poll(timeoutMilliseconds: max(0, min(100, Int(deadline.timeIntervalSinceNow * 1000))))
-        } while (!queue.isEmpty || !published.isEmpty) && Date() < deadline
-        return acknowledged
+        try flushByPolling(timeoutMilliseconds: timeoutMilliseconds) { !queue.isEmpty || !published.isEmpty }
     }
 
     /// Drops what is queued and forgets what is published: a stale session's
@@ -275,8 +261,7 @@ public final class NATSSink: EventSink {
         let back = published.values.sorted { $0.sequence < $1.sequence }
         published.removeAll()
         queue.insertAtFront(back)
-        nextAttempt = Date().addingTimeInterval(backoffSeconds)
-        backoffSeconds = min(backoffSeconds * 2, 5)
+        scheduleAttempt()
         if outage == nil {
             logger.warning(
                 "NATS unreachable; retrying, nothing new is confirmed meanwhile",
@@ -285,10 +270,17 @@ public final class NATSSink: EventSink {
         outage = why
     }
 
+    /// The next connection attempt after the backoff; the relay is woken for it.
+    private func scheduleAttempt() {
+        let delay = backoff.next()
+        nextAttempt = Date().addingTimeInterval(delay)
+        inboxWakeup.signal(afterMilliseconds: Int(delay * 1000))
+    }
+
     private func reconnect() {
         do {
             connection = try Connection(config: config, inbox: Inbox(wakeup: inboxWakeup))
-            backoffSeconds = 0.25
+            backoff.reset()
             logger.info("NATS connected; publishing again", metadata: ["waiting": "\(queue.count)"])
             // Reachable once a PubAck comes (or now, when nothing waits for one).
             if queue.isEmpty && outage != nil {
@@ -296,8 +288,7 @@ public final class NATSSink: EventSink {
                 logger.notice("NATS reachable again")
             }
         } catch {
-            nextAttempt = Date().addingTimeInterval(backoffSeconds)
-            backoffSeconds = min(backoffSeconds * 2, 5)
+            scheduleAttempt()
             let message: String
             switch error {
             case .configuration(let text), .unreachable(let text): message = text
@@ -335,31 +326,6 @@ public final class NATSSink: EventSink {
 
     static func oneLine(_ text: String) -> String {
         String(text.map { $0 == "\n" || $0 == "\r" ? " " : $0 })
-    }
-}
-
-/// A FIFO of records with cheap removal at the front and insertion of a batch there.
-struct RecordQueue {
-    private var items: [NATSSink.Record] = []
-    private var head = 0
-    var count: Int { items.count - head }
-    var isEmpty: Bool { count == 0 }
-    var first: NATSSink.Record? { head < items.count ? items[head] : nil }
-    mutating func append(_ record: NATSSink.Record) { items.append(record) }
-    mutating func removeFirst() {
-        head += 1
-        if head > 1024 && head * 2 > items.count {
-            items.removeFirst(head)
-            head = 0
-        }
-    }
-    mutating func insertAtFront(_ records: [NATSSink.Record]) {
-        items.replaceSubrange(0..<head, with: records)
-        head = 0
-    }
-    mutating func removeAll() {
-        items.removeAll()
-        head = 0
     }
 }
 
@@ -430,7 +396,7 @@ final class Connection {
         guard natsOptions_Create(&opts) == NATS_OK, let opts else { throw .unreachable("cannot create NATS options") }
         defer { natsOptions_Destroy(opts) }
         if natsOptions_SetURL(opts, config.url) != NATS_OK {
-            throw .configuration("--nats-url \(NATSSinkConfig.redacted(config.url)) is not a NATS URL: \(Self.lastError())")
+            throw .configuration("--nats-url \(redactedURL(config.url)) is not a NATS URL: \(Self.lastError())")
         }
         _ = natsOptions_SetName(opts, "outbox-relay")
         _ = natsOptions_SetTimeout(opts, Int64(config.connectTimeoutMilliseconds))
@@ -451,7 +417,7 @@ final class Connection {
             if s == NATS_NOT_PERMITTED || s == NATS_CONNECTION_AUTH_FAILED {
                 throw .configuration("NATS refused the credentials: \(text)")
             }
-            throw .unreachable("cannot connect to \(NATSSinkConfig.redacted(config.url)): \(text)")
+            throw .unreachable("cannot connect to \(redactedURL(config.url)): \(text)")
         }
         nc = connection
         var jsOpts = jsOptions()
@@ -476,7 +442,7 @@ final class Connection {
             close()
             if infoStatus == NATS_NO_RESPONDERS || code.rawValue == 10039 {
                 throw .configuration(
-                    "JetStream is not enabled for this account on \(NATSSinkConfig.redacted(config.url)) (\(text)): start nats-server with -js, or enable JetStream for the account"
+                    "JetStream is not enabled for this account on \(redactedURL(config.url)) (\(text)): start nats-server with -js, or enable JetStream for the account"
                 )
             }
             throw .unreachable("JetStream did not answer: \(text)")

@@ -4,6 +4,7 @@ import Foundation
 import KafkaSink
 import Logging
 import NATSSink
+import RabbitMQSink
 import OutboxCore
 import OutboxRelay
 import PostgresClient
@@ -33,7 +34,7 @@ struct SourceOptions: ParsableArguments {
 struct SinkOptions: ParsableArguments {
     @Option(
         help: ArgumentHelp(
-            "Where events go: kafka, nats (JetStream), stdout, or file:PATH (appends NDJSON; acknowledged after fsync).",
+            "Where events go: kafka, nats (JetStream), rabbitmq, stdout, or file:PATH (appends NDJSON; acknowledged after fsync).",
             valueName: "sink"))
     var sink = "stdout"
 
@@ -50,7 +51,7 @@ struct SinkOptions: ParsableArguments {
 
     @Option(
         help: ArgumentHelp(
-            "Kafka topic (NATS: subject) for events that can never be delivered as they are (too large, invalid topic, unauthorized, no stream) and rows that cannot become events. Without it such an event stops the relay.",
+            "Kafka topic (NATS: subject; RabbitMQ: routing key on --rabbitmq-exchange) for events that can never be delivered as they are (too large, invalid topic, unauthorized, no stream, unroutable, nacked) and rows that cannot become events. Without it such an event stops the relay.",
             valueName: "topic"))
     var dlqTopic: String?
 
@@ -78,13 +79,40 @@ struct SinkOptions: ParsableArguments {
 
     @Option(
         help: ArgumentHelp(
+            "RabbitMQ URL (with --sink rabbitmq); may carry user:password, never logged.",
+            valueName: "amqp[s]://user:password@host:port/vhost"))
+    var rabbitmqUrl: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "The exchange events are published to (with --sink rabbitmq); it must exist. \"\" (the default) is the default exchange, where the routing key names a queue.",
+            valueName: "name"))
+    var rabbitmqExchange = ""
+
+    @Option(
+        help: ArgumentHelp(
+            "The routing key of each event, from {topic}, {key} and {type} (with --sink rabbitmq). A queue must be bound for it: an unroutable event is refused.",
+            valueName: "template"))
+    var rabbitmqRoutingKey = "{topic}"
+
+    @Option(help: ArgumentHelp("CA certificates (PEM) for amqps:// (with --sink rabbitmq).", valueName: "path"))
+    var rabbitmqCaFile: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "How long a RabbitMQ publication waits for the broker's confirm before the connection is taken as lost and the sink publishes again (with --sink rabbitmq).",
+            valueName: "ms"))
+    var rabbitmqAckTimeoutMs = 10_000
+
+    @Option(
+        help: ArgumentHelp(
             "Publish in Kafka transactions with this transactional.id (`auto` with run: outbox-relay-<database system identifier>-<slot>). A relay that starts with the same id fences this one at the brokers; events are acknowledged once their transaction commits.",
             valueName: "id"))
     var kafkaTransactionalId: String?
 
     func validate() throws {
-        if !["stdout", "kafka", "nats"].contains(sink) && !(sink.hasPrefix("file:") && sink.count > 5) {
-            throw ValidationError("--sink must be kafka, nats, stdout or file:PATH, got \"\(sink)\"")
+        if !["stdout", "kafka", "nats", "rabbitmq"].contains(sink) && !(sink.hasPrefix("file:") && sink.count > 5) {
+            throw ValidationError("--sink must be kafka, nats, rabbitmq, stdout or file:PATH, got \"\(sink)\"")
         }
         if sink == "kafka" && (kafkaBrokers ?? "").isEmpty {
             throw ValidationError("--sink kafka needs --kafka-brokers")
@@ -92,8 +120,22 @@ struct SinkOptions: ParsableArguments {
         if sink != "kafka" && (kafkaBrokers != nil || !kafkaProperties.isEmpty || kafkaTransactionalId != nil) {
             throw ValidationError("--kafka-brokers, -X and --kafka-transactional-id apply only to --sink kafka")
         }
-        if sink != "kafka" && sink != "nats" && dlqTopic != nil {
-            throw ValidationError("--dlq-topic applies only to --sink kafka and --sink nats")
+        if !["kafka", "nats", "rabbitmq"].contains(sink) && dlqTopic != nil {
+            throw ValidationError("--dlq-topic applies only to --sink kafka, nats and rabbitmq")
+        }
+        if sink == "rabbitmq" && (rabbitmqUrl ?? "").isEmpty {
+            throw ValidationError("--sink rabbitmq needs --rabbitmq-url")
+        }
+        if sink != "rabbitmq" && (rabbitmqUrl != nil || rabbitmqExchange != "" || rabbitmqRoutingKey != "{topic}" || rabbitmqCaFile != nil) {
+            throw ValidationError("--rabbitmq-url, --rabbitmq-exchange, --rabbitmq-routing-key and --rabbitmq-ca-file apply only to --sink rabbitmq")
+        }
+        do { _ = try DestinationTemplate(rabbitmqRoutingKey) } catch { throw ValidationError("--rabbitmq-routing-key: \(error)") }
+        if rabbitmqAckTimeoutMs < 100 { throw ValidationError("--rabbitmq-ack-timeout-ms must be at least 100") }
+        if let problem = AMQPMessage.exchangeProblem(rabbitmqExchange) {
+            throw ValidationError("--rabbitmq-exchange: \(problem)")
+        }
+        if sink == "rabbitmq", let dlqTopic, let problem = AMQPMessage.routingKeyProblem(dlqTopic) {
+            throw ValidationError("--dlq-topic: \(problem)")
         }
         if sink == "nats" && (natsUrl ?? "").isEmpty {
             throw ValidationError("--sink nats needs --nats-url")
@@ -141,6 +183,13 @@ struct SinkOptions: ParsableArguments {
             nats.credentialsFile = natsCredentials
             nats.acknowledgementTimeoutMilliseconds = natsAckTimeoutMs
             return try NATSSink(config: nats, logger: logger)
+        case "rabbitmq":
+            var rabbit = RabbitMQSinkConfig(
+                url: rabbitmqUrl!, exchange: rabbitmqExchange, routingKey: try DestinationTemplate(rabbitmqRoutingKey))
+            rabbit.deadLetterRoutingKey = dlqTopic
+            rabbit.caFile = rabbitmqCaFile
+            rabbit.acknowledgementTimeoutMilliseconds = rabbitmqAckTimeoutMs
+            return try RabbitMQSink(config: rabbit, logger: logger)
         default: return try NDJSONSink.file(path: String(sink.dropFirst(5)))
         }
     }

@@ -35,11 +35,11 @@ struct NATSMessageTests {
         let headers = NATSMessage.headers(for: event())
         #expect(headers.map(\.name) == ["Nats-Msg-Id", "key", "id", "type", "tenant", "lsn"])
         #expect(headers.map(\.value) == ["e-1", "o-1", "e-1", "OrderCreated", "t9", "0/16B3748"])
-        #expect(NATSMessage.body(for: event()) == Array(#"{"a":1}"#.utf8))
+        #expect(event().messageBody == Array(#"{"a":1}"#.utf8))
         let tombstone = event(payload: nil, tombstone: true)
-        #expect(NATSMessage.body(for: tombstone).isEmpty)
+        #expect(tombstone.messageBody.isEmpty)
         #expect(NATSMessage.headers(for: tombstone).last! == ("tombstone", "true"))
-        #expect(NATSMessage.body(for: event(payload: nil)) == Array("null".utf8))
+        #expect(event(payload: nil).messageBody == Array("null".utf8))
     }
 
     @Test func failuresOfTheDestinationAreRetriedThoseOfTheEventAreNot() {
@@ -76,8 +76,8 @@ struct NATSMessageTests {
     }
 
     @Test func credentialsInURLsAreRedacted() {
-        #expect(NATSSinkConfig.redacted("nats://alice:s3cret@127.0.0.1:4222") == "nats://[redacted]@127.0.0.1:4222")
-        #expect(NATSSinkConfig.redacted("nats://tok@a:1,nats://b:2") == "nats://[redacted]@a:1,nats://b:2")
-        #expect(NATSSinkConfig.redacted("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222")
+        #expect(redactedURL("nats://alice:s3cret@127.0.0.1:4222") == "nats://[redacted]@127.0.0.1:4222")
+        #expect(redactedURL("nats://tok@a:1,nats://b:2") == "nats://[redacted]@a:1,nats://b:2")
+        #expect(redactedURL("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222")
     }
 }

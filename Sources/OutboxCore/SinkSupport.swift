@@ -1,0 +1,111 @@
+import Dispatch
+
+/// Pieces every networked sink needs the same way: its queue of records not yet
+/// handed over, the delay before the next connection attempt, and an event's
+/// headers and body as message brokers carry them.
+
+/// A FIFO with cheap removal at the front and insertion of a batch there (records
+/// taken back after a lost connection go before everything newer).
+public struct PendingQueue<Element> {
+    private var items: [Element] = []
+    private var head = 0
+
+    public init() {}
+
+    public var count: Int { items.count - head }
+    public var isEmpty: Bool { count == 0 }
+    public var first: Element? { head < items.count ? items[head] : nil }
+
+    public mutating func append(_ element: Element) { items.append(element) }
+
+    public mutating func removeFirst() {
+        head += 1
+        if head > 1024 && head * 2 > items.count {
+            items.removeFirst(head)
+            head = 0
+        }
+    }
+
+    public mutating func insertAtFront(_ elements: [Element]) {
+        items.replaceSubrange(0..<head, with: elements)
+        head = 0
+    }
+
+    public mutating func removeAll() {
+        items.removeAll()
+        head = 0
+    }
+}
+
+/// Capped exponential delay between connection attempts: 0.25 s, doubling to 5 s; reset on success.
+public struct ReconnectBackoff: Sendable {
+    public private(set) var seconds: Double
+    let initial: Double
+    let cap: Double
+
+    public init(initial: Double = 0.25, cap: Double = 5) {
+        self.initial = initial
+        self.cap = cap
+        seconds = initial
+    }
+
+    /// The delay to wait now; the next one doubles.
+    public mutating func next() -> Double {
+        defer { seconds = min(seconds * 2, cap) }
+        return seconds
+    }
+
+    public mutating func reset() { seconds = initial }
+}
+
+/// A broker URL for logs: any `user:password@` or token before the host, in each
+/// comma-separated URL, replaced by `[redacted]`.
+public func redactedURL(_ url: String) -> String {
+    url.split(separator: ",", omittingEmptySubsequences: false).map { one -> String in
+        guard let at = one.lastIndex(of: "@") else { return String(one) }
+        let scheme = one.range(of: "://").map { String(one[..<$0.upperBound]) } ?? ""
+        return scheme + "[redacted]@" + one[one.index(after: at)...]
+    }.joined(separator: ",")
+}
+
+extension EventSink {
+    /// `flush` for sinks whose `poll` does the work: polls until nothing is
+    /// `pending` or the time is up, and returns every acknowledgement.
+    public func flushByPolling(timeoutMilliseconds: Int, pending: () -> Bool) throws -> [Acknowledgement] {
+        let deadline = Instant.now() + timeoutMilliseconds
+        var acknowledged: [Acknowledgement] = []
+        repeat {
+            acknowledged += try poll(timeoutMilliseconds: min(100, Int(Instant.now().millisecondsRoundedUp(until: deadline))))
+        } while pending() && Instant.now() < deadline
+        return acknowledged
+    }
+}
+
+extension OutboxEvent {
+    /// The headers a message broker carries for an event: `key` (the aggregate
+    /// id), the event's headers (`id`, `type`, the `headers` members, extra
+    /// columns), `lsn`, and `tombstone: true` for a tombstone (empty body).
+    public var messageHeaders: [(name: String, value: String)] {
+        var out: [(name: String, value: String)] = [("key", key)]
+        out += headers
+        if lsn != .zero { out.append(("lsn", lsn.description)) }
+        if tombstone { out.append(("tombstone", "true")) }
+        return out
+    }
+
+    /// The message body: the payload as stored; empty for a tombstone; `null`
+    /// for a NULL payload kept as JSON.
+    public var messageBody: [UInt8] {
+        tombstone ? [] : (payload ?? Array("null".utf8))
+    }
+}
+
+extension Wakeup {
+    /// Signals after `milliseconds` (a sink's next connection attempt), so the
+    /// relay's wait ends then even when nothing else happens.
+    public func signal(afterMilliseconds milliseconds: Int) {
+        DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(max(1, milliseconds))) { [weak self] in
+            self?.signal()
+        }
+    }
+}
