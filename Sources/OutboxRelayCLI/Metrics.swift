@@ -80,6 +80,7 @@ final class MetricsExporter: LatencyObserver {
             gauge(p + "state", "1 for the current state (\(mode) mode).", state == stats.state ? 1 : 0, labels: [("state", state.rawValue)])
         }
         gauge(p + "ready", "1 when streaming and the sink is delivering (what /readyz reports).", stats.isReady(nowMilliseconds: Relay.nowMilliseconds()) ? 1 : 0)
+        gauge(p + "sink_reachable", "1 when the sink's destination is reachable as far as it knows.", stats.sinkReachable ? 1 : 0)
         for (topic, count) in stats.eventsByTopic {
             let counter =
                 dynamic.topics[topic]

@@ -136,6 +136,7 @@ struct OperationsTests {
         #expect(text.contains("outbox_relay_commit_to_publish_latency_seconds_count 4"))
         #expect(text.contains("outbox_relay_replication_lag_bytes "))
         #expect(text.contains("outbox_relay_ready 1"))
+        #expect(text.contains("outbox_relay_sink_reachable 1"))
         #expect(text.contains("process_resident_memory_bytes ") && text.contains("process_cpu_seconds_total "))
 
         // A second relay on the same slot is alive but not ready: it is a hot standby.
@@ -197,7 +198,8 @@ struct OperationsTests {
         let down = try await Self.get(base + "/readyz")
         #expect(down.status == 503 && down.body.contains("sink unreachable"), "\(down)")
         #expect(try await Self.get(base + "/healthz").status == 200)
-        #expect(try await Self.get(base + "/metrics").body.contains("outbox_relay_ready 0"))
+        let metrics = try await Self.get(base + "/metrics").body
+        #expect(metrics.contains("outbox_relay_ready 0") && metrics.contains("outbox_relay_sink_reachable 0"))
         try edge.start()
         let deadline = Date().addingTimeInterval(15)
         var ready = false
