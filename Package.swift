@@ -34,6 +34,12 @@ let package = Package(
             pkgConfig: "libnats",
             providers: [.apt(["libnats-dev"])]
         ),
+        // System library: libcurl (Debian's libcurl4-openssl-dev) with non-variadic helpers in the shim.
+        .systemLibrary(
+            name: "CCurl",
+            pkgConfig: "libcurl",
+            providers: [.apt(["libcurl4-openssl-dev"])]
+        ),
         // System library: rabbitmq-c (Debian's librabbitmq-dev) with small C helpers in the shim.
         .systemLibrary(
             name: "CRabbitMQ",
@@ -90,6 +96,14 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // HTTP webhook sink (libcurl multi): 2xx as acks, retries with backoff, per-key order, HMAC signatures.
+        .target(
+            name: "HTTPSink",
+            dependencies: [
+                "OutboxCore", "CCurl",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // The polling baseline and fallback: FOR UPDATE SKIP LOCKED batches, LISTEN/NOTIFY waker, same router and sinks.
         .target(
             name: "PollingRelay",
@@ -101,7 +115,7 @@ let package = Package(
         .executableTarget(
             name: "OutboxRelayCLI",
             dependencies: [
-                "OutboxCore", "OutboxRelay", "PGOutput", "KafkaSink", "NATSSink", "RabbitMQSink", "PollingRelay", "PostgresClient", "PostgresReplication",
+                "OutboxCore", "OutboxRelay", "PGOutput", "KafkaSink", "NATSSink", "RabbitMQSink", "HTTPSink", "PollingRelay", "PostgresClient", "PostgresReplication",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -127,12 +141,12 @@ let package = Package(
         .testTarget(name: "PGOutputTests", dependencies: ["PGOutput", "TestFixtures"]),
         .testTarget(name: "OutboxCoreTests", dependencies: ["OutboxCore", "PGOutput", "TestFixtures"]),
         .testTarget(name: "OutboxRelayTests", dependencies: ["OutboxRelay", "OutboxCore", "PGOutput"]),
-        .testTarget(name: "SinkTests", dependencies: ["NATSSink", "RabbitMQSink", "OutboxCore", "PGOutput"]),
+        .testTarget(name: "SinkTests", dependencies: ["NATSSink", "RabbitMQSink", "HTTPSink", "OutboxCore", "PGOutput"]),
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
                 "OutboxCore", "OutboxRelay", "PostgresClient", "PostgresReplication", "PGOutput", "CLibPQ", "KafkaSink",
-                "PollingRelay", "NATSSink", "CNats", "RabbitMQSink", "CRabbitMQ",
+                "PollingRelay", "NATSSink", "CNats", "RabbitMQSink", "CRabbitMQ", "HTTPSink",
             ]
         ),
     ],

@@ -7,7 +7,12 @@
 # bench/results/drain.md. The Kafka rows publish to a local tansu broker (see
 # scripts/kafka-env.sh) with the relay's default producer settings; a CDC run
 # ends when the slot is confirmed (every event acknowledged), the polling run
-# when the table is empty (every row acknowledged and deleted).
+# when the table is empty (every row acknowledged and deleted). The NATS,
+# RabbitMQ and HTTP rows publish to servers the script starts on loopback:
+# nats-server with JetStream (file storage, stream DRAIN), a RabbitMQ node
+# (topic exchange, one durable queue bound to everything; pika from PyPI
+# declares them), and scripts/webhook-receiver.py (Python, 2xx to everything,
+# 16 requests in flight). Skip them with SINKS=.
 #
 #   bash bench/drain.sh [N=1000000]
 set -euo pipefail
@@ -21,12 +26,13 @@ kafka_setup
 kafka_start
 pg_start "synchronous_commit = off" "shared_buffers = 256MB" "max_wal_size = 4GB"
 WORK=$(mktemp -d /tmp/outbox-drain.XXXXXX)
-trap 'kafka_stop; pg_stop; rm -rf "$WORK"' EXIT
+trap 'stop_sinks; kafka_stop; pg_stop; rm -rf "$WORK"' EXIT
 for f in sql/01-outbox-table.sql sql/02-publication.sql sql/05-polling.sql; do psql -X -q -v ON_ERROR_STOP=1 -f "$f" >/dev/null; done
 psql -X -q -c "DROP TRIGGER outbox_notify ON outbox"  # the poller here runs without the waker
 # Two slots per tool, drained in the order recv, relay, relay, recv, so that
 # neither tool alone benefits from a warm page cache.
-for s in drain_recv_1 drain_relay_1 drain_kafka_1 drain_kafka_2 drain_relay_2 drain_recv_2; do
+SINKS=${SINKS-nats rabbitmq http}
+for s in drain_recv_1 drain_relay_1 drain_kafka_1 drain_kafka_2 drain_relay_2 drain_recv_2 drain_nats drain_rabbitmq drain_http; do
   psql -X -q -c "SELECT pg_create_logical_replication_slot('$s', 'pgoutput')" >/dev/null
 done
 
@@ -44,8 +50,8 @@ echo "backlog: $N transactions, $backlog of WAL, written in ${write_s}s" >&2
 
 measure() { # name function slot: wall seconds and peak RSS of the tool's process
   local name=$1; shift
-  export -f recv_cmd relay_cmd kafka_cmd poll_cmd
-  export PG_BIN OUTBOX_TEST_PG END RELAY WORK N KAFKA_TEST_BROKERS
+  export -f recv_cmd relay_cmd kafka_cmd poll_cmd nats_cmd rabbitmq_cmd http_cmd
+  export PG_BIN OUTBOX_TEST_PG END RELAY WORK N KAFKA_TEST_BROKERS NATS_PORT RABBIT_PORT HOOK_PORT
   /usr/bin/time -f "%e %M" -o "$WORK/time" bash -c '"$@"' _ "$@" >/dev/null 2>"$WORK/$name.log" || { cat "$WORK/$name.log" >&2; exit 1; }
   read -r secs rss <"$WORK/time"
   echo "$name $secs $rss"
@@ -60,6 +66,67 @@ relay_cmd() {
 kafka_cmd() {
   "$RELAY" run --source "$OUTBOX_TEST_PG" --slot "$1" --sink kafka --kafka-brokers "$KAFKA_TEST_BROKERS" -X linger.ms=5 --end-lsn "$END"
 }
+nats_cmd() { "$RELAY" run --source "$OUTBOX_TEST_PG" --slot "$1" --sink nats --nats-url "nats://127.0.0.1:$NATS_PORT" --end-lsn "$END"; }
+rabbitmq_cmd() {
+  "$RELAY" run --source "$OUTBOX_TEST_PG" --slot "$1" --sink rabbitmq --rabbitmq-url "amqp://guest:guest@127.0.0.1:$RABBIT_PORT" \
+    --rabbitmq-exchange outbox --end-lsn "$END"
+}
+http_cmd() { "$RELAY" run --source "$OUTBOX_TEST_PG" --slot "$1" --sink http --webhook-url "http://127.0.0.1:$HOOK_PORT/hooks" --end-lsn "$END"; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+start_sinks() {
+  NATS_PORT=$(free_port) RABBIT_PORT=$(free_port) HOOK_PORT=$(free_port)
+  if [[ " $SINKS " == *" nats "* ]]; then
+    nats-server -js -sd "$WORK/nats" -a 127.0.0.1 -p "$NATS_PORT" >"$WORK/nats.log" 2>&1 &
+    PIDS+=($!)
+    python3 - "$NATS_PORT" <<'PY'
+import socket, sys, time
+for _ in range(100):
+    try:
+        s = socket.create_connection(("127.0.0.1", int(sys.argv[1]))); break
+    except OSError:
+        time.sleep(0.1)
+config = b'{"name":"DRAIN","subjects":["outbox.event.>"],"storage":"file","duplicate_window":120000000000}'
+s.sendall(b'CONNECT {"verbose":false,"headers":true}\r\nSUB _INBOX.drain 1\r\nPUB $JS.API.STREAM.CREATE.DRAIN _INBOX.drain %d\r\n%s\r\nPING\r\n' % (len(config), config))
+reply = b""
+while b"MSG _INBOX.drain" not in reply or not reply.endswith(b"\r\n"):
+    reply += s.recv(65536)
+assert b'"error"' not in reply, reply
+PY
+  fi
+  if [[ " $SINKS " == *" rabbitmq "* ]]; then
+    python3 -c 'import pika' 2>/dev/null || pip install -q pika >&2
+    local d=$WORK/rabbitmq
+    mkdir -p "$d"
+    printf 'listeners.tcp.1 = 127.0.0.1:%s\nloopback_users = none\n' "$RABBIT_PORT" >"$d/rabbitmq.conf"
+    echo "[]." >"$d/enabled_plugins"
+    export RABBIT_ENV="HOME=$d RABBITMQ_NODENAME=drain$RABBIT_PORT@localhost RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT=$RABBIT_PORT RABBITMQ_DIST_PORT=$((RABBIT_PORT > 40000 ? RABBIT_PORT - 20000 : RABBIT_PORT + 20000)) RABBITMQ_MNESIA_BASE=$d/mnesia RABBITMQ_LOG_BASE=$d/log RABBITMQ_CONFIG_FILE=$d/rabbitmq.conf RABBITMQ_ENABLED_PLUGINS_FILE=$d/enabled_plugins ERL_EPMD_ADDRESS=127.0.0.1"
+    env $RABBIT_ENV RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" /usr/lib/rabbitmq/bin/rabbitmq-server >"$d/out.log" 2>&1 &
+    PIDS+=($!)
+    python3 - "$RABBIT_PORT" <<'PY'
+import sys, time, pika
+for _ in range(300):
+    try:
+        c = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", int(sys.argv[1]))); break
+    except Exception:
+        time.sleep(0.2)
+ch = c.channel()
+ch.exchange_declare("outbox", "topic", durable=True)
+ch.queue_declare("drain", durable=True)
+ch.queue_bind("drain", "outbox", "#")
+c.close()
+PY
+  fi
+  if [[ " $SINKS " == *" http "* ]]; then
+    python3 scripts/webhook-receiver.py --port "$HOOK_PORT" --log /dev/null >/dev/null 2>&1 &
+    PIDS+=($!)
+    until (echo >"/dev/tcp/127.0.0.1/$HOOK_PORT") 2>/dev/null; do sleep 0.1; done
+  fi
+}
+stop_sinks() {
+  [ -n "${RABBIT_ENV:-}" ] && env $RABBIT_ENV /usr/lib/rabbitmq/bin/rabbitmqctl -n "drain$RABBIT_PORT@localhost" stop >/dev/null 2>&1 || true
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+}
+PIDS=()
 poll_cmd() { # the same rows, read from the table; deletes them, so it runs last
   "$RELAY" poll --source "$OUTBOX_TEST_PG" --sink kafka --kafka-brokers "$KAFKA_TEST_BROKERS" -X linger.ms=5 --batch-size "$1" --until-empty
   left=$(psql -X -At -c "SELECT count(*) FROM outbox")
@@ -72,6 +139,8 @@ rows+=("$(measure "kafka-1" kafka_cmd drain_kafka_1)")
 rows+=("$(measure "kafka-2" kafka_cmd drain_kafka_2)")
 rows+=("$(measure "outbox-relay-2" relay_cmd drain_relay_2)")
 rows+=("$(measure "pg_recvlogical-2" recv_cmd drain_recv_2)")
+start_sinks
+for sink in $SINKS; do rows+=("$(measure "$sink" "${sink}_cmd" "drain_$sink")"); done
 rows+=("$(measure "poll-1" poll_cmd 1000)")
 
 {
@@ -87,6 +156,9 @@ rows+=("$(measure "poll-1" poll_cmd 1000)")
       pg_recvlogical*) what="pg_recvlogical to /dev/null (run ${name##*-})" ;;
       kafka*) what="outbox-relay run (log tailing), Kafka sink (tansu, acks=all, idempotent) (run ${name##*-})" ;;
       poll*) what="outbox-relay poll (batches of 1000, delete after ack), Kafka sink" ;;
+      nats) what="outbox-relay run, NATS JetStream sink (nats-server 2.9, file storage, PubAck per event)" ;;
+      rabbitmq) what="outbox-relay run, RabbitMQ sink (3.10, durable queue, persistent, publisher confirms)" ;;
+      http) what="outbox-relay run, HTTP sink (one POST per event, 16 in flight, Python receiver)" ;;
       *) what="outbox-relay run (log tailing), file sink with fsync (run ${name##*-})" ;;
     esac
     echo "| $what | $N | $secs | $rate | $((rss / 1024)) MiB |"

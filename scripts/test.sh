@@ -35,6 +35,7 @@ command -v kcat >/dev/null || need_apt+=(kcat)
 pkg-config --exists libnats 2>/dev/null || need_apt+=(libnats-dev)
 [ -x /usr/sbin/nats-server ] || need_apt+=(nats-server)
 pkg-config --exists librabbitmq 2>/dev/null || need_apt+=(librabbitmq-dev)
+pkg-config --exists libcurl 2>/dev/null || need_apt+=(libcurl4-openssl-dev)
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need_apt+=(rabbitmq-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "test.sh: installing ${need_apt[*]}" >&2
@@ -59,6 +60,7 @@ export OUTBOX_RELAY_BIN="$PWD/.build/debug/outbox-relay"
 if [ "$major" = 15 ] || [ -n "${OUTBOX_TEST_SINKS:-}" ]; then
   export NATS_SERVER_BIN=/usr/sbin/nats-server
   export RABBITMQ_SERVER_BIN=/usr/lib/rabbitmq/bin/rabbitmq-server
+  export OUTBOX_TEST_SINKS_ENABLED=1
 fi
 swift build --product outbox-relay
 # A hard ceiling, so a hang can never eat CI's budget (suites have their own time limits).

@@ -1,14 +1,15 @@
 import ArgumentParser
 import Dispatch
 import Foundation
+import HTTPSink
 import KafkaSink
 import Logging
 import NATSSink
-import RabbitMQSink
 import OutboxCore
 import OutboxRelay
 import PostgresClient
 import PostgresReplication
+import RabbitMQSink
 
 /// The database connection, shared by every command.
 struct SourceOptions: ParsableArguments {
@@ -34,7 +35,7 @@ struct SourceOptions: ParsableArguments {
 struct SinkOptions: ParsableArguments {
     @Option(
         help: ArgumentHelp(
-            "Where events go: kafka, nats (JetStream), rabbitmq, stdout, or file:PATH (appends NDJSON; acknowledged after fsync).",
+            "Where events go: kafka, nats (JetStream), rabbitmq, http (webhook POSTs), stdout, or file:PATH (appends NDJSON; acknowledged after fsync).",
             valueName: "sink"))
     var sink = "stdout"
 
@@ -51,7 +52,7 @@ struct SinkOptions: ParsableArguments {
 
     @Option(
         help: ArgumentHelp(
-            "Kafka topic (NATS: subject; RabbitMQ: routing key on --rabbitmq-exchange) for events that can never be delivered as they are (too large, invalid topic, unauthorized, no stream, unroutable, nacked) and rows that cannot become events. Without it such an event stops the relay.",
+            "Kafka topic (NATS: subject; RabbitMQ: routing key on --rabbitmq-exchange; http: a URL) for events that can never be delivered as they are (too large, invalid topic, unauthorized, no stream, unroutable, nacked) and rows that cannot become events. Without it such an event stops the relay.",
             valueName: "topic"))
     var dlqTopic: String?
 
@@ -104,6 +105,30 @@ struct SinkOptions: ParsableArguments {
             valueName: "ms"))
     var rabbitmqAckTimeoutMs = 10_000
 
+    @Option(help: ArgumentHelp("The URL each event is POSTed to as JSON (with --sink http).", valueName: "http[s]://…"))
+    var webhookUrl: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "A file holding the key for X-Outbox-Signature-256 (HMAC-SHA256 of the body; with --sink http). Never logged.",
+            valueName: "path"))
+    var webhookSecretFile: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "An extra request header, e.g. \"Authorization: Bearer …\" (repeatable; with --sink http). Values are never logged.",
+            valueName: "Name: value"))
+    var webhookHeader: [String] = []
+
+    @Option(help: ArgumentHelp("Requests in flight at once, across keys; one per key at a time (with --sink http).", valueName: "n"))
+    var webhookConcurrency = 16
+
+    @Option(help: ArgumentHelp("Timeout of one request (with --sink http).", valueName: "ms"))
+    var webhookTimeoutMs = 10_000
+
+    @Option(help: ArgumentHelp("CA certificates (PEM) for https:// (with --sink http).", valueName: "path"))
+    var webhookCaFile: String?
+
     @Option(
         help: ArgumentHelp(
             "Publish in Kafka transactions with this transactional.id (`auto` with run: outbox-relay-<database system identifier>-<slot>). A relay that starts with the same id fences this one at the brokers; events are acknowledged once their transaction commits.",
@@ -111,17 +136,35 @@ struct SinkOptions: ParsableArguments {
     var kafkaTransactionalId: String?
 
     func validate() throws {
-        if !["stdout", "kafka", "nats", "rabbitmq"].contains(sink) && !(sink.hasPrefix("file:") && sink.count > 5) {
-            throw ValidationError("--sink must be kafka, nats, rabbitmq, stdout or file:PATH, got \"\(sink)\"")
+        if !["stdout", "kafka", "nats", "rabbitmq", "http"].contains(sink) && !(sink.hasPrefix("file:") && sink.count > 5) {
+            throw ValidationError("--sink must be kafka, nats, rabbitmq, http, stdout or file:PATH, got \"\(sink)\"")
         }
+        if sink == "http" {
+            guard let url = webhookUrl, url.hasPrefix("http://") || url.hasPrefix("https://") else {
+                throw ValidationError("--sink http needs --webhook-url http://… or https://…")
+            }
+            if let dlqTopic, !(dlqTopic.hasPrefix("http://") || dlqTopic.hasPrefix("https://")) {
+                throw ValidationError("--dlq-topic with --sink http is a URL (http:// or https://)")
+            }
+        } else if webhookUrl != nil || webhookSecretFile != nil || !webhookHeader.isEmpty || webhookCaFile != nil {
+            throw ValidationError("--webhook-url, --webhook-secret-file, --webhook-header and --webhook-ca-file apply only to --sink http")
+        }
+        for header in webhookHeader {
+            let parts = header.split(separator: ":", maxSplits: 1)
+            if parts.count != 2 || parts[0].isEmpty || parts[0].contains(" ") || header.contains("\n") || header.contains("\r") {
+                throw ValidationError("--webhook-header takes \"Name: value\", got \"\(parts.first ?? "")…\"")
+            }
+        }
+        if !(1...1024).contains(webhookConcurrency) { throw ValidationError("--webhook-concurrency must be 1 to 1024") }
+        if webhookTimeoutMs < 100 { throw ValidationError("--webhook-timeout-ms must be at least 100") }
         if sink == "kafka" && (kafkaBrokers ?? "").isEmpty {
             throw ValidationError("--sink kafka needs --kafka-brokers")
         }
         if sink != "kafka" && (kafkaBrokers != nil || !kafkaProperties.isEmpty || kafkaTransactionalId != nil) {
             throw ValidationError("--kafka-brokers, -X and --kafka-transactional-id apply only to --sink kafka")
         }
-        if !["kafka", "nats", "rabbitmq"].contains(sink) && dlqTopic != nil {
-            throw ValidationError("--dlq-topic applies only to --sink kafka, nats and rabbitmq")
+        if !["kafka", "nats", "rabbitmq", "http"].contains(sink) && dlqTopic != nil {
+            throw ValidationError("--dlq-topic applies only to --sink kafka, nats, rabbitmq and http")
         }
         if sink == "rabbitmq" && (rabbitmqUrl ?? "").isEmpty {
             throw ValidationError("--sink rabbitmq needs --rabbitmq-url")
@@ -190,6 +233,23 @@ struct SinkOptions: ParsableArguments {
             rabbit.caFile = rabbitmqCaFile
             rabbit.acknowledgementTimeoutMilliseconds = rabbitmqAckTimeoutMs
             return try RabbitMQSink(config: rabbit, logger: logger)
+        case "http":
+            var http = HTTPSinkConfig(url: webhookUrl!)
+            http.deadLetterURL = dlqTopic
+            http.headers = webhookHeader
+            http.concurrency = webhookConcurrency
+            http.timeoutMilliseconds = webhookTimeoutMs
+            http.caFile = webhookCaFile
+            if let file = webhookSecretFile {
+                guard let key = FileManager.default.contents(atPath: file), !key.isEmpty else {
+                    throw SinkError("--webhook-secret-file \(file) cannot be read or is empty")
+                }
+                // A trailing newline (echo secret > file) is not part of the key.
+                var bytes = [UInt8](key)
+                while let last = bytes.last, last == 10 || last == 13 { bytes.removeLast() }
+                http.signingKey = bytes
+            }
+            return try HTTPSink(config: http, logger: logger)
         default: return try NDJSONSink.file(path: String(sink.dropFirst(5)))
         }
     }
@@ -227,10 +287,15 @@ struct RoutingOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Debezium's route.topic.regex, applied to the routing column's value (Java syntax; default (?<routedByValue>.*)).", valueName: "regex"))
     var routeTopicRegex: String?
 
-    @Option(help: ArgumentHelp("Debezium's route.topic.replacement: $n and ${name} name the regex's groups (default outbox.event.${routedByValue}). Set either to route as Debezium does instead of --topic-template.", valueName: "replacement"))
+    @Option(
+        help: ArgumentHelp(
+            "Debezium's route.topic.replacement: $n and ${name} name the regex's groups (default outbox.event.${routedByValue}). Set either to route as Debezium does instead of --topic-template.",
+            valueName: "replacement"))
     var routeTopicReplacement: String?
 
-    @Option(help: ArgumentHelp("What a NULL payload becomes: tombstone (a record with a null value, as Debezium) or json-null (the 4-byte value null).", valueName: "tombstone|json-null"))
+    @Option(
+        help: ArgumentHelp(
+            "What a NULL payload becomes: tombstone (a record with a null value, as Debezium) or json-null (the 4-byte value null).", valueName: "tombstone|json-null"))
     var nullPayload = "tombstone"
 
     @Flag(help: ArgumentHelp("Accepted for compatibility: NULL payloads are tombstones by default (--null-payload).", visibility: .hidden))
@@ -245,15 +310,23 @@ struct RoutingOptions: ParsableArguments {
     @Flag(help: "With --value-encoding json, write a JSON payload as JSON rather than as a string holding it (Debezium's table.expand.json.payload).")
     var expandJsonPayload = false
 
-    @Option(help: ArgumentHelp("ignore (members whose value is null are left out of an expanded payload) or optional_bytes (kept); Debezium's table.json.payload.null.behavior.", valueName: "ignore|optional_bytes"))
+    @Option(
+        help: ArgumentHelp(
+            "ignore (members whose value is null are left out of an expanded payload) or optional_bytes (kept); Debezium's table.json.payload.null.behavior.",
+            valueName: "ignore|optional_bytes"))
     var jsonPayloadNullBehavior = "ignore"
 
     @Option(
         name: .customLong("additional-field"),
-        help: ArgumentHelp("Debezium's table.fields.additional.placement, one entry each (repeatable): a column as a header or an envelope field (--value-encoding json), under its name or an alias.", valueName: "column:header|envelope[:alias]"))
+        help: ArgumentHelp(
+            "Debezium's table.fields.additional.placement, one entry each (repeatable): a column as a header or an envelope field (--value-encoding json), under its name or an alias.",
+            valueName: "column:header|envelope[:alias]"))
     var additionalFields: [String] = []
 
-    @Option(help: ArgumentHelp("What an UPDATE of an outbox row does: warn, error (logged, no event) or fatal (the relay stops before its transaction is confirmed); Debezium's table.op.invalid.behavior.", valueName: "warn|error|fatal"))
+    @Option(
+        help: ArgumentHelp(
+            "What an UPDATE of an outbox row does: warn, error (logged, no event) or fatal (the relay stops before its transaction is confirmed); Debezium's table.op.invalid.behavior.",
+            valueName: "warn|error|fatal"))
     var updateBehavior = "warn"
 
     @Option(

@@ -84,7 +84,19 @@ struct CLITests {
         #expect(cli.stderr.contains("--slot: invalid slot name \"Bad-Slot\""))
         let sink = try CLI.start(["run", "--source", "host=127.0.0.1", "--sink", "kafka2"])
         #expect(sink.wait() == 64)
-        #expect(sink.stderr.contains("--sink must be kafka, stdout or file:PATH"))
+        #expect(sink.stderr.contains("--sink must be kafka, nats, rabbitmq"), "\(sink.stderr)")
+        for (arguments, message) in [
+            (["--sink", "nats"], "--sink nats needs --nats-url"),
+            (["--sink", "rabbitmq"], "--sink rabbitmq needs --rabbitmq-url"),
+            (["--sink", "stdout", "--rabbitmq-exchange", "x"], "apply only to --sink rabbitmq"),
+            (["--sink", "rabbitmq", "--rabbitmq-url", "amqp://h", "--rabbitmq-routing-key", "{aggregate}"], "--rabbitmq-routing-key"),
+            (["--sink", "rabbitmq", "--rabbitmq-url", "amqp://h", "--rabbitmq-exchange", "amq.mine"], "reserved"),
+            (["--sink", "nats", "--nats-url", "nats://h", "--dlq-topic", "dead.>"], "wildcard"),
+        ] {
+            let cli = try CLI.start(["run", "--source", "host=127.0.0.1"] + arguments)
+            #expect(cli.wait() == 64, "\(arguments)")
+            #expect(cli.stderr.contains(message), "\(arguments): \(cli.stderr)")
+        }
     }
 
     @Test func fatalErrorExitsOneWithTheReason() throws {

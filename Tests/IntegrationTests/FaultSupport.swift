@@ -1,4 +1,5 @@
 import Foundation
+import OutboxCore
 import PGOutput
 import PostgresClient
 import PostgresReplication
@@ -227,8 +228,46 @@ extension ContinuousWriters {
     }
 }
 
+/// A destination stopped for `seconds` under two writers and started again:
+/// checks that it is reported unreachable, that nothing written after the stop
+/// is confirmed while it is away, and that the relay catches up after.
+/// Returns what was written, for the caller to check against what the destination has.
+func destinationOutage(
+    _ outbox: TestOutbox, sink: any EventSink, topicTemplate: String? = nil, seconds: Int,
+    stop: () -> Void, start: () throws -> Void
+) async throws -> ContinuousWriters.Written {
+    let running = RunningRelay(config: outbox.config { if let topicTemplate { $0.routing.topicTemplate = topicTemplate } }, sink: sink)
+    try await running.waitFor("streaming") { $0.state == .streaming }
+    let writers = ContinuousWriters(conninfo: outbox.conninfo, table: "\(outbox.schema).outbox", writers: 2, pauseMicroseconds: 20_000)
+    try await running.waitFor("first deliveries") { $0.eventsAcknowledged > 10 }
+    stop()
+    let atOutage = try outbox.currentWAL
+    try await running.waitFor("not ready", within: 20) { !$0.sinkReachable }
+    for _ in 0..<seconds {
+        try await Task.sleep(for: .seconds(1))
+        #expect(try outbox.confirmedFlush <= atOutage, "nothing undelivered is confirmed")
+    }
+    #expect(running.relay.currentStats.state == .streaming, "still streaming from PostgreSQL")
+    try start()
+    try await Task.sleep(for: .seconds(2))
+    let written = writers.stop()
+    let end = try outbox.currentWAL
+    try await running.waitFor("caught up", within: 90) { _ in try outbox.confirmedFlush >= end }
+    #expect(running.relay.currentStats.sinkReachable)
+    await running.stop()
+    return written
+}
+
 /// What a sink received, checked against what was written.
 struct DeliveryCheck: CustomStringConvertible {
+    /// Records an issue for anything lost, phantom or out of order per key, and for duplicates unless `duplicates` allows them.
+    func expectIntact(duplicates allowed: Bool, sourceLocation: SourceLocation = #_sourceLocation) {
+        #expect(lost.isEmpty, "lost, e.g.: \(lost.prefix(5))", sourceLocation: sourceLocation)
+        #expect(phantoms.isEmpty, "phantoms, e.g.: \(phantoms.prefix(5))", sourceLocation: sourceLocation)
+        #expect(orderViolations.isEmpty, "\(orderViolations.prefix(5))", sourceLocation: sourceLocation)
+        if !allowed { #expect(duplicates == 0, sourceLocation: sourceLocation) }
+    }
+
     var written = 0
     var delivered = 0
     var lost: [String] = []

@@ -47,6 +47,16 @@ final class TCPProxy: @unchecked Sendable {
         return Int(UInt16(bigEndian: address.sin_port))
     }
 
+    /// Whether something accepts connections on 127.0.0.1:`port`.
+    static func canConnect(port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = Self.loopback(port: port)
+        return withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        } == 0
+    }
+
     static func loopback(port: Int) -> sockaddr_in {
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
@@ -109,11 +119,13 @@ final class TCPProxy: @unchecked Sendable {
             let connected = withUnsafeMutablePointer(to: &target) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(upstream, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
             }
-            let registered = connected == 0 && state.withLock { s -> Bool in
-                guard s.generation == generation else { return false }
-                s.connections.formUnion([client, upstream])
-                return true
-            }
+            let registered =
+                connected == 0
+                && state.withLock { s -> Bool in
+                    guard s.generation == generation else { return false }
+                    s.connections.formUnion([client, upstream])
+                    return true
+                }
             guard registered else {
                 close(client)
                 close(upstream)
