@@ -55,12 +55,16 @@ echo "test.sh: PostgreSQL $major ($PG_BIN) on 127.0.0.1:$PGPORT (wal_level=logic
 swift build --build-tests
 export OUTBOX_TEST_PG KAFKA_TEST_BROKERS TANSU_BIN PG_BIN PG_LIB PG_MAJOR
 export OUTBOX_RELAY_BIN="$PWD/.build/debug/outbox-relay"
-# The sinks' suites do not depend on the PostgreSQL version: they run with the
-# default one (each test starts its own server on a free loopback port).
+# The destination suites (Kafka outage and sink, NATS, RabbitMQ, HTTP) do not
+# depend on the PostgreSQL version: they run with the default one only (each
+# starts its own servers on free loopback ports). OUTBOX_TEST_SINKS=1 runs them
+# with another version too.
 if [ "$major" = 15 ] || [ -n "${OUTBOX_TEST_SINKS:-}" ]; then
   export NATS_SERVER_BIN=/usr/sbin/nats-server
   export RABBITMQ_SERVER_BIN=/usr/lib/rabbitmq/bin/rabbitmq-server
   export OUTBOX_TEST_SINKS_ENABLED=1
+else
+  export OUTBOX_TEST_SINKS_ENABLED=0
 fi
 swift build --product outbox-relay
 # A hard ceiling, so a hang can never eat CI's budget (suites have their own time limits).

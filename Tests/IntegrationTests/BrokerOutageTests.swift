@@ -9,7 +9,9 @@ import Testing
 /// nothing that was not delivered, and catches up when the broker is back.
 @Suite(
     "broker outage under load", .serialized,
-    .enabled(if: TestKafka.available && TestKafka.tansu != nil, "needs KAFKA_TEST_BROKERS, TANSU_BIN and OUTBOX_TEST_PG"), .timeLimit(.minutes(6)))
+    .enabled(
+        if: TestKafka.available && TestKafka.tansu != nil && SinkSuites.enabled,
+        "needs KAFKA_TEST_BROKERS, TANSU_BIN and OUTBOX_TEST_PG; runs with the default PostgreSQL"), .timeLimit(.minutes(6)))
 struct BrokerOutageTests {
     static let outageSeconds = Int(ProcessInfo.processInfo.environment["OUTBOX_BROKER_OUTAGE_SECONDS"] ?? "") ?? 30
 

@@ -70,7 +70,8 @@ enum TestKafka {
 @Suite(
     "Kafka sink against a real broker", .serialized,
     .enabled(
-        if: TestKafka.available, "set KAFKA_TEST_BROKERS and OUTBOX_TEST_PG (scripts/test.sh does)"),
+        if: TestKafka.available && SinkSuites.enabled,
+        "set KAFKA_TEST_BROKERS and OUTBOX_TEST_PG (scripts/test.sh does); runs with the default PostgreSQL"),
     .timeLimit(.minutes(4)))
 struct KafkaIntegrationTests {
     @Test func keyValueHeadersAndTombstonesExactlyAsStored() async throws {
