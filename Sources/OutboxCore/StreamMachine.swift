@@ -374,6 +374,15 @@ public struct StreamMachine: Sendable {
         return .none
     }
 
+    /// Called just before the sink hands what it was given to the destination
+    /// (the driver's `poll`). A freeze that began after the events were read —
+    /// a SIGSTOP inside the loop turn — shows here: the session ends as `stalled`
+    /// and nothing read before the freeze is delivered after it (rule 10). Nil: go on.
+    public mutating func checkBeforeDelivery(now: Instant) -> SessionEnd? {
+        guard phase != .connecting, phase != .stopped, let stall = stalled(now: now) else { return nil }
+        return endSession(stall)
+    }
+
     /// The sink acknowledged one event. False for an ack of an earlier session (ignored).
     @discardableResult
     public mutating func acknowledged(_ ack: Acknowledgement) -> Bool {

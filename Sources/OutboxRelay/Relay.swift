@@ -110,7 +110,6 @@ public protocol RelayService: AnyObject, Sendable {
     func runDetached() async throws
 }
 
-
 /// The relay: WAL in, events out in log order, confirmed LSN back.
 ///
 /// A thin driver of `StreamMachine`, which makes every decision: this class
@@ -418,7 +417,12 @@ public final class Relay: RelayService, @unchecked Sendable {
         }
     }
 
+    /// Lets the sink deliver what it was handed (a sink may write only here, as
+    /// the file sink does) and feeds its acknowledgements to the machine. The
+    /// clock is read first: a freeze since the events were read ends the session
+    /// instead of delivering them late.
     private func collectAcknowledgements() throws(RelayError) {
+        if let stall = machine.checkBeforeDelivery(now: Instant.now()) { throw .session(stall) }
         let acks: [Acknowledgement]
         do { acks = try sink.poll(timeoutMilliseconds: 0) } catch { throw Self.sinkFailure(error) }
         for ack in acks where machine.acknowledged(ack) { observeAcknowledgement(ticket: ack.ticket) }

@@ -245,6 +245,24 @@ struct StreamMachineTests {
         #expect(short.received(xlog(fx.begin), now: t0 + 9_000).isNone)
     }
 
+    @Test func aFreezeAfterEventsWereHandedToTheSinkEndsTheSessionBeforeTheyAreDelivered() throws {
+        let fx = try Captured()
+        var machine = started()
+        // Read and handed to the sink at 1 ms; SIGSTOP lands before the sink's poll writes them.
+        let handed = feed(&machine, fx.r1, now: t0 + 1)
+        #expect(handed.contains { $0.publishedEvent != nil })
+        #expect(machine.checkBeforeDelivery(now: t0 + 2) == nil)  // no freeze: deliver
+        #expect(machine.checkBeforeDelivery(now: t0 + 10_002) == .stalled(milliseconds: 10_002, limitMilliseconds: 10_000))
+        #expect(machine.state == .connecting)
+        // No session, nothing to check.
+        #expect(machine.checkBeforeDelivery(now: t0 + 20_000) == nil)
+        // A freeze shorter than the server's timeout is harmless here too.
+        var short = started()
+        _ = feed(&short, fx.r1, now: t0 + 1)
+        #expect(short.checkBeforeDelivery(now: t0 + 9_999) == nil)
+        #expect(short.state != .connecting)
+    }
+
     @Test func theNextSessionIgnoresLateAcksAndResumesFromTheConfirmedPosition() throws {
         let fx = try Captured()
         var machine = started()
@@ -304,8 +322,10 @@ struct StreamMachineTests {
         #expect(machine.state == .draining)
         #expect(machine.next(now: t0 + 1) == .drain(until: t0 + 5_000))
         // The sink never acknowledges: finish at the shutdown deadline, nothing unacknowledged confirmed.
-        #expect(machine.next(now: t0 + 5_000) == .sendStatus(
-            StatusReport(written: LSN(0x154_a300), flushed: LSN(0x100), replyRequested: false)))
+        #expect(
+            machine.next(now: t0 + 5_000)
+                == .sendStatus(
+                    StatusReport(written: LSN(0x154_a300), flushed: LSN(0x100), replyRequested: false)))
         machine.statusSent(StatusReport(written: LSN(0x154_a300), flushed: LSN(0x100), replyRequested: false), now: t0 + 5_000)
         guard case .finish(let report) = machine.next(now: t0 + 10_000) else {
             Issue.record("expected finish")
