@@ -46,6 +46,8 @@ let package = Package(
             pkgConfig: "librabbitmq",
             providers: [.apt(["librabbitmq-dev"])]
         ),
+        // System library: <sys/epoll.h>, which Swift's Glibc module leaves out (libc, nothing to link).
+        .systemLibrary(name: "CEpoll"),
         // The data flow, top to bottom: pure pieces first (no C library, no I/O), then
         // the libpq client, the replication session, the driver, the sinks, the CLI.
         //
@@ -104,6 +106,14 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Redis Streams sink, in Swift over a socket (RESP2): MULTI/EXEC batches, WAIT for replicas, a duplicate window.
+        .target(
+            name: "RedisSink",
+            dependencies: [
+                "OutboxCore", "CEpoll",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // The polling baseline and fallback: FOR UPDATE SKIP LOCKED batches, LISTEN/NOTIFY waker, same router and sinks.
         .target(
             name: "PollingRelay",
@@ -115,7 +125,7 @@ let package = Package(
         .executableTarget(
             name: "OutboxRelayCLI",
             dependencies: [
-                "OutboxCore", "OutboxRelay", "PGOutput", "KafkaSink", "NATSSink", "RabbitMQSink", "HTTPSink", "PollingRelay", "PostgresClient", "PostgresReplication",
+                "OutboxCore", "OutboxRelay", "PGOutput", "KafkaSink", "NATSSink", "RabbitMQSink", "HTTPSink", "RedisSink", "PollingRelay", "PostgresClient", "PostgresReplication",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -141,12 +151,12 @@ let package = Package(
         .testTarget(name: "PGOutputTests", dependencies: ["PGOutput", "TestFixtures"]),
         .testTarget(name: "OutboxCoreTests", dependencies: ["OutboxCore", "PGOutput", "TestFixtures"]),
         .testTarget(name: "OutboxRelayTests", dependencies: ["OutboxRelay", "OutboxCore", "PGOutput"]),
-        .testTarget(name: "SinkTests", dependencies: ["NATSSink", "RabbitMQSink", "HTTPSink", "OutboxCore", "PGOutput"]),
+        .testTarget(name: "SinkTests", dependencies: ["NATSSink", "RabbitMQSink", "HTTPSink", "RedisSink", "OutboxCore", "PGOutput"]),
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
                 "OutboxCore", "OutboxRelay", "PostgresClient", "PostgresReplication", "PGOutput", "CLibPQ", "KafkaSink",
-                "PollingRelay", "NATSSink", "CNats", "RabbitMQSink", "CRabbitMQ", "HTTPSink",
+                "PollingRelay", "NATSSink", "CNats", "RabbitMQSink", "CRabbitMQ", "HTTPSink", "RedisSink",
             ]
         ),
     ],

@@ -10,6 +10,7 @@ import OutboxRelay
 import PostgresClient
 import PostgresReplication
 import RabbitMQSink
+import RedisSink
 
 /// The database connection, shared by every command.
 struct SourceOptions: ParsableArguments {
@@ -35,7 +36,7 @@ struct SourceOptions: ParsableArguments {
 struct SinkOptions: ParsableArguments {
     @Option(
         help: ArgumentHelp(
-            "Where events go: kafka, nats (JetStream), rabbitmq, http (webhook POSTs), stdout, or file:PATH (appends NDJSON; acknowledged after fsync).",
+            "Where events go: kafka, nats (JetStream), rabbitmq, redis (Streams), http (webhook POSTs), stdout, or file:PATH (appends NDJSON; acknowledged after fsync).",
             valueName: "sink"))
     var sink = "stdout"
 
@@ -52,7 +53,7 @@ struct SinkOptions: ParsableArguments {
 
     @Option(
         help: ArgumentHelp(
-            "Kafka topic (NATS: subject; RabbitMQ: routing key on --rabbitmq-exchange; http: a URL) for events that can never be delivered as they are (too large, invalid topic, unauthorized, no stream, unroutable, nacked) and rows that cannot become events. Without it such an event stops the relay.",
+            "Kafka topic (NATS: subject; RabbitMQ: routing key on --rabbitmq-exchange; Redis: a stream; http: a URL) for events that can never be delivered as they are (too large, invalid topic, unauthorized, no stream, unroutable, nacked) and rows that cannot become events. Without it such an event stops the relay.",
             valueName: "topic"))
     var dlqTopic: String?
 
@@ -105,6 +106,43 @@ struct SinkOptions: ParsableArguments {
             valueName: "ms"))
     var rabbitmqAckTimeoutMs = 10_000
 
+    @Option(
+        help: ArgumentHelp(
+            "Redis URL (with --sink redis); may carry user:password, never logged.",
+            valueName: "redis://[user:password@]host:port[/db]"))
+    var redisUrl: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "The stream each event is added to, from {topic}, {key} and {type} (with --sink redis).", valueName: "template"))
+    var redisStream = "{topic}"
+
+    @Option(
+        help: ArgumentHelp(
+            "Trim each stream to about this many entries as events are added (XADD MAXLEN ~; with --sink redis). 0: never trim.",
+            valueName: "n"))
+    var redisMaxlen = 0
+
+    @Option(
+        help: ArgumentHelp(
+            "Drop an event whose id was added within this many seconds (a marker key per event; with --sink redis): redeliveries after a relay crash do not reach the stream. 0: off.",
+            valueName: "seconds"))
+    var redisDedupeWindowS = 0
+
+    @Option(
+        help: ArgumentHelp(
+            "Acknowledge an event only once this many replicas have it (WAIT; with --sink redis).", valueName: "n"))
+    var redisWaitReplicas = 0
+
+    @Option(help: ArgumentHelp("How long one WAIT waits for the replicas (with --sink redis).", valueName: "ms"))
+    var redisWaitTimeoutMs = 1_000
+
+    @Option(
+        help: ArgumentHelp(
+            "How long a batch waits for Redis's answer before the connection is taken as lost and the sink sends it again (with --sink redis).",
+            valueName: "ms"))
+    var redisAckTimeoutMs = 10_000
+
     @Option(help: ArgumentHelp("The URL each event is POSTed to as JSON (with --sink http).", valueName: "http[s]://…"))
     var webhookUrl: String?
 
@@ -136,9 +174,23 @@ struct SinkOptions: ParsableArguments {
     var kafkaTransactionalId: String?
 
     func validate() throws {
-        if !["stdout", "kafka", "nats", "rabbitmq", "http"].contains(sink) && !(sink.hasPrefix("file:") && sink.count > 5) {
-            throw ValidationError("--sink must be kafka, nats, rabbitmq, http, stdout or file:PATH, got \"\(sink)\"")
+        if !["stdout", "kafka", "nats", "rabbitmq", "redis", "http"].contains(sink) && !(sink.hasPrefix("file:") && sink.count > 5) {
+            throw ValidationError("--sink must be kafka, nats, rabbitmq, redis, http, stdout or file:PATH, got \"\(sink)\"")
         }
+        if sink == "redis" {
+            guard let url = redisUrl, !url.isEmpty else { throw ValidationError("--sink redis needs --redis-url") }
+            do { _ = try RedisEndpoint.parse(url) } catch { throw ValidationError("\(error)") }
+            if let dlqTopic, dlqTopic.isEmpty { throw ValidationError("--dlq-topic must not be empty") }
+        } else if redisUrl != nil || redisStream != "{topic}" || redisMaxlen != 0 || redisDedupeWindowS != 0 || redisWaitReplicas != 0 {
+            throw ValidationError(
+                "--redis-url, --redis-stream, --redis-maxlen, --redis-dedupe-window-s and --redis-wait-replicas apply only to --sink redis")
+        }
+        do { _ = try DestinationTemplate(redisStream) } catch { throw ValidationError("--redis-stream: \(error)") }
+        if redisMaxlen < 0 { throw ValidationError("--redis-maxlen must be 0 or more") }
+        if redisDedupeWindowS < 0 { throw ValidationError("--redis-dedupe-window-s must be 0 or more") }
+        if redisWaitReplicas < 0 { throw ValidationError("--redis-wait-replicas must be 0 or more") }
+        if redisWaitTimeoutMs < 10 { throw ValidationError("--redis-wait-timeout-ms must be at least 10") }
+        if redisAckTimeoutMs < 100 { throw ValidationError("--redis-ack-timeout-ms must be at least 100") }
         if sink == "http" {
             guard let url = webhookUrl, url.hasPrefix("http://") || url.hasPrefix("https://") else {
                 throw ValidationError("--sink http needs --webhook-url http://… or https://…")
@@ -163,8 +215,8 @@ struct SinkOptions: ParsableArguments {
         if sink != "kafka" && (kafkaBrokers != nil || !kafkaProperties.isEmpty || kafkaTransactionalId != nil) {
             throw ValidationError("--kafka-brokers, -X and --kafka-transactional-id apply only to --sink kafka")
         }
-        if !["kafka", "nats", "rabbitmq", "http"].contains(sink) && dlqTopic != nil {
-            throw ValidationError("--dlq-topic applies only to --sink kafka, nats, rabbitmq and http")
+        if !["kafka", "nats", "rabbitmq", "redis", "http"].contains(sink) && dlqTopic != nil {
+            throw ValidationError("--dlq-topic applies only to --sink kafka, nats, rabbitmq, redis and http")
         }
         if sink == "rabbitmq" && (rabbitmqUrl ?? "").isEmpty {
             throw ValidationError("--sink rabbitmq needs --rabbitmq-url")
@@ -233,6 +285,15 @@ struct SinkOptions: ParsableArguments {
             rabbit.caFile = rabbitmqCaFile
             rabbit.acknowledgementTimeoutMilliseconds = rabbitmqAckTimeoutMs
             return try RabbitMQSink(config: rabbit, logger: logger)
+        case "redis":
+            var redis = RedisSinkConfig(url: redisUrl!, stream: try DestinationTemplate(redisStream))
+            redis.deadLetterStream = dlqTopic
+            redis.maxLength = redisMaxlen
+            redis.dedupeWindowSeconds = redisDedupeWindowS
+            redis.waitReplicas = redisWaitReplicas
+            redis.waitTimeoutMilliseconds = redisWaitTimeoutMs
+            redis.acknowledgementTimeoutMilliseconds = redisAckTimeoutMs
+            return try RedisSink(config: redis, logger: logger)
         case "http":
             var http = HTTPSinkConfig(url: webhookUrl!)
             http.deadLetterURL = dlqTopic
