@@ -37,6 +37,8 @@ pkg-config --exists libnats 2>/dev/null || need_apt+=(libnats-dev)
 pkg-config --exists librabbitmq 2>/dev/null || need_apt+=(librabbitmq-dev)
 pkg-config --exists libcurl 2>/dev/null || need_apt+=(libcurl4-openssl-dev)
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need_apt+=(rabbitmq-server)
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v redis-cli >/dev/null || need_apt+=(redis-tools)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "test.sh: installing ${need_apt[*]}" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
@@ -55,13 +57,14 @@ echo "test.sh: PostgreSQL $major ($PG_BIN) on 127.0.0.1:$PGPORT (wal_level=logic
 swift build --build-tests
 export OUTBOX_TEST_PG KAFKA_TEST_BROKERS TANSU_BIN PG_BIN PG_LIB PG_MAJOR
 export OUTBOX_RELAY_BIN="$PWD/.build/debug/outbox-relay"
-# The destination suites (Kafka outage and sink, NATS, RabbitMQ, HTTP) do not
+# The destination suites (Kafka outage and sink, NATS, RabbitMQ, Redis, HTTP) do not
 # depend on the PostgreSQL version: they run with the default one only (each
 # starts its own servers on free loopback ports). OUTBOX_TEST_SINKS=1 runs them
 # with another version too.
 if [ "$major" = 15 ] || [ -n "${OUTBOX_TEST_SINKS:-}" ]; then
   export NATS_SERVER_BIN=/usr/sbin/nats-server
   export RABBITMQ_SERVER_BIN=/usr/lib/rabbitmq/bin/rabbitmq-server
+  export REDIS_SERVER_BIN=/usr/bin/redis-server
   export OUTBOX_TEST_SINKS_ENABLED=1
 else
   export OUTBOX_TEST_SINKS_ENABLED=0

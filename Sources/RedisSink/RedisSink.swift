@@ -152,9 +152,10 @@ public final class RedisSink: EventSink {
 
     public func deadLetter(_ poison: PoisonEvent, ticket: UInt64) throws -> Bool {
         guard let stream = config.deadLetterStream else { return false }
-        let fields: [[UInt8]] = [
-            "id", poison.id ?? "", "lsn", poison.lsn.description, "dlq.reason", poison.reason, "dlq.source", poison.source,
-        ].map { Array($0.utf8) } + [Array("payload".utf8), poison.payload ?? []]
+        let fields: [[UInt8]] =
+            [
+                "id", poison.id ?? "", "lsn", poison.lsn.description, "dlq.reason", poison.reason, "dlq.source", poison.source,
+            ].map { Array($0.utf8) } + [Array("payload".utf8), poison.payload ?? []]
         queue.append(
             Record(
                 ticket: ticket, weight: poison.payload?.count ?? 0, eventID: poison.id ?? "", lsn: poison.lsn.description,

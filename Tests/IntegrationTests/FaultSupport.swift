@@ -258,6 +258,27 @@ func destinationOutage(
     return written
 }
 
+extension TestOutbox {
+    /// What every sink's shape test writes: an event with a header and then a
+    /// tombstone of the same key (their ids), and 3 s of 3 concurrent writers
+    /// (what they committed); returns once the relay confirmed all of it.
+    func shapedRowsUnderLoad() async throws -> (shaped: [String], written: ContinuousWriters.Written) {
+        let shaped = try sql.query(
+            """
+            INSERT INTO \(schema).outbox (aggregatetype, aggregateid, type, payload, headers)
+            VALUES ('order', 'o-1', 'OrderCreated', '{"total": 5}', '{"tenant": "t9"}'),
+                   ('order', 'o-1', 'OrderDeleted', NULL, NULL)
+            RETURNING id
+            """
+        ).values.map { $0[0]! }
+        let writers = ContinuousWriters(conninfo: conninfo, table: "\(schema).outbox", writers: 3, pauseMicroseconds: 5_000)
+        try await Task.sleep(for: .seconds(3))
+        let written = writers.stop()
+        try await waitUntilConfirmed(try currentWAL)
+        return (shaped, written)
+    }
+}
+
 /// What a sink received, checked against what was written.
 struct DeliveryCheck: CustomStringConvertible {
     /// Records an issue for anything lost, phantom or out of order per key, and for duplicates unless `duplicates` allows them.

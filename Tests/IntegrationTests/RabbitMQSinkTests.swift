@@ -44,18 +44,7 @@ struct RabbitMQSinkTests {
         let cli = try CLI.start(Self.arguments(outbox, url: url))
         try await cli.waitForStderr("msg=streaming", within: 20)
 
-        let shaped = try outbox.sql.query(
-            """
-            INSERT INTO \(outbox.schema).outbox (aggregatetype, aggregateid, type, payload, headers)
-            VALUES ('order', 'o-1', 'OrderCreated', '{"total": 5}', '{"tenant": "t9"}'),
-                   ('order', 'o-1', 'OrderDeleted', NULL, NULL)
-            RETURNING id
-            """
-        ).values.map { $0[0]! }
-        let writers = ContinuousWriters(conninfo: outbox.conninfo, table: "\(outbox.schema).outbox", writers: 3, pauseMicroseconds: 5_000)
-        try await Task.sleep(for: .seconds(3))
-        let written = writers.stop()
-        try await outbox.waitUntilConfirmed(try outbox.currentWAL)
+        let (shaped, written) = try await outbox.shapedRowsUnderLoad()
         #expect(cli.terminate() == 0)
         #expect(!cli.stderr.contains("guest:guest"), "credentials never reach a log")
 

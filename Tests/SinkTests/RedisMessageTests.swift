@@ -135,7 +135,9 @@ struct RedisMessageTests {
 
     @Test func errorsAreSortedByWhatTheOperatorMustDo() {
         #expect(RedisMessage.classify("NOPERM this user has no permissions to access the 'x' key") == .permanent("NOPERM this user has no permissions to access the 'x' key"))
-        for transient in ["LOADING Redis is loading", "BUSY Redis is busy running a script", "MISCONF Errors writing to disk", "NOSCRIPT No matching script", "ERR max number of clients reached"] {
+        for transient in [
+            "LOADING Redis is loading", "BUSY Redis is busy running a script", "MISCONF Errors writing to disk", "NOSCRIPT No matching script", "ERR max number of clients reached",
+        ] {
             #expect(RedisMessage.classify(transient) == .transient(transient))
         }
         guard case .fatal(let why) = RedisMessage.classify("MOVED 3999 127.0.0.1:6381") else {
