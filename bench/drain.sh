@@ -31,8 +31,11 @@ for f in sql/01-outbox-table.sql sql/02-publication.sql sql/05-polling.sql; do p
 psql -X -q -c "DROP TRIGGER outbox_notify ON outbox"  # the poller here runs without the waker
 # Two slots per tool, drained in the order recv, relay, relay, recv, so that
 # neither tool alone benefits from a warm page cache.
-SINKS=${SINKS-nats rabbitmq http}
-for s in drain_recv_1 drain_relay_1 drain_kafka_1 drain_kafka_2 drain_relay_2 drain_recv_2 drain_nats drain_rabbitmq drain_http; do
+DEFAULT_SINKS="nats rabbitmq redis http"
+SINKS=${SINKS-$DEFAULT_SINKS}
+RESULTS=bench/results/drain.md
+[ "$SINKS" = "$DEFAULT_SINKS" ] || RESULTS="bench/results/drain-$(echo "${SINKS:-none}" | tr ' ' '-').md"
+for s in drain_recv_1 drain_relay_1 drain_kafka_1 drain_kafka_2 drain_relay_2 drain_recv_2 drain_nats drain_rabbitmq drain_redis drain_http; do
   psql -X -q -c "SELECT pg_create_logical_replication_slot('$s', 'pgoutput')" >/dev/null
 done
 
@@ -50,8 +53,8 @@ echo "backlog: $N transactions, $backlog of WAL, written in ${write_s}s" >&2
 
 measure() { # name function slot: wall seconds and peak RSS of the tool's process
   local name=$1; shift
-  export -f recv_cmd relay_cmd kafka_cmd poll_cmd nats_cmd rabbitmq_cmd http_cmd
-  export PG_BIN OUTBOX_TEST_PG END RELAY WORK N KAFKA_TEST_BROKERS NATS_PORT RABBIT_PORT HOOK_PORT
+  export -f recv_cmd relay_cmd kafka_cmd poll_cmd nats_cmd rabbitmq_cmd redis_cmd http_cmd
+  export PG_BIN OUTBOX_TEST_PG END RELAY WORK N KAFKA_TEST_BROKERS NATS_PORT RABBIT_PORT REDIS_PORT HOOK_PORT
   /usr/bin/time -f "%e %M" -o "$WORK/time" bash -c '"$@"' _ "$@" >/dev/null 2>"$WORK/$name.log" || { cat "$WORK/$name.log" >&2; exit 1; }
   read -r secs rss <"$WORK/time"
   echo "$name $secs $rss"
@@ -71,10 +74,15 @@ rabbitmq_cmd() {
   "$RELAY" run --source "$OUTBOX_TEST_PG" --slot "$1" --sink rabbitmq --rabbitmq-url "amqp://guest:guest@127.0.0.1:$RABBIT_PORT" \
     --rabbitmq-exchange outbox --end-lsn "$END"
 }
+redis_cmd() {
+  "$RELAY" run --source "$OUTBOX_TEST_PG" --slot "$1" --sink redis --redis-url "redis://127.0.0.1:$REDIS_PORT" --end-lsn "$END"
+  entries=$(redis-cli -p "$REDIS_PORT" XLEN outbox.event.order)
+  [ "$entries" -eq "$N" ] || { echo "the stream has $entries entries, expected $N" >&2; return 1; }
+}
 http_cmd() { "$RELAY" run --source "$OUTBOX_TEST_PG" --slot "$1" --sink http --webhook-url "http://127.0.0.1:$HOOK_PORT/hooks" --end-lsn "$END"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 start_sinks() {
-  NATS_PORT=$(free_port) RABBIT_PORT=$(free_port) HOOK_PORT=$(free_port)
+  NATS_PORT=$(free_port) RABBIT_PORT=$(free_port) REDIS_PORT=$(free_port) HOOK_PORT=$(free_port)
   if [[ " $SINKS " == *" nats "* ]]; then
     nats-server -js -sd "$WORK/nats" -a 127.0.0.1 -p "$NATS_PORT" >"$WORK/nats.log" 2>&1 &
     PIDS+=($!)
@@ -115,6 +123,13 @@ ch.queue_declare("drain", durable=True)
 ch.queue_bind("drain", "outbox", "#")
 c.close()
 PY
+  fi
+  if [[ " $SINKS " == *" redis "* ]]; then
+    mkdir -p "$WORK/redis"
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$WORK/redis" --save "" --appendonly yes --appendfsync always \
+      --logfile "$WORK/redis/log" &
+    PIDS+=($!)
+    until redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; do sleep 0.1; done
   fi
   if [[ " $SINKS " == *" http "* ]]; then
     python3 scripts/webhook-receiver.py --port "$HOOK_PORT" --log /dev/null >/dev/null 2>&1 &
@@ -158,9 +173,10 @@ rows+=("$(measure "poll-1" poll_cmd 1000)")
       poll*) what="outbox-relay poll (batches of 1000, delete after ack), Kafka sink" ;;
       nats) what="outbox-relay run, NATS JetStream sink (nats-server 2.9, file storage, PubAck per event)" ;;
       rabbitmq) what="outbox-relay run, RabbitMQ sink (3.10, durable queue, persistent, publisher confirms)" ;;
+      redis) what="outbox-relay run, Redis Streams sink (redis-server 7.0, appendfsync always, MULTI/EXEC batches)" ;;
       http) what="outbox-relay run, HTTP sink (one POST per event, 16 in flight, Python receiver)" ;;
       *) what="outbox-relay run (log tailing), file sink with fsync (run ${name##*-})" ;;
     esac
     echo "| $what | $N | $secs | $rate | $((rss / 1024)) MiB |"
   done
-} | tee bench/results/drain.md
+} | tee "$RESULTS"
