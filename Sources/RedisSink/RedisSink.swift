@@ -204,7 +204,7 @@ public final class RedisSink: EventSink {
     private func pump() throws {
         let now = Instant.now()
         if connection == nil {
-            guard inFlight > 0 || outage != nil, now >= nextAttempt else { return }
+            guard now >= nextAttempt else { return }
             reconnect()
             guard connection != nil else { return }
         }
@@ -316,9 +316,8 @@ public final class RedisSink: EventSink {
                     try failPermanently(record, why)
                 case .refused(.transient(let why)):
                     // Redis cannot write now: this one and the rest go again, first.
-                    queue.insertAtFront(Array(finished.records[index...]))
                     settleStored(stored, replicas: replicas)
-                    return hold(why)
+                    return retryLater(Array(finished.records[index...]), why)
                 case .refused(.fatal(let why)):
                     throw refusal(record, why)
                 }
@@ -328,8 +327,7 @@ public final class RedisSink: EventSink {
         case .aborted(let index, let refused):
             switch refused {
             case .transient(let why):
-                queue.insertAtFront(finished.records)
-                hold(why)
+                retryLater(finished.records, why)
             case .permanent(let why):
                 guard let index else { throw refusal(finished.records[0], why) }
                 var rest = finished.records
@@ -370,6 +368,21 @@ public final class RedisSink: EventSink {
         hold("\(have) of \(config.waitReplicas) replicas acknowledged within \(config.waitTimeoutMilliseconds) ms (WAIT)")
     }
 
+    /// Redis refused a batch for now (OOM, LOADING, READONLY, NOSCRIPT, …):
+    /// it goes back in front of the queue, and the sink reconnects after the
+    /// backoff — a new connection loads the script again (after a SCRIPT FLUSH
+    /// or a failover) and resolves the host again (a name that moved to the new
+    /// primary). Unless replicas are awaited for an earlier batch on this
+    /// connection: then it waits on it (WAIT counts this connection's writes).
+    private func retryLater(_ records: [Record], _ why: String) {
+        queue.insertAtFront(records)
+        if batch == nil {
+            lose(why, "Redis is not taking events now; reconnecting, nothing new is confirmed meanwhile")
+        } else {
+            hold(why)
+        }
+    }
+
     /// Redis refused writes for now: wait before the next batch; reachability off meanwhile.
     private func hold(_ why: String) {
         let delay = backoff.next()
@@ -386,7 +399,7 @@ public final class RedisSink: EventSink {
     /// The connection is lost or cannot be trusted: close it, put the batch
     /// back at the front of the queue, try again later. Its events may have
     /// been applied: sending them again is at-least-once (the window drops them).
-    private func lose(_ why: String) {
+    private func lose(_ why: String, _ message: Logger.Message = "Redis unreachable; retrying, nothing new is confirmed meanwhile") {
         guard connection != nil else { return }
         closeConnection()
         if let lost = batch {
@@ -395,9 +408,7 @@ public final class RedisSink: EventSink {
         }
         scheduleAttempt()
         if outage == nil {
-            logger.warning(
-                "Redis unreachable; retrying, nothing new is confirmed meanwhile",
-                metadata: ["error": "\(why)", "waiting": "\(queue.count)"])
+            logger.warning(message, metadata: ["error": "\(why)", "waiting": "\(queue.count)"])
         }
         outage = why
     }

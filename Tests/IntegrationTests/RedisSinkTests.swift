@@ -152,6 +152,44 @@ struct RedisSinkTests {
         }
     }
 
+    /// Redis out of memory (maxmemory reached, noeviction): the batch is refused
+    /// with OOM and held, nothing is confirmed; once memory is there it goes in.
+    @Test func outOfMemoryHoldsTheEventsUntilRedisTakesThem() async throws {
+        let outbox = try TestOutbox()
+        let server = try RedisServer()
+        let cli = try CLI.start(Self.arguments(outbox, url: server.url))
+        try await cli.waitForStderr("msg=streaming", within: 20)
+        let first = try outbox.insert(aggregate: "order", key: "a")[0]
+        try await outbox.waitUntilConfirmed(try outbox.currentWAL)
+        try server.command(["CONFIG", "SET", "maxmemory", "1"])
+        let second = try outbox.insert(aggregate: "order", key: "a")[0]
+        try await cli.waitForStderr("OOM", within: 10)
+        try await Task.sleep(for: .seconds(2))
+        #expect(try outbox.confirmedFlush < (try outbox.currentWAL), "nothing Redis refused is confirmed")
+        try server.command(["CONFIG", "SET", "maxmemory", "0"])
+        try await outbox.waitUntilConfirmed(try outbox.currentWAL)
+        #expect(cli.terminate() == 0)
+        #expect(try server.entries("\(outbox.name).order").map { $0.field("id") } == [first, second])
+    }
+
+    /// The duplicate-window script gone (SCRIPT FLUSH; a failover to a server
+    /// that never loaded it): the batch is refused with NOSCRIPT, the sink
+    /// reconnects, loads it again and adds the event; nothing is lost.
+    @Test func aFlushedScriptIsLoadedAgain() async throws {
+        let outbox = try TestOutbox()
+        let server = try RedisServer()
+        let cli = try CLI.start(Self.arguments(outbox, url: server.url, ["--redis-dedupe-window-s", "60"]))
+        try await cli.waitForStderr("msg=streaming", within: 20)
+        let first = try outbox.insert(aggregate: "order", key: "a")[0]
+        try await outbox.waitUntilConfirmed(try outbox.currentWAL)
+        #expect(try server.command(["SCRIPT", "FLUSH"]) == "OK")
+        let second = try outbox.insert(aggregate: "order", key: "a")[0]
+        try await outbox.waitUntilConfirmed(try outbox.currentWAL)
+        #expect(cli.terminate() == 0)
+        #expect(try server.entries("\(outbox.name).order").map { $0.field("id") } == [first, second])
+        #expect(cli.stderr.contains("NOSCRIPT"), "\(cli.stderr)")
+    }
+
     /// A wrong password is a start-up error that names the cause and not the password;
     /// a server that is not durable gets a warning.
     @Test func aWrongPasswordIsAStartUpErrorAndAVolatileServerIsWarnedAbout() async throws {
