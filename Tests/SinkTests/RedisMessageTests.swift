@@ -80,6 +80,40 @@ struct RedisMessageTests {
         #expect(try parser.next() == nil)
     }
 
+    /// Captured replies with bytes flipped, cut and repeated: the parser returns
+    /// replies, asks for more, or throws — it never traps or loops.
+    @Test func mangledRepliesNeverTrap() {
+        var generator = SystemRandomNumberGenerator()
+        let fixtures = [Captured.multiExecWait, Captured.scriptInExec, Captured.nested, Captured.abortedAtQueueTime]
+        var outcomes = (values: 0, errors: 0)
+        for _ in 0..<20_000 {
+            var bytes = fixtures.randomElement(using: &generator)!
+            for _ in 0..<Int.random(in: 1...4, using: &generator) {
+                let at = Int.random(in: 0..<bytes.count, using: &generator)
+                switch Int.random(in: 0..<3, using: &generator) {
+                case 0: bytes[at] = UInt8.random(in: 0...255, using: &generator)
+                case 1: bytes.removeSubrange(at..<min(bytes.count, at + Int.random(in: 1...8, using: &generator)))
+                default: bytes.insert(contentsOf: bytes[at..<min(bytes.count, at + 6)], at: at)
+                }
+                if bytes.isEmpty { bytes = [42] }
+            }
+            var parser = RESPParser()
+            parser.append(bytes)
+            do {
+                var replies = 0
+                while try parser.next() != nil {
+                    replies += 1
+                    #expect(replies <= bytes.count, "every reply consumes bytes")
+                    if replies > bytes.count { break }
+                }
+                outcomes.values += 1
+            } catch {
+                outcomes.errors += 1
+            }
+        }
+        #expect(outcomes.errors > 0 && outcomes.values > 0)
+    }
+
     @Test func commandsAreArraysOfBulkStrings() throws {
         #expect(RESP.command("XADD", "s", "*", "k", "") == Array("*5\r\n$4\r\nXADD\r\n$1\r\ns\r\n$1\r\n*\r\n$1\r\nk\r\n$0\r\n\r\n".utf8))
         let plain = RedisMessage.addCommand(stream: "s", fields: [Array("k".utf8), [0, 13, 10]], maxLength: 0, dedupe: nil)
