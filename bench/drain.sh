@@ -160,7 +160,9 @@ rows+=("$(measure "poll-1" poll_cmd 1000)")
 
 {
   echo "Drain of a backlog of $N single-row outbox transactions ($backlog of WAL), $(nproc) cores, PostgreSQL 15, $(date -u +%Y-%m-%d)."
-  echo "Command: \`bash bench/drain.sh $N\`. Each log reader starts from its own slot at the same position and stops at the same end LSN; the poller reads the same rows from the table."
+  command="bash bench/drain.sh $N"
+  [ "$SINKS" = "$DEFAULT_SINKS" ] || command="SINKS=\"$SINKS\" $command"
+  echo "Command: \`$command\`. Each log reader starts from its own slot at the same position and stops at the same end LSN; the poller reads the same rows from the table."
   echo
   echo "| reader | events | seconds | events/s | peak RSS |"
   echo "|---|---:|---:|---:|---:|"
