@@ -65,14 +65,25 @@ struct ConfigurationSources {
         }
     }
 
-    /// Each subcommand's options by command name.
-    static func commands(of root: any ParsableCommand.Type) throws -> [String: [Option]] {
-        var commands: [String: [Option]] = [:]
-        for subcommand in root.configuration.subcommands {
-            let name = subcommand.configuration.commandName ?? String(describing: subcommand).lowercased()
-            commands[name] = try options(of: name, root: root)
+    /// The subcommands and, on demand, their options. Describing a command
+    /// costs ArgumentParser a full pass over its declarations, so only the
+    /// command being run is described — every command only when a config file
+    /// (shared by all of them) has to be checked for unknown keys.
+    struct Catalog {
+        var names: [String]
+        var describe: (String) throws -> [Option]
+
+        init(of root: any ParsableCommand.Type) {
+            names = root.configuration.subcommands.map { $0.configuration.commandName ?? String(describing: $0).lowercased() }
+            describe = { try ConfigurationSources.options(of: $0, root: root) }
         }
-        return commands
+
+        /// Every command's options by name.
+        func all() throws -> [String: [Option]] {
+            var commands: [String: [Option]] = [:]
+            for name in names { commands[name] = try describe(name) }
+            return commands
+        }
     }
 
     /// The merged command line, and where each injected option came from.
@@ -82,7 +93,7 @@ struct ConfigurationSources {
     var debeziumIgnored: [String] = []
 
     init(
-        arguments input: [String], environment: [String: String], commands: [String: [Option]],
+        arguments input: [String], environment: [String: String], catalog: Catalog,
         readFile: (String) throws -> String = Self.readFile
     ) throws {
         var arguments = input
@@ -111,7 +122,9 @@ struct ConfigurationSources {
             }
         }
         self.arguments = arguments
-        guard let command = arguments.first, let options = commands[command] else { return }
+        guard let command = arguments.first, catalog.names.contains(command) else { return }
+        let commands = try configPath.map { _ in try catalog.all() } ?? [command: try catalog.describe(command)]
+        let options = commands[command] ?? []
         var debezium: [String: [String]] = [:]
         if let debeziumPath {
             let text: String

@@ -35,10 +35,58 @@ struct HTTPRunner: Service {
     }
 }
 
+/// SIGTERM and SIGINT from the moment a relay command starts. The service
+/// group handles them once the relay runs; before that — while the sink
+/// connects, a Kafka producer initialises its transactions (up to 30 s against
+/// an unreachable broker), the relay is built — the default action would end
+/// the process by the signal. Nothing has been read from the slot then, so
+/// there is nothing to deliver or confirm: the process logs it and exits 0 at
+/// once (exit 0 is "stopped on request"). Once the relay exists a signal
+/// stops it gracefully, also in the moment before the group's own handlers
+/// are installed (afterwards both see it; stopping twice is harmless).
+/// SIGPIPE is ignored. Keep the instance alive for the run.
+final class StartupSignals: @unchecked Sendable {
+    private let lock = NSLock()
+    private var stop: (@Sendable () -> Void)?
+    private var sources: [any DispatchSourceSignal] = []
+
+    init(logger: Logger) {
+        signal(SIGPIPE, SIG_IGN)
+        for number in [SIGINT, SIGTERM] {
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler { [weak self] in
+                guard let self else { return }
+                let stop = self.lock.withLock { self.stop }
+                if let stop {
+                    stop()
+                } else {
+                    logger.notice(
+                        "signal received while starting; exiting before reading anything",
+                        metadata: ["signal": "\(number == SIGINT ? "SIGINT" : "SIGTERM")"])
+                    _exit(0)
+                }
+            }
+            source.resume()
+            sources.append(source)
+        }
+    }
+
+    /// From now on a signal calls `stop` (the relay's graceful stop).
+    func forward(to stop: @escaping @Sendable () -> Void) {
+        lock.withLock { self.stop = stop }
+    }
+}
+
 /// Runs the relay (and the HTTP endpoints, if asked) in one service group:
 /// SIGTERM/SIGINT stop the relay first, then the HTTP server. The group also
 /// ends when the relay ends by itself (a fatal error, or --end-lsn reached).
-func runServices(relay: any RelayService, metrics: MetricsExporter?, http: HTTPOptions.Address?, logger: Logger) async throws {
+/// `signals` (installed when the command started) stops the relay if a signal
+/// came before the group took over.
+func runServices(
+    relay: any RelayService, metrics: MetricsExporter?, http: HTTPOptions.Address?, signals: StartupSignals, logger: Logger
+) async throws {
+    signals.forward(to: { relay.stop() })
     var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
     if let (host, port) = http {
         let server = try HTTPServer(host: host, port: port) { path in

@@ -303,6 +303,7 @@ struct Tail: AsyncParsableCommand {
 
     func run() async throws {
         let logger = logOptions.bootstrap()
+        let signals = StartupSignals(logger: logger)
         var config = RelayConfig(
             replication: {
                 var options = ReplicationOptions(conninfo: database.resolved()!, slot: slot, publication: publication, table: routingOptions.splitTable(), createSlot: false)
@@ -315,7 +316,7 @@ struct Tail: AsyncParsableCommand {
         config.publicationCheckMilliseconds = 0
         let relay = Relay(config: config, sink: NDJSONSink.stdout(), logger: logger)
         do {
-            try await runServices(relay: relay, metrics: nil, http: nil, logger: logger)
+            try await runServices(relay: relay, metrics: nil, http: nil, signals: signals, logger: logger)
         } catch {
             logger.critical("tail stopped: \(error)")
             throw ExitCode(1)

@@ -505,24 +505,3 @@ struct HTTPOptions: ParsableArguments {
         return (host, port)
     }
 }
-
-/// SIGINT and SIGTERM call `stop` (once each); SIGPIPE is ignored. Keep the result alive.
-func installStopSignals(
-    logger: Logger, stop: @escaping @Sendable () -> Void
-)
-    -> [any DispatchSourceSignal]
-{
-    signal(SIGPIPE, SIG_IGN)
-    return [SIGINT, SIGTERM].map { number -> any DispatchSourceSignal in
-        signal(number, SIG_IGN)
-        let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-        source.setEventHandler {
-            logger.notice(
-                "signal received; stopping",
-                metadata: ["signal": "\(number == SIGINT ? "SIGINT" : "SIGTERM")"])
-            stop()
-        }
-        source.resume()
-        return source
-    }
-}

@@ -32,7 +32,7 @@ struct OutboxRelayCommand: AsyncParsableCommand {
         do {
             sources = try ConfigurationSources(
                 arguments: Array(CommandLine.arguments.dropFirst()), environment: ProcessInfo.processInfo.environment,
-                commands: ConfigurationSources.commands(of: OutboxRelayCommand.self))
+                catalog: ConfigurationSources.Catalog(of: OutboxRelayCommand.self))
         } catch {
             FileHandle.standardError.write(Data("Error: \(error)\n".utf8))
             Foundation.exit(64)
@@ -146,6 +146,7 @@ struct Run: AsyncParsableCommand {
 
     func run() async throws {
         let logger = logOptions.bootstrap()
+        let signals = StartupSignals(logger: logger)
         let source = database.resolved()!
         var replication = ReplicationOptions(
             conninfo: source, slot: slot, publication: publication, table: routingOptions.splitTable(),
@@ -181,7 +182,7 @@ struct Run: AsyncParsableCommand {
             "starting",
             metadata: ["source": "\(Conninfo.redacted(source))", "slot": "\(slot)", "publication": "\(publication)", "sink": "\(eventSink.name)"])
         do {
-            try await runServices(relay: relay, metrics: metrics, http: httpOptions.address, logger: logger)
+            try await runServices(relay: relay, metrics: metrics, http: httpOptions.address, signals: signals, logger: logger)
         } catch {
             logger.critical("relay stopped: \(error)")
             throw ExitCode(1)

@@ -90,6 +90,7 @@ struct Poll: AsyncParsableCommand {
 
     func run() async throws {
         let logger = logOptions.bootstrap()
+        let signals = StartupSignals(logger: logger)
         let config = config()
         let eventSink: any EventSink
         do { eventSink = try sinkOptions.makeSink(logger: logger) } catch {
@@ -99,7 +100,7 @@ struct Poll: AsyncParsableCommand {
         let relay = PollingRelay(config: config, sink: eventSink, logger: logger)
         logger.info("starting", metadata: ["source": "\(Conninfo.redacted(config.conninfo))", "mode": "poll", "sink": "\(eventSink.name)"])
         do {
-            try await runServices(relay: relay, metrics: MetricsExporter(mode: "poll", slot: nil), http: httpOptions.address, logger: logger)
+            try await runServices(relay: relay, metrics: MetricsExporter(mode: "poll", slot: nil), http: httpOptions.address, signals: signals, logger: logger)
         } catch {
             logger.critical("relay stopped: \(error)")
             throw ExitCode(1)

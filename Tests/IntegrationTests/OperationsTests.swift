@@ -181,6 +181,31 @@ struct OperationsTests {
         await #expect(throws: (any Error).self) { _ = try await Self.get(base + "/healthz") }
     }
 
+    /// SIGTERM while the sink is still starting — Kafka transactions
+    /// initialising against a port that refuses connections, which blocks up
+    /// to 30 s — ends the process at once with exit 0, having read nothing from
+    /// the slot (before, the default action killed it: status 15; a sink that
+    /// connects and logs before the relay runs, like Redis's durability warning,
+    /// raced the same way in CI).
+    @Test func aSignalWhileTheSinkStartsExitsAtOnceHavingReadNothing() async throws {
+        let outbox = try TestOutbox()
+        try outbox.insert(1)
+        let before = try outbox.confirmedFlush
+        let cli = try CLI.start([
+            "run", "--source", TestDatabase.conninfo!, "--slot", outbox.slot, "--publication", outbox.publication, "--table", "\(outbox.schema).outbox",
+            "--sink", "kafka", "--kafka-brokers", "127.0.0.1:\(try TCPProxy.freePort())", "--kafka-transactional-id", "it-\(outbox.name)",
+        ])
+        try await cli.waitForStderr("Kafka producer created", within: 20)
+        try await Task.sleep(for: .milliseconds(300))
+        let stopAt = Date()
+        cli.process.terminate()
+        #expect(cli.wait() == 0, "\(cli.stderr)")
+        #expect(Date().timeIntervalSince(stopAt) < 5)
+        #expect(cli.stderr.contains("signal received while starting; exiting before reading anything"), "\(cli.stderr)")
+        #expect(!cli.stderr.contains("streaming"))
+        #expect(try outbox.confirmedFlush == before)
+    }
+
     @Test(.enabled(if: TestKafka.tansu != nil, "needs TANSU_BIN"))
     func notReadyWhileTheBrokerIsUnreachableAndReadyOnceItIsBack() async throws {
         let edgePort = try TCPProxy.freePort()
