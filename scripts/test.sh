@@ -8,7 +8,8 @@
 #   bash scripts/test.sh --all-versions [swift test arguments…]   14, 15, 16, 17 and 18 in turn
 #
 # Versions other than 15 come from PyPI wheels (scripts/pg-versions.sh).
-# Extra arguments go to `swift test` (e.g. --filter Router).
+# Extra arguments go to `swift test` (e.g. --filter Router), which then runs
+# every selected test one at a time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -70,5 +71,43 @@ else
   export OUTBOX_TEST_SINKS_ENABLED=0
 fi
 swift build --product outbox-relay
-# A hard ceiling, so a hang can never eat CI's budget (suites have their own time limits).
-timeout -s KILL 1500 swift test --skip-build --no-parallel "$@"
+# Hard ceilings, so a hang can never eat CI's budget (suites have their own time limits).
+if [ $# -gt 0 ]; then
+  timeout -s KILL 1500 swift test --skip-build --no-parallel "$@"
+  exit 0
+fi
+# The suites that time things (liveness, faults, versions) run one test at a
+# time on the throwaway server. Then the destination suites, which start
+# servers of their own and mostly wait (30 s outages, kill loops), run side by
+# side, each in its own `swift test` process with a PostgreSQL of its own: a
+# slot decodes all of its cluster's WAL, and the tests bound what may be
+# confirmed by WAL positions, so writers of one suite must not move another's.
+destination_suites='BrokerOutageTests|KafkaIntegrationTests|NATSSinkTests|RabbitMQSinkTests|RedisSinkTests|HTTPSinkTests'
+timeout -s KILL 1200 swift test --skip-build --no-parallel --skip "$destination_suites"
+[ "$OUTBOX_TEST_SINKS_ENABLED" = 1 ] || exit 0
+logs=$(mktemp -d /tmp/outbox-relay-suites.XXXXXX)
+pids=()
+groups=(${destination_suites//|/ })
+for suite in "${groups[@]}"; do
+  (
+    PG_WAL_SENDER_TIMEOUT=10s pg_start "logical_decoding_work_mem = 64kB"
+    # The test bundle itself: `swift test` would wait for the others' lock on .build.
+    NO_COLOR=1 timeout -s KILL 900 .build/debug/outbox-relayPackageTests.xctest --testing-library swift-testing \
+      --no-parallel --filter "IntegrationTests.$suite/"
+    grep -q "Test run with [1-9]" "$logs/$suite.log" || { echo "test.sh: no test of $suite ran" >&2; exit 1; }
+  ) >"$logs/$suite.log" 2>&1 &
+  pids+=($!)
+done
+failed=()
+for i in "${!groups[@]}"; do
+  wait "${pids[$i]}" || failed+=("${groups[$i]}")
+done
+for suite in "${groups[@]}"; do
+  echo "test.sh: ===== $suite (own PostgreSQL) =====" >&2
+  cat "$logs/$suite.log"
+done
+rm -rf "$logs"
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "test.sh: failed: ${failed[*]}" >&2
+  exit 1
+fi

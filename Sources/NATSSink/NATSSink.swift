@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import Logging
 import OutboxCore
+import Synchronization
 
 /// How the NATS sink connects and publishes.
 public struct NATSSinkConfig: Sendable {
@@ -84,8 +85,6 @@ public final class NATSSink: EventSink {
     private var backoff = ReconnectBackoff()
     private var outage: String?
     private let inboxWakeup = Wakeup()
-    /// Results of connections already closed, kept until their late callbacks cannot come.
-    private var retired: [(inbox: Inbox, at: Date)] = []
 
     /// Records sent to the dead-letter subject.
     public private(set) var deadLettered = 0
@@ -122,7 +121,6 @@ public final class NATSSink: EventSink {
     deinit {
         connection?.close()
         connection?.inbox.discard()
-        for (inbox, _) in retired { inbox.discard() }
     }
 
     // MARK: EventSink
@@ -255,9 +253,7 @@ public final class NATSSink: EventSink {
         guard let old = connection else { return }
         connection = nil
         old.close()
-        retired.append((old.inbox, Date()))
-        for (inbox, at) in retired where Date().timeIntervalSince(at) > 120 { inbox.discard() }
-        retired.removeAll { Date().timeIntervalSince($0.at) > 120 }
+        old.inbox.discard()
         let back = published.values.sorted { $0.sequence < $1.sequence }
         published.removeAll()
         queue.insertAtFront(back)
@@ -347,6 +343,10 @@ final class Inbox: @unchecked Sendable {
 
     init(wakeup: Wakeup) { self.wakeup = wakeup }
 
+    /// A result delivered after the inbox was discarded (a callback that found
+    /// it just before its connection closed) is freed with it.
+    deinit { Self.release(results) }
+
     func deliver(_ address: UInt, _ outcome: Outcome) {
         lock.withLock { results.append((address, outcome)) }
         wakeup.signal()
@@ -373,6 +373,36 @@ final class Inbox: @unchecked Sendable {
     func discard() { Self.release(take().0) }
 }
 
+/// libnats calls back from its own threads, and may do so after the
+/// connection it calls for was destroyed: the disconnected callback of a
+/// connection closed at shutdown can arrive once the sink is gone. So a
+/// callback's closure is a number, never a pointer; it finds its inbox here
+/// while the connection is open, and nothing after `Connection.close()` — a
+/// late PubAck's message is then freed by the callback, a late disconnect
+/// ignored. (A pointer to an inbox freed meanwhile crashed the relay on exit.)
+enum InboxRegistry {
+    private static let state = Mutex<(next: UInt, inboxes: [UInt: Inbox])>((1, [:]))
+
+    static func register(_ inbox: Inbox) -> UInt {
+        state.withLock { state in
+            let id = state.next
+            state.next += 1
+            state.inboxes[id] = inbox
+            return id
+        }
+    }
+
+    static func remove(_ id: UInt) { _ = state.withLock { $0.inboxes.removeValue(forKey: id) } }
+
+    /// The inbox a callback's closure names, if its connection is still open.
+    static func inbox(_ closure: UnsafeMutableRawPointer?) -> Inbox? {
+        let id = UInt(bitPattern: closure)
+        return state.withLock { $0.inboxes[id] }
+    }
+
+    static func closure(_ id: UInt) -> UnsafeMutableRawPointer? { UnsafeMutableRawPointer(bitPattern: id) }
+}
+
 enum ConnectError: Error {
     case configuration(String)
     case unreachable(String)
@@ -381,6 +411,8 @@ enum ConnectError: Error {
 /// One libnats connection and its JetStream context. Closed, never reused.
 final class Connection {
     let inbox: Inbox
+    /// The inbox's number in `InboxRegistry`, the closure libnats hands back.
+    private let id: UInt
     private var nc: OpaquePointer?
     private var js: OpaquePointer?
 
@@ -391,7 +423,10 @@ final class Connection {
 
     init(config: NATSSinkConfig, inbox: Inbox) throws(ConnectError) {
         self.inbox = inbox
-        let closure = Unmanaged.passUnretained(inbox).toOpaque()
+        id = InboxRegistry.register(inbox)
+        let closure = InboxRegistry.closure(id)
+        var connected = false
+        defer { if !connected { close() } }
         var opts: OpaquePointer?
         guard natsOptions_Create(&opts) == NATS_OK, let opts else { throw .unreachable("cannot create NATS options") }
         defer { natsOptions_Destroy(opts) }
@@ -428,7 +463,6 @@ final class Connection {
         jsOpts.PublishAsync.AckHandlerClosure = closure
         var context: OpaquePointer?
         guard natsConnection_JetStream(&context, connection, &jsOpts) == NATS_OK, let context else {
-            close()
             throw .unreachable("cannot create a JetStream context: \(Self.lastError())")
         }
         js = context
@@ -439,7 +473,6 @@ final class Connection {
         if let info { jsAccountInfo_Destroy(info) }
         if infoStatus != NATS_OK {
             let text = Self.lastError(infoStatus)
-            close()
             if infoStatus == NATS_NO_RESPONDERS || code.rawValue == 10039 {
                 throw .configuration(
                     "JetStream is not enabled for this account on \(redactedURL(config.url)) (\(text)): start nats-server with -js, or enable JetStream for the account"
@@ -447,6 +480,7 @@ final class Connection {
             }
             throw .unreachable("JetStream did not answer: \(text)")
         }
+        connected = true
     }
 
     func publish(_ record: NATSSink.Record, timeoutMilliseconds: Int) -> PublishResult {
@@ -481,11 +515,13 @@ final class Connection {
         return .published(address)
     }
 
+    /// Destroys the connection; from now on its callbacks find no inbox.
     func close() {
         if let js { jsCtx_Destroy(js) }
         if let nc { natsConnection_Destroy(nc) }
         js = nil
         nc = nil
+        InboxRegistry.remove(id)
     }
 
     static func lastError(_ status: natsStatus? = nil) -> String {
@@ -508,8 +544,11 @@ final class Connection {
 }
 
 private let natsAcknowledged: jsPubAckHandler = { _, msg, pa, pae, closure in
-    guard let closure, let msg else { return }
-    let inbox = Unmanaged<Inbox>.fromOpaque(closure).takeUnretainedValue()
+    guard let msg else { return }
+    guard let inbox = InboxRegistry.inbox(closure) else {
+        natsMsg_Destroy(msg)  // its connection is closed: nobody waits for it
+        return
+    }
     if let pa {
         inbox.deliver(UInt(bitPattern: msg), .stored(duplicate: pa.pointee.Duplicate))
     } else if let pae {
@@ -523,6 +562,5 @@ private let natsAcknowledged: jsPubAckHandler = { _, msg, pa, pae, closure in
 }
 
 private let natsDisconnected: natsConnectionHandler = { _, closure in
-    guard let closure else { return }
-    Unmanaged<Inbox>.fromOpaque(closure).takeUnretainedValue().disconnect("the connection to NATS was lost")
+    InboxRegistry.inbox(closure)?.disconnect("the connection to NATS was lost")
 }

@@ -10,7 +10,7 @@ import Testing
 @Suite(
     "broker outage under load", .serialized,
     .enabled(
-        if: TestKafka.available && TestKafka.tansu != nil && SinkSuites.enabled,
+        if: TestKafka.available && TestKafka.tansu != nil && VersionIndependent.enabled,
         "needs KAFKA_TEST_BROKERS, TANSU_BIN and OUTBOX_TEST_PG; runs with the default PostgreSQL"), .timeLimit(.minutes(6)))
 struct BrokerOutageTests {
     static let outageSeconds = Int(ProcessInfo.processInfo.environment["OUTBOX_BROKER_OUTAGE_SECONDS"] ?? "") ?? 30

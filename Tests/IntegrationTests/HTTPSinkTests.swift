@@ -71,7 +71,7 @@ final class WebhookReceiver: @unchecked Sendable {
 @Suite(
     "HTTP webhook sink", .serialized,
     .enabled(
-        if: CLI.available && SinkSuites.enabled, "needs OUTBOX_TEST_PG and a built binary; runs with the default PostgreSQL"),
+        if: CLI.available && VersionIndependent.enabled, "needs OUTBOX_TEST_PG and a built binary; runs with the default PostgreSQL"),
     .timeLimit(.minutes(6)))
 struct HTTPSinkTests {
     static func arguments(_ outbox: TestOutbox, _ receiver: WebhookReceiver, _ more: [String] = []) -> [String] {

@@ -70,7 +70,7 @@ enum TestKafka {
 @Suite(
     "Kafka sink against a real broker", .serialized,
     .enabled(
-        if: TestKafka.available && SinkSuites.enabled,
+        if: TestKafka.available && VersionIndependent.enabled,
         "set KAFKA_TEST_BROKERS and OUTBOX_TEST_PG (scripts/test.sh does); runs with the default PostgreSQL"),
     .timeLimit(.minutes(4)))
 struct KafkaIntegrationTests {

@@ -118,7 +118,7 @@ struct NATSSinkTests {
         try outbox.insert(aggregate: "covered", key: "c")
         if withDLQ {
             try await outbox.waitUntilConfirmed(try outbox.currentWAL)
-            #expect(cli.terminate() == 0)
+            #expect(cli.terminate() == 0, "\(cli.stderr)")
             let dead = try client.messages("DLQ")
             #expect(dead.count == 1)
             #expect(dead.first?.headers["id"] == lost)
@@ -126,7 +126,7 @@ struct NATSSinkTests {
             #expect(dead.first?.headers["dlq.error"]?.contains("no JetStream stream covers subject") == true)
             #expect(try client.messages("OUTBOX").map { $0.headers["key"] } == ["a", "c"])
         } else {
-            #expect(cli.wait() == 1)
+            #expect(cli.wait() == 1, "\(cli.stderr)")
             #expect(cli.stderr.contains("NATS refused event id=\(lost)"), "\(cli.stderr)")
             #expect(cli.stderr.contains("no JetStream stream covers subject \(outbox.name).uncovered"))
             #expect(try outbox.confirmedFlush < (try outbox.currentWAL))
