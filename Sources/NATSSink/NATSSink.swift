@@ -120,7 +120,6 @@ public final class NATSSink: EventSink {
 
     deinit {
         connection?.close()
-        connection?.inbox.discard()
     }
 
     // MARK: EventSink
@@ -253,7 +252,6 @@ public final class NATSSink: EventSink {
         guard let old = connection else { return }
         connection = nil
         old.close()
-        old.inbox.discard()
         let back = published.values.sorted { $0.sequence < $1.sequence }
         published.removeAll()
         queue.insertAtFront(back)
@@ -343,8 +341,9 @@ final class Inbox: @unchecked Sendable {
 
     init(wakeup: Wakeup) { self.wakeup = wakeup }
 
-    /// A result delivered after the inbox was discarded (a callback that found
-    /// it just before its connection closed) is freed with it.
+    /// What a closed connection reported and nobody matched (also a result a
+    /// callback delivered just as the connection closed) is freed with the
+    /// inbox, when the connection is dropped.
     deinit { Self.release(results) }
 
     func deliver(_ address: UInt, _ outcome: Outcome) {
@@ -368,9 +367,6 @@ final class Inbox: @unchecked Sendable {
     static func release(_ results: [(address: UInt, outcome: Outcome)]) {
         for result in results { natsMsg_Destroy(OpaquePointer(bitPattern: result.address)) }
     }
-
-    /// Frees what a closed connection reported and nobody will match.
-    func discard() { Self.release(take().0) }
 }
 
 /// libnats calls back from its own threads, and may do so after the

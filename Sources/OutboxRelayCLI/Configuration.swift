@@ -123,8 +123,9 @@ struct ConfigurationSources {
         }
         self.arguments = arguments
         guard let command = arguments.first, catalog.names.contains(command) else { return }
-        let commands = try configPath.map { _ in try catalog.all() } ?? [command: try catalog.describe(command)]
-        let options = commands[command] ?? []
+        // Every command's options only when a config file (shared by all of them) is checked for unknown keys.
+        let everyCommand = try configPath.map { _ in try catalog.all() }
+        let options = try everyCommand?[command] ?? catalog.describe(command)
         var debezium: [String: [String]] = [:]
         if let debeziumPath {
             let text: String
@@ -147,7 +148,7 @@ struct ConfigurationSources {
             let text: String
             do { text = try readFile(configPath) } catch { throw Problem(description: "cannot read config file \(configPath): \(error)") }
             file = try Self.parse(text, path: configPath)
-            let all = commands.values.flatMap { $0 }
+            let all = everyCommand?.values.flatMap { $0 } ?? []
             let known = Set(all.map(\.name) + ["kafka-properties"])
             let repeatable = Set(all.filter { $0.kind == .repeated }.map(\.name) + ["kafka-properties"])
             var firstLine: [String: Int] = [:]

@@ -80,7 +80,7 @@ struct OperationsTests {
     @Test func logsAreStructured() async throws {
         let outbox = try TestOutbox()
         let cli = try CLI.start(
-            ["run", "--source", TestDatabase.conninfo!, "--slot", outbox.slot, "--publication", outbox.publication, "--table", "\(outbox.schema).outbox", "--log-format", "json"])
+            ["run"] + outbox.sourceArguments + ["--log-format", "json"])
         try await cli.waitForStderr("streaming")
         try outbox.insert(50)
         try await cli.waitForStdoutLines(50)
@@ -109,10 +109,10 @@ struct OperationsTests {
 
     @Test func healthReadinessAndMetricsThroughARealHTTPClient() async throws {
         let outbox = try TestOutbox()
-        let arguments = [
-            "run", "--source", TestDatabase.conninfo!, "--slot", outbox.slot, "--publication", outbox.publication, "--table", "\(outbox.schema).outbox",
-            "--message-prefix", outbox.name, "--http-address", "127.0.0.1:0", "--tombstones",
-        ]
+        let arguments =
+            ["run"] + outbox.sourceArguments + [
+                "--message-prefix", outbox.name, "--http-address", "127.0.0.1:0", "--tombstones",
+            ]
         let active = try CLI.start(arguments)
         let base = try await Self.address(from: active)
         try await active.waitForStderr("streaming")
@@ -156,10 +156,10 @@ struct OperationsTests {
         let broker = try TansuProcess()
         defer { broker.stop() }
         let outbox = try TestOutbox()
-        let cli = try CLI.start([
-            "run", "--source", TestDatabase.conninfo!, "--slot", outbox.slot, "--publication", outbox.publication, "--table", "\(outbox.schema).outbox",
-            "--message-prefix", outbox.name, "--http-address", "127.0.0.1:0", "--sink", "kafka", "--kafka-brokers", broker.address, "--shutdown-timeout-ms", "3000",
-        ])
+        let cli = try CLI.start(
+            ["run"] + outbox.sourceArguments + [
+                "--message-prefix", outbox.name, "--http-address", "127.0.0.1:0", "--sink", "kafka", "--kafka-brokers", broker.address, "--shutdown-timeout-ms", "3000",
+            ])
         let base = try await Self.address(from: cli)
         try await cli.waitForStderr("streaming")
         try outbox.insert(1)
@@ -191,10 +191,10 @@ struct OperationsTests {
         let outbox = try TestOutbox()
         try outbox.insert(1)
         let before = try outbox.confirmedFlush
-        let cli = try CLI.start([
-            "run", "--source", TestDatabase.conninfo!, "--slot", outbox.slot, "--publication", outbox.publication, "--table", "\(outbox.schema).outbox",
-            "--sink", "kafka", "--kafka-brokers", "127.0.0.1:\(try TCPProxy.freePort())", "--kafka-transactional-id", "it-\(outbox.name)",
-        ])
+        let cli = try CLI.start(
+            ["run"] + outbox.sourceArguments + [
+                "--sink", "kafka", "--kafka-brokers", "127.0.0.1:\(try TCPProxy.freePort())", "--kafka-transactional-id", "it-\(outbox.name)",
+            ])
         try await cli.waitForStderr("Kafka producer created", within: 20)
         try await Task.sleep(for: .milliseconds(300))
         let stopAt = Date()
@@ -214,10 +214,10 @@ struct OperationsTests {
         let edge = TCPProxy(port: edgePort, targetPort: broker.port)  // not started: the port refuses connections
         defer { edge.stop() }
         let outbox = try TestOutbox()
-        let cli = try CLI.start([
-            "run", "--source", TestDatabase.conninfo!, "--slot", outbox.slot, "--publication", outbox.publication, "--table", "\(outbox.schema).outbox",
-            "--message-prefix", outbox.name, "--http-address", "127.0.0.1:0", "--sink", "kafka", "--kafka-brokers", broker.address,
-        ])
+        let cli = try CLI.start(
+            ["run"] + outbox.sourceArguments + [
+                "--message-prefix", outbox.name, "--http-address", "127.0.0.1:0", "--sink", "kafka", "--kafka-brokers", broker.address,
+            ])
         let base = try await Self.address(from: cli)
         try await cli.waitForStderr("streaming", within: 20)
         let down = try await Self.get(base + "/readyz")
@@ -255,18 +255,18 @@ struct OperationsTests {
         let outbox = try TestOutbox()
         try outbox.insert(3)
         let before = try outbox.confirmedFlush
-        let cli = try CLI.start([
-            "tail", "--source", TestDatabase.conninfo!, "--slot", outbox.slot, "--publication", outbox.publication, "--table", "\(outbox.schema).outbox",
-            "--limit", "3",
-        ])
+        let cli = try CLI.start(
+            ["tail"] + outbox.sourceArguments + [
+                "--limit", "3",
+            ])
         #expect(cli.wait() == 0)
         #expect(cli.stdout.split(separator: "\n").count == 3)
         #expect(try outbox.confirmedFlush == before, "tail confirms nothing")
         // Everything is still there for the real relay.
-        let again = try CLI.start([
-            "tail", "--source", TestDatabase.conninfo!, "--slot", outbox.slot, "--publication", outbox.publication, "--table", "\(outbox.schema).outbox",
-            "--limit", "3",
-        ])
+        let again = try CLI.start(
+            ["tail"] + outbox.sourceArguments + [
+                "--limit", "3",
+            ])
         #expect(again.wait() == 0)
         #expect(again.stdout == cli.stdout)
     }

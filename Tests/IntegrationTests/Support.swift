@@ -34,6 +34,9 @@ final class TestOutbox {
 
     let conninfo: String
 
+    /// Where the binary reads this outbox from: `--source`, `--slot`, `--publication`, `--table`.
+    var sourceArguments: [String] { ["--source", conninfo, "--slot", slot, "--publication", publication, "--table", "\(schema).outbox"] }
+
     init(publish: String = "insert", createSlot: Bool = true, conninfo: String = TestDatabase.conninfo!) throws {
         self.conninfo = conninfo
         name = "it_" + UUID().uuidString.prefix(8).lowercased()
