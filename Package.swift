@@ -56,6 +56,13 @@ let package = Package(
         // Pure: events, routing, acknowledgement tracking, the stream state machine, the sink
         // contract. Links no C library, so tests, the fuzzer and benchmarks use it as it is.
         .target(name: "OutboxCore", dependencies: ["PGOutput"]),
+        // The I/O the pure core leaves out: the monotonic clock, wake-up pipes, the epoll set a
+        // sink's wait stands for, threads for blocking connects, and the delivery driver that
+        // carries out the delivery machine for every networked destination.
+        .target(
+            name: "RelayIO",
+            dependencies: ["OutboxCore", "CEpoll", .product(name: "Logging", package: "swift-log")]
+        ),
         // The libpq client (one PGconn per object): replication, polling, status and init use it.
         .target(name: "PostgresClient", dependencies: ["CLibPQ", "PGOutput"]),
         // The replication session: slot and publication checks, START_REPLICATION, status updates.
@@ -70,7 +77,7 @@ let package = Package(
         .target(
             name: "OutboxRelay",
             dependencies: [
-                "OutboxCore", "PGOutput", "PostgresClient", "PostgresReplication",
+                "OutboxCore", "RelayIO", "PGOutput", "PostgresClient", "PostgresReplication",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -78,7 +85,7 @@ let package = Package(
         .target(
             name: "KafkaSink",
             dependencies: [
-                "OutboxCore", "CRdKafka",
+                "OutboxCore", "RelayIO", "CRdKafka",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -86,7 +93,7 @@ let package = Package(
         .target(
             name: "NATSSink",
             dependencies: [
-                "OutboxCore", "CNats",
+                "OutboxCore", "RelayIO", "CNats",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -94,7 +101,7 @@ let package = Package(
         .target(
             name: "RabbitMQSink",
             dependencies: [
-                "OutboxCore", "CRabbitMQ",
+                "OutboxCore", "RelayIO", "CRabbitMQ",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -102,7 +109,7 @@ let package = Package(
         .target(
             name: "HTTPSink",
             dependencies: [
-                "OutboxCore", "CCurl",
+                "OutboxCore", "RelayIO", "CCurl",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -110,7 +117,7 @@ let package = Package(
         .target(
             name: "RedisSink",
             dependencies: [
-                "OutboxCore", "CEpoll",
+                "OutboxCore", "RelayIO", "CEpoll",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -118,14 +125,14 @@ let package = Package(
         .target(
             name: "PollingRelay",
             dependencies: [
-                "OutboxCore", "OutboxRelay", "PostgresClient", "PGOutput",
+                "OutboxCore", "RelayIO", "OutboxRelay", "PostgresClient", "PGOutput",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .executableTarget(
             name: "OutboxRelayCLI",
             dependencies: [
-                "OutboxCore", "OutboxRelay", "PGOutput", "KafkaSink", "NATSSink", "RabbitMQSink", "HTTPSink", "RedisSink", "PollingRelay", "PostgresClient", "PostgresReplication",
+                "OutboxCore", "RelayIO", "OutboxRelay", "PGOutput", "KafkaSink", "NATSSink", "RabbitMQSink", "HTTPSink", "RedisSink", "PollingRelay", "PostgresClient", "PostgresReplication",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -151,11 +158,11 @@ let package = Package(
         .testTarget(name: "PGOutputTests", dependencies: ["PGOutput", "TestFixtures"]),
         .testTarget(name: "OutboxCoreTests", dependencies: ["OutboxCore", "PGOutput", "TestFixtures"]),
         .testTarget(name: "OutboxRelayTests", dependencies: ["OutboxRelay", "OutboxCore", "PGOutput"]),
-        .testTarget(name: "SinkTests", dependencies: ["NATSSink", "RabbitMQSink", "HTTPSink", "RedisSink", "OutboxCore", "PGOutput"]),
+        .testTarget(name: "SinkTests", dependencies: ["RelayIO", "NATSSink", "RabbitMQSink", "HTTPSink", "RedisSink", "OutboxCore", "PGOutput"]),
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
-                "OutboxCore", "OutboxRelay", "PostgresClient", "PostgresReplication", "PGOutput", "CLibPQ", "KafkaSink",
+                "OutboxCore", "RelayIO", "OutboxRelay", "PostgresClient", "PostgresReplication", "PGOutput", "CLibPQ", "KafkaSink",
                 "PollingRelay", "NATSSink", "CNats", "RabbitMQSink", "CRabbitMQ", "HTTPSink", "RedisSink",
             ]
         ),

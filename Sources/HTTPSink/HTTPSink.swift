@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import Logging
 import OutboxCore
+import RelayIO
 
 /// How the HTTP sink posts events.
 public struct HTTPSinkConfig: Sendable {
@@ -123,8 +124,16 @@ public final class HTTPSink: EventSink {
     }
 
     public func flush(timeoutMilliseconds: Int) throws -> [Acknowledgement] {
-        try flushByPolling(timeoutMilliseconds: timeoutMilliseconds) { scheduler.pending > 0 }
+        let deadline = Instant.now() + timeoutMilliseconds
+        var acknowledged: [Acknowledgement] = []
+        repeat {
+            acknowledged += try poll(timeoutMilliseconds: Int(Instant.now().millisecondsRoundedUp(until: deadline)))
+        } while scheduler.pending > 0 && Instant.now() < deadline
+        return acknowledged
     }
+
+    /// A retry's time: the relay's wait ends then (no timer thread).
+    public var nextDeadline: Instant? { scheduler.nextRetry }
 
     public func discardUnacknowledged() -> Int {
         records.removeAll()
@@ -184,8 +193,7 @@ public final class HTTPSink: EventSink {
                         "HTTP endpoint failing; retrying, nothing new is confirmed meanwhile",
                         metadata: ["error": "\(why)", "retry_in_ms": "\(after)", "waiting": "\(scheduler.pending)"])
                 }
-                failure = why
-                worker.wakeup.signal(afterMilliseconds: after)
+                failure = why  // the relay's wait ends at `nextDeadline`, the scheduler's next retry
             case .refused(let why):
                 records[answer.token] = nil
                 try refuse(record, why)

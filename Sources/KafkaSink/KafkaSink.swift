@@ -2,6 +2,7 @@ import CRdKafka
 import Foundation
 import Logging
 import OutboxCore
+import RelayIO
 
 /// How the Kafka sink connects and publishes.
 public struct KafkaSinkConfig: Sendable {

@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import Logging
 import OutboxCore
+import RelayIO
 import Synchronization
 
 /// How the NATS sink connects and publishes.
@@ -33,7 +34,27 @@ public struct NATSConfigurationError: Error, CustomStringConvertible {
     public var description: String
 }
 
-/// `EventSink` over NATS JetStream (the C client, libnats).
+/// `EventSink` over NATS JetStream (the C client, libnats): the shared
+/// `DeliveryDriver` around `NATSTransport`.
+public typealias NATSSink = DeliveryDriver<NATSTransport>
+
+extension DeliveryDriver where Transport == NATSTransport {
+    /// Checks the names, then connects (blocking: call it off the relay's thread and the cooperative pool).
+    public convenience init(config: NATSSinkConfig, logger: Logger) throws {
+        if let subject = config.deadLetterSubject, let problem = NATSMessage.subjectProblem(subject) {
+            throw NATSConfigurationError(description: "--dlq-topic \(subject) \(problem)")
+        }
+        if config.subject.isConstant, let problem = NATSMessage.subjectProblem(config.subject.description) {
+            throw NATSConfigurationError(description: "--nats-subject \(config.subject) \(problem)")
+        }
+        try self.init(transport: NATSTransport(config: config), logger: logger)
+    }
+
+    /// PubAcks that said the stream already had the message (a redelivery inside the duplicate window).
+    public var duplicates: Int { transport.duplicates.load(ordering: .relaxed) }
+}
+
+/// NATS JetStream as a delivery transport.
 ///
 /// - Subject from the template; body = the payload as stored; headers
 ///   `Nats-Msg-Id` (the event id), `key`, `id`, `type`, the `headers`
@@ -43,279 +64,111 @@ public struct NATSConfigurationError: Error, CustomStringConvertible {
 ///   PubAck arrives (the stream has it, per its replicas and storage). A PubAck
 ///   that says "duplicate" (JetStream's window dropped a redelivery) also
 ///   acknowledges: the stream has the event.
-/// - The destination away (connection lost, pings unanswered, no PubAck within
-///   the timeout): everything not acknowledged goes back to the front of the
-///   queue in send order, the sink reconnects with capped backoff and publishes
-///   it again; redeliveries JetStream already stored are dropped by `Nats-Msg-Id`.
-///   The client's own reconnect and its reconnect buffer are off, so nothing
-///   sent after a lost publication reaches the stream before it: order per key holds.
+/// - A lost connection, unanswered pings or a transient JetStream error is a
+///   lost link: the delivery machine puts what was not acknowledged back in
+///   order and connects again; redeliveries JetStream already stored are
+///   dropped by `Nats-Msg-Id`. The client's own reconnect and its reconnect
+///   buffer are off, so nothing sent after a lost publication reaches the
+///   stream before it: order per key holds.
 /// - An event JetStream refuses for good (no stream covers its subject, larger
 ///   than max_payload, a stream limit with discard new, an invalid subject or
-///   header) goes to the dead-letter subject when there is one; without one the
-///   sink throws, naming the event, before it is acknowledged.
+///   header) goes to the dead-letter subject when there is one, else stops the relay.
 ///
-/// Used only from the relay's I/O thread; libnats's threads only hand results
-/// over to `Inbox` and signal its wake-up pipe.
-public final class NATSSink: EventSink {
-    public let name = "nats"
+/// libnats's threads only hand results over to the link's `Inbox` and signal
+/// the driver's wake-up; the token of a publication is its message's address,
+/// kept alive until its result was matched.
+public final class NATSTransport: DeliveryTransport {
     public let config: NATSSinkConfig
-    private let logger: Logger
+    public let destination = "NATS"
+    public let name = "nats"
+    public var redactedLocation: String { redactedURL(config.url) }
+    public var hasDeadLetter: Bool { config.deadLetterSubject != nil }
+    /// libnats times out each publication itself (`MaxWait`); the machine's deadline is a backstop behind it.
+    public var acknowledgementTimeoutMilliseconds: Int? { config.acknowledgementTimeoutMilliseconds + 2_000 }
+    let duplicates = Atomic<Int>(0)
 
-    struct Record {
-        var sequence: UInt64
-        var ticket: UInt64
-        var weight: Int
-        var eventID: String
-        var lsn: String
+    public struct Message {
         var subject: String
         var headers: [(name: String, value: String)]
         var body: [UInt8]
-        var deadLetter: Bool
     }
 
-    /// Accepted, not handed to libnats yet (or taken back after a lost connection), in send order.
-    private var queue = PendingQueue<Record>()
-    /// Handed to libnats and waiting for its PubAck, by the message's address.
-    private var published: [UInt: Record] = [:]
-    private var nextSequence: UInt64 = 1
-    private var ready: [Acknowledgement] = []
+    public init(config: NATSSinkConfig) { self.config = config }
 
-    private var connection: Connection?
-    private var nextAttempt = Date.distantPast
-    private var backoff = ReconnectBackoff()
-    private var outage: String?
-    private let inboxWakeup = Wakeup()
-
-    /// Records sent to the dead-letter subject.
-    public private(set) var deadLettered = 0
-    /// PubAcks that said the stream already had the message (a redelivery inside the duplicate window).
-    public private(set) var duplicates = 0
-    public var isReachable: Bool { connection != nil && outage == nil }
-    public var wakeupDescriptor: Int32? { inboxWakeup.descriptor }
-    public var inFlight: Int { queue.count + published.count }
-
-    public init(config: NATSSinkConfig, logger: Logger) throws {
-        self.config = config
-        self.logger = logger
-        if let subject = config.deadLetterSubject, let problem = NATSMessage.subjectProblem(subject) {
-            throw NATSConfigurationError(description: "--dlq-topic \(subject) \(problem)")
-        }
-        if config.subject.isConstant, let problem = NATSMessage.subjectProblem(config.subject.description) {
-            throw NATSConfigurationError(description: "--nats-subject \(config.subject) \(problem)")
-        }
+    public func connect(wakeup: Wakeup) throws(ConnectFailure) -> Connection {
         do {
-            connection = try Connection(config: config, inbox: Inbox(wakeup: inboxWakeup))
-            logger.notice("NATS JetStream connected", metadata: ["url": "\(redactedURL(config.url))"])
+            return try Connection(config: config, inbox: Inbox(wakeup: wakeup))
         } catch {
             switch error {
-            case .configuration(let message): throw NATSConfigurationError(description: message)
-            case .unreachable(let message):
-                outage = message
-                logger.warning(
-                    "NATS unreachable; events wait in the relay and PostgreSQL until it is",
-                    metadata: ["url": "\(redactedURL(config.url))", "error": "\(message)"])
+            case .configuration(let message): throw ConnectFailure(message, permanent: true)
+            case .unreachable(let message): throw ConnectFailure(message)
             }
         }
     }
 
-    deinit {
-        connection?.close()
-    }
+    public func close(_ link: Connection) { link.close() }
+    public func descriptor(of link: Connection) -> (fd: Int32, writable: Bool)? { nil }
 
-    // MARK: EventSink
-
-    public func send(_ event: OutboxEvent, ticket: UInt64) throws {
+    public func message(for event: OutboxEvent) -> (Message, problem: String?) {
         let subject = config.subject.render(event)
-        let record = Record(
-            sequence: takeSequence(), ticket: ticket, weight: event.weight, eventID: event.id,
-            lsn: event.lsn.description, subject: subject, headers: NATSMessage.headers(for: event),
-            body: event.messageBody, deadLetter: false)
+        let message = Message(subject: subject, headers: NATSMessage.headers(for: event), body: event.messageBody)
         if let problem = NATSMessage.subjectProblem(subject) {
-            return try failPermanently(record, "subject \"\(subject)\" (from --nats-subject \(config.subject)) \(problem)")
+            return (message, "subject \"\(subject)\" (from --nats-subject \(config.subject)) \(problem)")
         }
-        if let problem = record.headers.lazy.compactMap({ NATSMessage.headerProblem(name: $0.name, value: $0.value) }).first {
-            return try failPermanently(record, problem)
-        }
-        queue.append(record)
-        try pump()
+        let headerProblem = message.headers.lazy.compactMap { NATSMessage.headerProblem(name: $0.name, value: $0.value) }.first
+        return (message, headerProblem)
     }
 
-    public func deadLetter(_ poison: PoisonEvent, ticket: UInt64) throws -> Bool {
-        guard let subject = config.deadLetterSubject else { return false }
+    public func poisonMessage(_ poison: PoisonEvent) -> Message? {
+        guard let subject = config.deadLetterSubject else { return nil }
         let headers: [(name: String, value: String)] = [
             ("id", poison.id ?? ""), ("lsn", poison.lsn.description),
             ("dlq.reason", Self.oneLine(poison.reason)), ("dlq.source", Self.oneLine(poison.source)),
         ]
-        queue.append(
-            Record(
-                sequence: takeSequence(), ticket: ticket, weight: poison.payload?.count ?? 0,
-                eventID: poison.id ?? "", lsn: poison.lsn.description, subject: subject, headers: headers,
-                body: poison.payload ?? [], deadLetter: true))
-        deadLettered += 1
-        try pump()
-        return true
+        return Message(subject: subject, headers: headers, body: poison.payload ?? [])
     }
 
-    public func poll(timeoutMilliseconds: Int) throws -> [Acknowledgement] {
-        try collect()
-        try pump()
-        if ready.isEmpty && timeoutMilliseconds > 0 && (!published.isEmpty || !queue.isEmpty) {
-            var waitFor = timeoutMilliseconds
-            if connection == nil { waitFor = min(waitFor, max(1, Int(nextAttempt.timeIntervalSinceNow * 1000))) }
-            var fd = pollfd(fd: inboxWakeup.descriptor, events: Int16(POLLIN), revents: 0)
-            _ = Glibc.poll(&fd, 1, Int32(clamping: waitFor))
-            try collect()
-            try pump()
-        }
-        defer { ready.removeAll(keepingCapacity: true) }
-        return ready
+    public func deadLetterMessage(_ message: Message, because why: String) -> Message {
+        var headers = message.headers.filter { NATSMessage.headerProblem(name: $0.name, value: $0.value) == nil }
+        headers += [("dlq.error", Self.oneLine(why)), ("dlq.original.subject", Self.oneLine(message.subject))]
+        let tooLarge = why.contains("max_payload")
+        if tooLarge { headers.append(("dlq.payload.omitted", "\(message.body.count) bytes")) }
+        return Message(subject: config.deadLetterSubject ?? "", headers: headers, body: tooLarge ? [] : message.body)
     }
 
-    public func flush(timeoutMilliseconds: Int) throws -> [Acknowledgement] {
-        try flushByPolling(timeoutMilliseconds: timeoutMilliseconds) { !queue.isEmpty || !published.isEmpty }
-    }
-
-    /// Drops what is queued and forgets what is published: a stale session's
-    /// events stay unconfirmed and are read again; a PubAck that still comes is ignored.
-    public func discardUnacknowledged() -> Int {
-        let dropped = queue.count + published.count
-        queue.removeAll()
-        published.removeAll()
-        return dropped
-    }
-
-    // MARK: Publishing
-
-    private func takeSequence() -> UInt64 {
-        defer { nextSequence += 1 }
-        return nextSequence
-    }
-
-    /// Hands queued records to libnats while connected; connects when it is time to try again.
-    private func pump() throws {
-        if connection == nil {
-            guard !queue.isEmpty || outage != nil, Date() >= nextAttempt else { return }
-            reconnect()
-            guard connection != nil else { return }
-        }
-        while let connection, let record = queue.first {
-            switch connection.publish(record, timeoutMilliseconds: config.acknowledgementTimeoutMilliseconds) {
-            case .published(let address):
-                queue.removeFirst()
-                published[address] = record
-            case .failed(let status, let text):
-                switch NATSMessage.classify(status: status, errorCode: 0, text: text, subject: record.subject) {
-                case .permanent(let why):
-                    queue.removeFirst()
-                    try failPermanently(record, why)
-                case .transient(let why):
-                    lose(why)
-                    return
-                }
+    public func publish(_ message: Message, on link: Connection) -> PublishOutcome<UInt> {
+        switch link.publish(message, timeoutMilliseconds: config.acknowledgementTimeoutMilliseconds) {
+        case .published(let address): return .sent(address)
+        case .failed(let status, let text):
+            switch NATSMessage.classify(status: status, errorCode: 0, text: text, subject: message.subject) {
+            case .permanent(let why): return .refused(why)
+            case .transient(let why): return .lost(why)
             }
         }
     }
 
-    /// Takes the PubAcks and failures libnats reported.
-    private func collect() throws {
-        guard let connection else { return }
-        inboxWakeup.clear()
-        let (results, disconnected) = connection.inbox.take()
+    public func results(on link: Connection, now: Instant) -> [TransportResult<UInt>] {
+        let (results, disconnected) = link.inbox.take()
+        // Matched before their messages are freed: a freed address could be reused by the next publication.
         defer { Inbox.release(results) }
+        var out: [TransportResult<UInt>] = []
+        out.reserveCapacity(results.count + 1)
         var lost = disconnected
         for result in results {
-            guard let record = published.removeValue(forKey: result.address) else { continue }
             switch result.outcome {
             case .stored(let duplicate):
-                if duplicate { duplicates += 1 }
-                ready.append(Acknowledgement(ticket: record.ticket, weight: record.weight))
-                if outage != nil {
-                    outage = nil
-                    logger.notice("NATS reachable again; delivering")
-                }
+                if duplicate { duplicates.add(1, ordering: .relaxed) }
+                out.append(.delivered(result.address))
             case .failed(let status, let code, let text):
-                switch NATSMessage.classify(status: status, errorCode: code, text: text, subject: record.subject) {
-                case .permanent(let why):
-                    try failPermanently(record, why)
-                case .transient(let why):
-                    published[result.address] = record  // goes back to the queue with the others
-                    if lost == nil { lost = why }
+                let subject = natsMsg_GetSubject(OpaquePointer(bitPattern: result.address)).map { String(cString: $0) } ?? "?"
+                switch NATSMessage.classify(status: status, errorCode: code, text: text, subject: subject) {
+                case .permanent(let why): out.append(.refused(result.address, why))
+                case .transient(let why): if lost == nil { lost = why }
                 }
             }
         }
-        if let lost { lose(lost) }
-    }
-
-    /// The connection is lost or cannot be trusted: close it, put everything not
-    /// acknowledged back at the front of the queue in send order, try again later.
-    private func lose(_ why: String) {
-        guard let old = connection else { return }
-        connection = nil
-        old.close()
-        let back = published.values.sorted { $0.sequence < $1.sequence }
-        published.removeAll()
-        queue.insertAtFront(back)
-        scheduleAttempt()
-        if outage == nil {
-            logger.warning(
-                "NATS unreachable; retrying, nothing new is confirmed meanwhile",
-                metadata: ["error": "\(why)", "waiting": "\(queue.count)"])
-        }
-        outage = why
-    }
-
-    /// The next connection attempt after the backoff; the relay is woken for it.
-    private func scheduleAttempt() {
-        let delay = backoff.next()
-        nextAttempt = Date().addingTimeInterval(delay)
-        inboxWakeup.signal(afterMilliseconds: Int(delay * 1000))
-    }
-
-    private func reconnect() {
-        do {
-            connection = try Connection(config: config, inbox: Inbox(wakeup: inboxWakeup))
-            backoff.reset()
-            logger.info("NATS connected; publishing again", metadata: ["waiting": "\(queue.count)"])
-            // Reachable once a PubAck comes (or now, when nothing waits for one).
-            if queue.isEmpty && outage != nil {
-                outage = nil
-                logger.notice("NATS reachable again")
-            }
-        } catch {
-            scheduleAttempt()
-            let message: String
-            switch error {
-            case .configuration(let text), .unreachable(let text): message = text
-            }
-            if outage == nil {
-                logger.warning("NATS unreachable; retrying", metadata: ["error": "\(message)"])
-            }
-            outage = message
-        }
-    }
-
-    /// An event that can never be stored as it is: to the dead-letter subject, or stop.
-    private func failPermanently(_ record: Record, _ why: String) throws {
-        if record.deadLetter {
-            throw SinkError("dead-letter subject \(record.subject) refused the record for event id=\(record.eventID) (LSN \(record.lsn)): \(why)")
-        }
-        guard let dlq = config.deadLetterSubject else {
-            throw SinkError(
-                "NATS refused event id=\(record.eventID) (commit LSN \(record.lsn)): \(why). Nothing from this transaction on was confirmed; fix the cause (or set --dlq-topic) and restart"
-            )
-        }
-        var headers = record.headers.filter { NATSMessage.headerProblem(name: $0.name, value: $0.value) == nil }
-        headers += [("dlq.error", Self.oneLine(why)), ("dlq.original.subject", Self.oneLine(record.subject))]
-        let tooLarge = why.contains("max_payload")
-        if tooLarge { headers.append(("dlq.payload.omitted", "\(record.body.count) bytes")) }
-        queue.append(
-            Record(
-                sequence: takeSequence(), ticket: record.ticket, weight: record.weight, eventID: record.eventID,
-                lsn: record.lsn, subject: dlq, headers: headers, body: tooLarge ? [] : record.body, deadLetter: true))
-        deadLettered += 1
-        logger.warning(
-            "event sent to the dead-letter subject",
-            metadata: ["id": "\(record.eventID)", "lsn": "\(record.lsn)", "subject": "\(record.subject)", "error": "\(why)"])
+        if let lost { out.append(.lost(lost)) }
+        return out
     }
 
     static func oneLine(_ text: String) -> String {
@@ -405,7 +258,7 @@ enum ConnectError: Error {
 }
 
 /// One libnats connection and its JetStream context. Closed, never reused.
-final class Connection {
+public final class Connection {
     let inbox: Inbox
     /// The inbox's number in `InboxRegistry`, the closure libnats hands back.
     private let id: UInt
@@ -479,7 +332,7 @@ final class Connection {
         connected = true
     }
 
-    func publish(_ record: NATSSink.Record, timeoutMilliseconds: Int) -> PublishResult {
+    func publish(_ record: NATSTransport.Message, timeoutMilliseconds: Int) -> PublishResult {
         guard let js else { return .failed(status: "NATS_CONNECTION_CLOSED", text: "connection closed") }
         var msg: OpaquePointer?
         var s = record.body.withUnsafeBufferPointer { body in

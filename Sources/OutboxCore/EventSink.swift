@@ -18,6 +18,9 @@
 ///   has something to return: the relay waits on it together with the
 ///   PostgreSQL socket in one `poll(2)`. A sink without one (stdout, file)
 ///   acknowledges everything it accepted by the next `poll`.
+/// - `nextDeadline`: the relay's wait also ends then. A sink never blocks the
+///   relay's thread in `send`, `poll(0)` or `deadLetter`: it connects on
+///   threads of its own (see `DeliveryDriver` in RelayIO).
 /// - `discardUnacknowledged` drops what is accepted but not yet handed to the
 ///   destination, where the sink can (Kafka: `rd_kafka_purge` of its queues).
 ///   The relay calls it when its session may be stale (a freeze longer than the
@@ -50,6 +53,10 @@ public protocol EventSink: AnyObject {
     var wakeupDescriptor: Int32? { get }
     /// Drops accepted events that have not reached the destination yet; returns how many.
     func discardUnacknowledged() -> Int
+    /// When the sink next has something to do whatever its descriptor says (a
+    /// reconnect after its backoff, an acknowledgement deadline, a retry): the
+    /// relay's one wait ends by then and calls `poll`. nil: nothing timed.
+    var nextDeadline: Instant? { get }
 }
 
 extension EventSink {
@@ -57,6 +64,7 @@ extension EventSink {
     public var isReachable: Bool { true }
     public var wakeupDescriptor: Int32? { nil }
     public func discardUnacknowledged() -> Int { 0 }
+    public var nextDeadline: Instant? { nil }
 }
 
 /// One event acknowledged by a sink.

@@ -1,5 +1,3 @@
-import Dispatch
-
 /// Pieces every networked sink needs the same way: its queue of records not yet
 /// handed over, the delay before the next connection attempt, and an event's
 /// headers and body as message brokers carry them.
@@ -15,6 +13,8 @@ public struct PendingQueue<Element> {
     public var count: Int { items.count - head }
     public var isEmpty: Bool { count == 0 }
     public var first: Element? { head < items.count ? items[head] : nil }
+    /// The element `index` places behind the front.
+    public subscript(index: Int) -> Element { items[head + index] }
 
     public mutating func append(_ element: Element) { items.append(element) }
 
@@ -37,27 +37,6 @@ public struct PendingQueue<Element> {
     }
 }
 
-/// Capped exponential delay between connection attempts: 0.25 s, doubling to 5 s; reset on success.
-public struct ReconnectBackoff: Sendable {
-    public private(set) var seconds: Double
-    let initial: Double
-    let cap: Double
-
-    public init(initial: Double = 0.25, cap: Double = 5) {
-        self.initial = initial
-        self.cap = cap
-        seconds = initial
-    }
-
-    /// The delay to wait now; the next one doubles.
-    public mutating func next() -> Double {
-        defer { seconds = min(seconds * 2, cap) }
-        return seconds
-    }
-
-    public mutating func reset() { seconds = initial }
-}
-
 /// A broker URL for logs: any `user:password@` or token before the host, in each
 /// comma-separated URL, replaced by `[redacted]`.
 public func redactedURL(_ url: String) -> String {
@@ -66,19 +45,6 @@ public func redactedURL(_ url: String) -> String {
         let scheme = one.range(of: "://").map { String(one[..<$0.upperBound]) } ?? ""
         return scheme + "[redacted]@" + one[one.index(after: at)...]
     }.joined(separator: ",")
-}
-
-extension EventSink {
-    /// `flush` for sinks whose `poll` does the work: polls until nothing is
-    /// `pending` or the time is up, and returns every acknowledgement.
-    public func flushByPolling(timeoutMilliseconds: Int, pending: () -> Bool) throws -> [Acknowledgement] {
-        let deadline = Instant.now() + timeoutMilliseconds
-        var acknowledged: [Acknowledgement] = []
-        repeat {
-            acknowledged += try poll(timeoutMilliseconds: min(100, Int(Instant.now().millisecondsRoundedUp(until: deadline))))
-        } while pending() && Instant.now() < deadline
-        return acknowledged
-    }
 }
 
 extension OutboxEvent {
@@ -97,15 +63,5 @@ extension OutboxEvent {
     /// for a NULL payload kept as JSON.
     public var messageBody: [UInt8] {
         tombstone ? [] : (payload ?? Array("null".utf8))
-    }
-}
-
-extension Wakeup {
-    /// Signals after `milliseconds` (a sink's next connection attempt), so the
-    /// relay's wait ends then even when nothing else happens.
-    public func signal(afterMilliseconds milliseconds: Int) {
-        DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(max(1, milliseconds))) { [weak self] in
-            self?.signal()
-        }
     }
 }

@@ -15,6 +15,13 @@ public struct Instant: Comparable, Hashable, Sendable, CustomStringConvertible {
         nanoseconds > earlier.nanoseconds ? Int((nanoseconds - earlier.nanoseconds) / 1_000_000) : 0
     }
     public var description: String { "\(nanoseconds / 1_000_000) ms" }
+
+    /// Milliseconds from `self` to `deadline`, rounded up (so a wait never ends just
+    /// before its deadline and spins), as a `poll(2)` timeout; 0 when it has passed.
+    public func millisecondsRoundedUp(until deadline: Instant) -> Int32 {
+        guard deadline.nanoseconds > nanoseconds else { return 0 }
+        return Int32(clamping: (deadline.nanoseconds - nanoseconds + 999_999) / 1_000_000)
+    }
 }
 
 /// How a replication stream is driven: bounds, intervals and deadlines.

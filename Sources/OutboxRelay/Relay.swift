@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import Logging
 import OutboxCore
+import RelayIO
 import PGOutput
 import PostgresClient
 import PostgresReplication
@@ -407,7 +408,9 @@ public final class Relay: RelayService, @unchecked Sendable {
             guard socket >= 0 else { throw .replication(.connectionLost("socket closed")) }
             fds.append(pollfd(fd: socket, events: Int16(POLLIN), revents: 0))
         }
-        let ready = poll(&fds, nfds_t(fds.count), Instant.now().millisecondsRoundedUp(until: deadline))
+        // The sink's own deadline (a reconnect, an overdue acknowledgement) ends the wait too.
+        let until = sink.nextDeadline.map { min($0, deadline) } ?? deadline
+        let ready = poll(&fds, nfds_t(fds.count), Instant.now().millisecondsRoundedUp(until: until))
         if ready < 0 && errno != EINTR {
             throw .replication(.connectionLost("poll: \(String(cString: strerror(errno)))"))
         }

@@ -6,6 +6,7 @@ import KafkaSink
 import Logging
 import NATSSink
 import OutboxCore
+import RelayIO
 import OutboxRelay
 import PostgresClient
 import PostgresReplication
@@ -253,6 +254,15 @@ struct SinkOptions: ParsableArguments {
         if sink == "nats", let dlqTopic, let problem = NATSMessage.subjectProblem(dlqTopic) {
             throw ValidationError("--dlq-topic: the NATS subject \(problem)")
         }
+    }
+
+    /// `makeSink` on a thread of its own: a sink connects when it is made (C
+    /// clients, handshakes, `init_transactions`), which must not block Swift's cooperative pool.
+    func connectSink(logger: Logger, transactionalID: String? = nil) async throws -> any EventSink {
+        let options = self
+        return try await OwnThread.run("sink-connect") {
+            HandedOver(try options.makeSink(logger: logger, transactionalID: transactionalID))
+        }.sink
     }
 
     /// `transactionalID`: the resolved `--kafka-transactional-id` (the caller turns `auto` into an id).
@@ -504,4 +514,12 @@ struct HTTPOptions: ParsableArguments {
         guard !host.isEmpty, let port = Int(value[value.index(after: colon)...]), (0...65535).contains(port) else { return nil }
         return (host, port)
     }
+}
+
+/// A sink made on the connecting thread, handed to the relay's: `@unchecked
+/// Sendable` because the making thread lets go of it when it returns, so one
+/// thread at a time uses it.
+struct HandedOver: @unchecked Sendable {
+    let sink: any EventSink
+    init(_ sink: any EventSink) { self.sink = sink }
 }

@@ -171,7 +171,7 @@ struct Run: AsyncParsableCommand {
                 let system = try connection.query("IDENTIFY_SYSTEM")[0, "systemid"] ?? "unknown"
                 transactionalID = "outbox-relay-\(system)-\(slot)"
             }
-            eventSink = try sinkOptions.makeSink(logger: logger, transactionalID: transactionalID)
+            eventSink = try await sinkOptions.connectSink(logger: logger, transactionalID: transactionalID)
         } catch {
             logger.critical("\(error)")
             throw ExitCode(error is KafkaConfigurationError ? 64 : 1)

@@ -93,7 +93,7 @@ struct Poll: AsyncParsableCommand {
         let signals = StartupSignals(logger: logger)
         let config = config()
         let eventSink: any EventSink
-        do { eventSink = try sinkOptions.makeSink(logger: logger) } catch {
+        do { eventSink = try await sinkOptions.connectSink(logger: logger) } catch {
             logger.critical("\(error)")
             throw ExitCode(error is KafkaConfigurationError ? 64 : 1)
         }

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import Logging
 import OutboxCore
+import RelayIO
 import OutboxRelay
 import PGOutput
 import PostgresClient
@@ -388,10 +389,12 @@ public final class PollingRelay: RelayService, @unchecked Sendable {
             }
             let left = Instant.now().millisecondsRoundedUp(until: deadline)
             if left <= 0 { return }
+            // The sink's own deadline (a reconnect, an overdue acknowledgement) ends the wait too.
+            let sinkLeft = sink.nextDeadline.map { Instant.now().millisecondsRoundedUp(until: $0) } ?? left
             var fds = [pollfd(fd: wakeup.descriptor, events: Int16(POLLIN), revents: 0)]
             if config.notifyChannel != nil { fds.append(pollfd(fd: connection.socket, events: Int16(POLLIN), revents: 0)) }
             if let fd = sink.wakeupDescriptor { fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0)) }
-            _ = poll(&fds, nfds_t(fds.count), left)
+            _ = poll(&fds, nfds_t(fds.count), max(min(left, sinkLeft), sinkLeft == 0 ? 1 : 0))
             // Keep the sink's own events (logs, errors) moving while idle.
             do { _ = try sink.poll(timeoutMilliseconds: 0) } catch { throw RelayError.sink("\(error)") }
         }

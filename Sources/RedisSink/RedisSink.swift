@@ -2,6 +2,9 @@ import CEpoll
 import Glibc
 import Logging
 import OutboxCore
+import RelayIO
+import Synchronization
+import RelayIO
 
 /// How the Redis sink connects and adds entries.
 public struct RedisSinkConfig: Sendable {
@@ -34,7 +37,24 @@ public struct RedisSinkConfig: Sendable {
     }
 }
 
-/// `EventSink` over Redis Streams, in Swift over a socket (RESP2; no client library).
+/// `EventSink` over Redis Streams: the shared `DeliveryDriver` around `RedisTransport`.
+public typealias RedisSink = DeliveryDriver<RedisTransport>
+
+extension DeliveryDriver where Transport == RedisTransport {
+    /// Checks the URL, then connects (blocking: call it off the relay's thread and the cooperative pool).
+    public convenience init(config: RedisSinkConfig, logger: Logger) throws {
+        let endpoint = try RedisEndpoint.parse(config.url)
+        if let dlq = config.deadLetterStream, dlq.isEmpty {
+            throw RedisConfigurationError(description: "--dlq-topic must not be empty")
+        }
+        try self.init(transport: RedisTransport(config: config, endpoint: endpoint, logger: logger), logger: logger)
+    }
+
+    /// Events the duplicate window dropped (the stream had them already).
+    public var duplicates: Int { transport.duplicates.load(ordering: .relaxed) }
+}
+
+/// Redis Streams as a delivery transport, in Swift over a socket (RESP2; no client library).
 ///
 /// - Each event is one entry (`XADD stream * …`) of the stream the template
 ///   names: fields `key`, `id`, `type`, the `headers` members and extra
@@ -45,407 +65,82 @@ public struct RedisSinkConfig: Sendable {
 ///   is added and order per key (and overall) holds. Whatever is accepted
 ///   while a batch is out forms the next one.
 /// - Acknowledged when `EXEC` answered; with `waitReplicas`, only once `WAIT`
-///   says that many replicas have the batch (retried until they do). Redis
-///   answers from memory: without replicas, an acknowledged event survives a
-///   Redis crash only with `appendonly yes` and `appendfsync always`; the sink
-///   warns at connect when the server says otherwise.
+///   says that many replicas have the batch (asked again after a growing
+///   delay until they do; the link is held meanwhile). Redis answers from
+///   memory: without replicas, an acknowledged event survives a Redis crash
+///   only with `appendonly yes` and `appendfsync always`; the sink warns at
+///   connect when the server says otherwise.
 /// - With a duplicate window, a Lua script adds the entry only if no marker for
 ///   the event id exists, then sets the marker with that expiry: redeliveries
 ///   after a relay crash inside the window are dropped.
 /// - Redis away (connection refused or lost, no answer within the timeout) or
-///   refusing writes for now (OOM, LOADING, READONLY, MISCONF, BUSY): the batch
-///   goes back to the front of the queue and is sent again after a capped
-///   backoff; nothing new is acknowledged meanwhile.
+///   refusing writes for now (OOM, LOADING, READONLY, MISCONF, BUSY): the link
+///   is lost — the batch goes back in front and a new connection (which loads
+///   the script again and resolves the host again) sends it after the backoff.
 /// - An event Redis refuses for good (the key holds another type, an ACL
 ///   forbids it) goes to the dead-letter stream when there is one; without one
-///   the sink throws, naming the event, before it is acknowledged. Redis Cluster
-///   redirections and unknown errors stop the relay.
+///   the relay stops, naming the event. Redis Cluster redirections and unknown
+///   errors stop the relay.
 ///
-/// Runs on the relay's I/O thread alone: a non-blocking socket, and an epoll
-/// descriptor (the socket and a timer wake-up) as `wakeupDescriptor`.
-public final class RedisSink: EventSink {
-    public let name = "redis"
+/// Answers are positional (one per command, in order), so the link itself
+/// keeps the batch that is out and matches replies to it.
+public final class RedisTransport: DeliveryTransport {
     public let config: RedisSinkConfig
-    private let endpoint: RedisEndpoint
+    let endpoint: RedisEndpoint
     private let logger: Logger
+    public let destination = "Redis"
+    public let name = "redis"
+    public var redactedLocation: String { redactedURL(config.url) }
+    public var hasDeadLetter: Bool { config.deadLetterStream != nil }
+    /// The link times its own requests (a WAIT may be asked again for long): no deadline in the machine.
+    public var acknowledgementTimeoutMilliseconds: Int? { nil }
+    public var closesOnDiscard: Bool { true }
+    let duplicates = Atomic<Int>(0)
+    private let warnedDurability = Atomic<Bool>(false)
 
-    struct Record {
-        var ticket: UInt64
-        var weight: Int
-        var eventID: String
-        var lsn: String
+    public struct Message {
         var stream: String
         var fields: [[UInt8]]
-        var deadLetter: Bool
+        var isDeadLetter: Bool
+        var eventID: String
         var bytes: Int { fields.reduce(stream.utf8.count) { $0 + $1.count } }
     }
 
-    /// One MULTI/EXEC batch out (or its WAIT, once EXEC stored it).
-    private struct Batch {
-        enum Phase { case executing, awaitingReplicas }
-        var records: [Record]
-        var phase: Phase
-        var expected: Int
-        var replies: [RESPValue] = []
-        /// nil: not sent yet (a WAIT waiting for its retry time).
-        var sentAt: Instant?
-        /// The timer that ends the wait for its answer is set.
-        var deadlineArmed = false
-    }
-
-    private var queue = PendingQueue<Record>()
-    private var batch: Batch?
-    private var ready: [Acknowledgement] = []
-    private var connection: RedisConnection?
-    private var script: String?
-    private var nextAttempt = Instant(nanoseconds: 0)
-    /// After a refusal Redis may get over (OOM, too few replicas): no batch before this.
-    private var holdUntil = Instant(nanoseconds: 0)
-    private var backoff = ReconnectBackoff()
-    private var outage: String?
-    private var warnedDurability = false
-    private let readiness: Readiness
-
-    /// Records added to the dead-letter stream.
-    public private(set) var deadLettered = 0
-    /// Events the duplicate window dropped (the stream had them already).
-    public private(set) var duplicates = 0
-    public var isReachable: Bool { connection != nil && outage == nil }
-    public var wakeupDescriptor: Int32? { readiness.descriptor }
-    public var inFlight: Int { queue.count + (batch?.records.count ?? 0) }
-
-    public init(config: RedisSinkConfig, logger: Logger) throws {
+    init(config: RedisSinkConfig, endpoint: RedisEndpoint, logger: Logger) {
         self.config = config
+        self.endpoint = endpoint
         self.logger = logger
-        endpoint = try RedisEndpoint.parse(config.url)
-        if let dlq = config.deadLetterStream, dlq.isEmpty {
-            throw RedisConfigurationError(description: "--dlq-topic must not be empty")
-        }
-        readiness = try Readiness()
-        do {
-            try connect()
-            logger.notice("Redis connected", metadata: ["url": "\(redactedURL(config.url))"])
-        } catch let error as RedisConfigurationError {
-            throw error
-        } catch {
-            outage = "\(error)"
-            scheduleAttempt()
-            logger.warning(
-                "Redis unreachable; events wait in the relay and PostgreSQL until it is",
-                metadata: ["url": "\(redactedURL(config.url))", "error": "\(error)"])
-        }
     }
 
-    // MARK: EventSink
+    // MARK: Messages
 
-    public func send(_ event: OutboxEvent, ticket: UInt64) throws {
+    public func message(for event: OutboxEvent) -> (Message, problem: String?) {
         let stream = config.stream.render(event)
-        let record = Record(
-            ticket: ticket, weight: event.weight, eventID: event.id, lsn: event.lsn.description, stream: stream,
-            fields: RedisMessage.fields(for: event), deadLetter: false)
-        if stream.isEmpty {
-            return try failPermanently(record, "the stream name (from --redis-stream \(config.stream)) is empty")
-        }
-        queue.append(record)
-        try pump()
+        let message = Message(stream: stream, fields: RedisMessage.fields(for: event), isDeadLetter: false, eventID: event.id)
+        return (message, stream.isEmpty ? "the stream name (from --redis-stream \(config.stream)) is empty" : nil)
     }
 
-    public func deadLetter(_ poison: PoisonEvent, ticket: UInt64) throws -> Bool {
-        guard let stream = config.deadLetterStream else { return false }
+    public func poisonMessage(_ poison: PoisonEvent) -> Message? {
+        guard let stream = config.deadLetterStream else { return nil }
         let fields: [[UInt8]] =
             [
                 "id", poison.id ?? "", "lsn", poison.lsn.description, "dlq.reason", poison.reason, "dlq.source", poison.source,
             ].map { Array($0.utf8) } + [Array("payload".utf8), poison.payload ?? []]
-        queue.append(
-            Record(
-                ticket: ticket, weight: poison.payload?.count ?? 0, eventID: poison.id ?? "", lsn: poison.lsn.description,
-                stream: stream, fields: fields, deadLetter: true))
-        deadLettered += 1
-        try pump()
-        return true
+        return Message(stream: stream, fields: fields, isDeadLetter: true, eventID: poison.id ?? "")
     }
 
-    public func poll(timeoutMilliseconds: Int) throws -> [Acknowledgement] {
-        readiness.clearTimer()
-        try receive()
-        try pump()
-        if ready.isEmpty && timeoutMilliseconds > 0 && inFlight > 0 {
-            var fd = pollfd(fd: readiness.descriptor, events: Int16(POLLIN), revents: 0)
-            _ = Glibc.poll(&fd, 1, Int32(clamping: timeoutMilliseconds))
-            readiness.clearTimer()
-            try receive()
-            try pump()
-        }
-        defer { ready.removeAll(keepingCapacity: true) }
-        return ready
+    public func deadLetterMessage(_ message: Message, because why: String) -> Message {
+        let extra: [[UInt8]] = ["dlq.error", why, "dlq.original.stream", message.stream].map { Array($0.utf8) }
+        return Message(
+            stream: config.deadLetterStream ?? "", fields: extra + message.fields, isDeadLetter: true, eventID: message.eventID)
     }
 
-    public func flush(timeoutMilliseconds: Int) throws -> [Acknowledgement] {
-        try flushByPolling(timeoutMilliseconds: timeoutMilliseconds) { inFlight > 0 }
-    }
-
-    /// Drops what is queued; a batch that is out may still be applied, so its
-    /// connection is closed too (its answer must not be read as the next batch's).
-    public func discardUnacknowledged() -> Int {
-        let dropped = inFlight
-        queue.removeAll()
-        if batch != nil {
-            batch = nil
-            closeConnection()
-            nextAttempt = Instant.now()
-        }
-        return dropped
-    }
-
-    // MARK: Batches
-
-    /// Connects when it is time to, sends the next batch (or a WAIT retry) when
-    /// none is out, and writes what the socket takes.
-    private func pump() throws {
-        let now = Instant.now()
-        if connection == nil {
-            guard now >= nextAttempt else { return }
-            reconnect()
-            guard connection != nil else { return }
-        }
-        guard let connection else { return }
-        if now >= holdUntil {
-            if batch == nil && !queue.isEmpty {
-                startBatch(on: connection, now: now)
-            } else if var waiting = batch, waiting.sentAt == nil {
-                var out: [UInt8] = []
-                RESP.append(command: waitCommand, to: &out)
-                connection.enqueue(out)
-                waiting.sentAt = now
-                waiting.replies = []
-                batch = waiting
-            }
-        }
-        if let error = connection.writeAvailable() { return lose(error) }
-        readiness.watch(connection.descriptor, writable: connection.hasPendingOutput)
-    }
-
-    private var waitCommand: [[UInt8]] {
-        ["WAIT", String(config.waitReplicas), String(config.waitTimeoutMilliseconds)].map { Array($0.utf8) }
-    }
-
-    private func startBatch(on connection: RedisConnection, now: Instant) {
-        var records: [Record] = []
-        var bytes = 0
-        var out: [UInt8] = []
-        RESP.append(command: [Array("MULTI".utf8)], to: &out)
-        while let record = queue.first, records.count < config.maxBatchEvents, records.isEmpty || bytes < config.maxBatchBytes {
-            queue.removeFirst()
-            bytes += record.bytes
-            let dedupe = record.deadLetter ? nil : script.map { (script: $0, marker: config.dedupePrefix + record.eventID, seconds: config.dedupeWindowSeconds) }
-            RESP.append(
-                command: RedisMessage.addCommand(
-                    stream: record.stream, fields: record.fields, maxLength: config.maxLength, dedupe: dedupe),
-                to: &out)
-            records.append(record)
-        }
-        RESP.append(command: [Array("EXEC".utf8)], to: &out)
-        let wait = config.waitReplicas > 0
-        if wait { RESP.append(command: waitCommand, to: &out) }
-        connection.enqueue(out)
-        batch = Batch(
-            records: records, phase: .executing, expected: RedisMessage.replyCount(commands: records.count, wait: wait),
-            sentAt: now)
-    }
-
-    /// Reads what Redis answered and settles the batch once all its replies are in.
-    private func receive() throws {
-        guard let connection else { return }
-        if let error = connection.readAvailable() { return lose(error) }
-        while true {
-            let reply: RESPValue?
-            do { reply = try connection.parser.next() } catch { return lose("Redis sent something that is not RESP: \(error)") }
-            guard let reply else { break }
-            guard var current = batch, current.sentAt != nil else {
-                return lose("Redis sent a reply nothing asked for: \(reply)")
-            }
-            current.replies.append(reply)
-            batch = current
-            if current.replies.count == current.expected {
-                batch = nil
-                try settle(current)
-                if self.connection == nil { return }
-            }
-        }
-        if var current = batch, let sentAt = current.sentAt {
-            let limit = config.acknowledgementTimeoutMilliseconds + (config.waitReplicas > 0 ? config.waitTimeoutMilliseconds : 0)
-            let waited = Instant.now().milliseconds(since: sentAt)
-            if waited > limit {
-                lose("no answer from Redis within \(limit) ms")
-            } else if !current.deadlineArmed {
-                readiness.signal(afterMilliseconds: limit - waited + 1)
-                current.deadlineArmed = true
-                batch = current
-            }
-        }
-    }
-
-    private func settle(_ finished: Batch) throws {
-        if finished.phase == .awaitingReplicas {
-            switch finished.replies[0] {
-            case .integer(let n) where n >= config.waitReplicas:
-                acknowledge(finished.records)
-                recovered()
-            case .integer(let n):
-                awaitReplicas(finished.records, have: Int(n))
-            case .error(let e):
-                batch = Batch(records: finished.records, phase: .awaitingReplicas, expected: 1)
-                hold("WAIT refused: \(e)")
-            default:
-                lose("WAIT answered \(finished.replies[0])")
-            }
-            return
-        }
-        switch RedisMessage.outcome(of: finished.replies, commands: finished.records.count, wait: config.waitReplicas > 0) {
-        case .executed(let results, let replicas):
-            var stored: [Record] = []
-            for (index, result) in results.enumerated() {
-                let record = finished.records[index]
-                switch result {
-                case .added:
-                    stored.append(record)
-                case .duplicate:
-                    duplicates += 1
-                    stored.append(record)
-                case .refused(.permanent(let why)):
-                    try failPermanently(record, why)
-                case .refused(.transient(let why)):
-                    // Redis cannot write now: this one and the rest go again, first.
-                    settleStored(stored, replicas: replicas)
-                    return retryLater(Array(finished.records[index...]), why)
-                case .refused(.fatal(let why)):
-                    throw refusal(record, why)
-                }
-            }
-            settleStored(stored, replicas: replicas)
-            if batch == nil { recovered() }
-        case .aborted(let index, let refused):
-            switch refused {
-            case .transient(let why):
-                retryLater(finished.records, why)
-            case .permanent(let why):
-                guard let index else { throw refusal(finished.records[0], why) }
-                var rest = finished.records
-                let record = rest.remove(at: index)
-                queue.insertAtFront(rest)
-                try failPermanently(record, why)
-            case .fatal(let why):
-                throw refusal(finished.records[index ?? 0], why)
-            }
-        }
-    }
-
-    private func settleStored(_ stored: [Record], replicas: Int?) {
-        guard !stored.isEmpty else { return }
-        if config.waitReplicas > 0, let replicas, replicas < config.waitReplicas {
-            awaitReplicas(stored, have: replicas)
-        } else {
-            acknowledge(stored)
-        }
-    }
-
-    /// A batch went through: the outage, if any, is over.
-    private func recovered() {
-        guard outage != nil else { return }
-        outage = nil
-        backoff.reset()
-        logger.notice("Redis reachable again; delivering", metadata: ["waiting": "\(queue.count)"])
-    }
-
-    private func acknowledge(_ records: [Record]) {
-        for record in records { ready.append(Acknowledgement(ticket: record.ticket, weight: record.weight)) }
-    }
-
-    /// Stored on the primary, not yet on enough replicas: held (not acknowledged)
-    /// and WAIT asked again after the backoff. Nothing newer is sent meanwhile.
-    private func awaitReplicas(_ records: [Record], have: Int) {
-        batch = Batch(records: records, phase: .awaitingReplicas, expected: 1)
-        hold("\(have) of \(config.waitReplicas) replicas acknowledged within \(config.waitTimeoutMilliseconds) ms (WAIT)")
-    }
-
-    /// Redis refused a batch for now (OOM, LOADING, READONLY, NOSCRIPT, …):
-    /// it goes back in front of the queue, and the sink reconnects after the
-    /// backoff — a new connection loads the script again (after a SCRIPT FLUSH
-    /// or a failover) and resolves the host again (a name that moved to the new
-    /// primary). Unless replicas are awaited for an earlier batch on this
-    /// connection: then it waits on it (WAIT counts this connection's writes).
-    private func retryLater(_ records: [Record], _ why: String) {
-        queue.insertAtFront(records)
-        if batch == nil {
-            lose(why, "Redis is not taking events now; reconnecting, nothing new is confirmed meanwhile")
-        } else {
-            hold(why)
-        }
-    }
-
-    /// Redis refused writes for now: wait before the next batch; reachability off meanwhile.
-    private func hold(_ why: String) {
-        let delay = backoff.next()
-        holdUntil = Instant.now() + Int(delay * 1000)
-        readiness.signal(afterMilliseconds: Int(delay * 1000))
-        if outage == nil {
-            logger.warning(
-                "Redis is not taking events now; retrying, nothing new is confirmed meanwhile",
-                metadata: ["reason": "\(why)", "waiting": "\(inFlight)"])
-        }
-        outage = why
-    }
-
-    /// The connection is lost or cannot be trusted: close it, put the batch
-    /// back at the front of the queue, try again later. Its events may have
-    /// been applied: sending them again is at-least-once (the window drops them).
-    private func lose(_ why: String, _ message: Logger.Message = "Redis unreachable; retrying, nothing new is confirmed meanwhile") {
-        guard connection != nil else { return }
-        closeConnection()
-        if let lost = batch {
-            queue.insertAtFront(lost.records)
-            batch = nil
-        }
-        scheduleAttempt()
-        if outage == nil {
-            logger.warning(message, metadata: ["error": "\(why)", "waiting": "\(queue.count)"])
-        }
-        outage = why
-    }
-
-    private func closeConnection() {
-        if let connection { readiness.unwatch(connection.descriptor) }
-        connection = nil
-    }
-
-    private func scheduleAttempt() {
-        let delay = backoff.next()
-        nextAttempt = Instant.now() + Int(delay * 1000)
-        readiness.signal(afterMilliseconds: Int(delay * 1000))
-    }
-
-    private func reconnect() {
-        do {
-            try connect()
-            logger.info("Redis connected; adding again", metadata: ["waiting": "\(queue.count)"])
-            holdUntil = Instant(nanoseconds: 0)
-            if queue.isEmpty && outage != nil {
-                outage = nil
-                backoff.reset()
-                logger.notice("Redis reachable again")
-            }
-        } catch {
-            scheduleAttempt()
-            if outage == nil {
-                logger.warning("Redis unreachable; retrying", metadata: ["error": "\(error)"])
-            }
-            outage = "\(error)"
-        }
-    }
+    // MARK: The link
 
     /// Opens a connection: AUTH, SELECT, the script, and a look at how durable the server is.
-    private func connect() throws {
-        let connection = try RedisConnection(endpoint: endpoint, timeoutMilliseconds: config.connectTimeoutMilliseconds)
+    public func connect(wakeup: Wakeup) throws(ConnectFailure) -> RedisLink {
+        let connection: RedisConnection
+        let replies: [RESPValue]
         var setup: [[String]] = []
         if let password = endpoint.password {
             setup.append(["AUTH"] + (endpoint.username.map { [$0] } ?? []) + [password])
@@ -454,27 +149,226 @@ public final class RedisSink: EventSink {
         let dedupe = config.dedupeWindowSeconds > 0
         if dedupe { setup.append(["SCRIPT", "LOAD", RedisMessage.deduplicatingAdd]) }
         setup.append(["CONFIG", "GET", "append*"])
-        let replies = try connection.request(setup, timeoutMilliseconds: config.connectTimeoutMilliseconds)
+        do {
+            connection = try RedisConnection(endpoint: endpoint, timeoutMilliseconds: config.connectTimeoutMilliseconds)
+            replies = try connection.request(setup, timeoutMilliseconds: config.connectTimeoutMilliseconds)
+        } catch {
+            throw ConnectFailure("\(error)")
+        }
         for (command, reply) in zip(setup, replies) {
             guard case .error(let e) = reply else { continue }
             switch command[0] {
             case "AUTH":
-                throw RedisConfigurationError(description: "Redis refused the credentials in --redis-url: \(e)")
+                throw ConnectFailure("Redis refused the credentials in --redis-url: \(e)", permanent: true)
             case "SELECT":
-                throw RedisConfigurationError(description: "Redis refused database \(endpoint.database): \(e)")
+                throw ConnectFailure("Redis refused database \(endpoint.database): \(e)", permanent: true)
             case "SCRIPT":
-                throw RedisConfigurationError(description: "Redis refused the duplicate-window script (needs EVALSHA and SCRIPT LOAD): \(e)")
+                throw ConnectFailure(
+                    "Redis refused the duplicate-window script (needs EVALSHA and SCRIPT LOAD): \(e)", permanent: true)
             default: break  // CONFIG may be renamed or forbidden: no durability warning then
             }
         }
-        if dedupe, case .bulk(let sha?)? = replies.dropLast().last { script = String(decoding: sha, as: UTF8.self) }
+        let link = RedisLink(connection: connection)
+        if dedupe, case .bulk(let sha?)? = replies.dropLast().last { link.script = String(decoding: sha, as: UTF8.self) }
         if case .array(let pairs?)? = replies.last { warnAboutDurability(pairs) }
-        readiness.watch(connection.descriptor, writable: false)
-        self.connection = connection
+        return link
+    }
+
+    public func close(_ link: RedisLink) { link.connection.shutdown() }
+
+    public func descriptor(of link: RedisLink) -> (fd: Int32, writable: Bool)? {
+        (link.connection.descriptor, link.connection.hasPendingOutput)
+    }
+
+    public func deadline(of link: RedisLink) -> Instant? {
+        if let waitAgainAt = link.waitAgainAt { return waitAgainAt }
+        guard let out = link.batch, let sentAt = out.sentAt else { return nil }
+        return sentAt + answerLimit
+    }
+
+    private var answerLimit: Int {
+        config.acknowledgementTimeoutMilliseconds + (config.waitReplicas > 0 ? config.waitTimeoutMilliseconds : 0)
+    }
+
+    public func canPublish(on link: RedisLink) -> Bool {
+        link.batch == nil && link.building.count < config.maxBatchEvents
+            && (link.building.isEmpty || link.buildingBytes < config.maxBatchBytes)
+    }
+
+    public func publish(_ message: Message, on link: RedisLink) -> PublishOutcome<UInt64> {
+        let token = link.nextToken
+        link.nextToken += 1
+        link.building.append((token, message))
+        link.buildingBytes += message.bytes
+        return .sent(token)
+    }
+
+    /// Sends the batch built this turn (or a WAIT asked again), and writes what the socket takes.
+    public func endOfTurn(on link: RedisLink, now: Instant) -> String? {
+        if !link.building.isEmpty {
+            var out: [UInt8] = []
+            RESP.append(command: [Array("MULTI".utf8)], to: &out)
+            for (_, message) in link.building {
+                let dedupe =
+                    message.isDeadLetter
+                    ? nil
+                    : link.script.map {
+                        (script: $0, marker: config.dedupePrefix + message.eventID, seconds: config.dedupeWindowSeconds)
+                    }
+                RESP.append(
+                    command: RedisMessage.addCommand(
+                        stream: message.stream, fields: message.fields, maxLength: config.maxLength, dedupe: dedupe),
+                    to: &out)
+            }
+            RESP.append(command: [Array("EXEC".utf8)], to: &out)
+            let wait = config.waitReplicas > 0
+            if wait { RESP.append(command: waitCommand, to: &out) }
+            link.connection.enqueue(out)
+            link.batch = RedisLink.Batch(
+                tokens: link.building.map(\.token), phase: .executing,
+                expected: RedisMessage.replyCount(commands: link.building.count, wait: wait), sentAt: now)
+            link.building.removeAll(keepingCapacity: true)
+            link.buildingBytes = 0
+        } else if let again = link.waitAgainAt, now >= again, var out = link.batch {
+            var bytes: [UInt8] = []
+            RESP.append(command: waitCommand, to: &bytes)
+            link.connection.enqueue(bytes)
+            link.waitAgainAt = nil
+            out.sentAt = now
+            out.replies = []
+            link.batch = out
+        }
+        return link.connection.writeAvailable()
+    }
+
+    private var waitCommand: [[UInt8]] {
+        ["WAIT", String(config.waitReplicas), String(config.waitTimeoutMilliseconds)].map { Array($0.utf8) }
+    }
+
+    /// Reads what Redis answered and settles the batch once all its replies are in.
+    public func results(on link: RedisLink, now: Instant) -> [TransportResult<UInt64>] {
+        var out: [TransportResult<UInt64>] = []
+        if let error = link.connection.readAvailable() { return [.lost(error)] }
+        while true {
+            let reply: RESPValue?
+            do { reply = try link.connection.parser.next() } catch {
+                return out + [.lost("Redis sent something that is not RESP: \(error)")]
+            }
+            guard let reply else { break }
+            guard var current = link.batch, current.sentAt != nil else {
+                return out + [.lost("Redis sent a reply nothing asked for: \(reply)")]
+            }
+            current.replies.append(reply)
+            link.batch = current
+            if current.replies.count == current.expected {
+                link.batch = nil
+                settle(current, link: link, now: now, into: &out)
+            }
+        }
+        if let current = link.batch, let sentAt = current.sentAt, now.milliseconds(since: sentAt) > answerLimit {
+            out.append(.lost("no answer from Redis within \(answerLimit) ms"))
+        }
+        if let error = link.connection.writeAvailable() { out.append(.lost(error)) }
+        return out
+    }
+
+    private func settle(_ finished: RedisLink.Batch, link: RedisLink, now: Instant, into out: inout [TransportResult<UInt64>]) {
+        if finished.phase == .awaitingReplicas {
+            switch finished.replies[0] {
+            case .integer(let n) where n >= config.waitReplicas:
+                link.waitBackoff.reset()
+                out.append(.release)
+                out += finished.tokens.map { .delivered($0) }
+            case .integer(let n):
+                awaitReplicas(finished.tokens, have: Int(n), link: link, now: now, into: &out)
+            case .error(let e):
+                link.batch = RedisLink.Batch(tokens: finished.tokens, phase: .awaitingReplicas, expected: 1)
+                link.waitAgainAt = now + link.waitBackoff.next()
+                out.append(.hold("WAIT refused: \(e)"))
+            default:
+                out.append(.lost("WAIT answered \(finished.replies[0])"))
+            }
+            return
+        }
+        switch RedisMessage.outcome(of: finished.replies, commands: finished.tokens.count, wait: config.waitReplicas > 0) {
+        case .executed(let results, let replicas):
+            var stored: [UInt64] = []
+            for (index, result) in results.enumerated() {
+                let token = finished.tokens[index]
+                switch result {
+                case .added:
+                    stored.append(token)
+                case .duplicate:
+                    duplicates.add(1, ordering: .relaxed)
+                    stored.append(token)
+                case .refused(.permanent(let why)):
+                    out.append(.refused(token, why))
+                case .refused(.transient(let why)):
+                    // Redis cannot write now: this one and the rest go again, first.
+                    settleStored(stored, replicas: replicas, link: link, now: now, into: &out)
+                    retryLater(Array(finished.tokens[index...]), why, link: link, into: &out)
+                    return
+                case .refused(.fatal(let why)):
+                    out.append(.fatal(token, why))
+                    return
+                }
+            }
+            settleStored(stored, replicas: replicas, link: link, now: now, into: &out)
+        case .aborted(let index, let refused):
+            switch refused {
+            case .transient(let why):
+                retryLater(finished.tokens, why, link: link, into: &out)
+            case .permanent(let why):
+                guard let index else { return out.append(.fatal(finished.tokens[0], why)) }
+                var rest = finished.tokens
+                let token = rest.remove(at: index)
+                out.append(.putBack(rest))
+                out.append(.refused(token, why))
+            case .fatal(let why):
+                out.append(.fatal(finished.tokens[index ?? 0], why))
+            }
+        }
+    }
+
+    private func settleStored(
+        _ stored: [UInt64], replicas: Int?, link: RedisLink, now: Instant, into out: inout [TransportResult<UInt64>]
+    ) {
+        guard !stored.isEmpty else { return }
+        if config.waitReplicas > 0, let replicas, replicas < config.waitReplicas {
+            awaitReplicas(stored, have: replicas, link: link, now: now, into: &out)
+        } else {
+            out += stored.map { .delivered($0) }
+        }
+    }
+
+    /// Stored on the primary, not yet on enough replicas: held (not acknowledged)
+    /// and WAIT asked again after a growing delay. Nothing newer is sent meanwhile.
+    private func awaitReplicas(
+        _ tokens: [UInt64], have: Int, link: RedisLink, now: Instant, into out: inout [TransportResult<UInt64>]
+    ) {
+        link.batch = RedisLink.Batch(tokens: tokens, phase: .awaitingReplicas, expected: 1)
+        link.waitAgainAt = now + link.waitBackoff.next()
+        out.append(
+            .hold("\(have) of \(config.waitReplicas) replicas acknowledged within \(config.waitTimeoutMilliseconds) ms (WAIT)"))
+    }
+
+    /// Redis refused a batch for now (OOM, LOADING, READONLY, NOSCRIPT, …): the
+    /// link is lost, so the batch goes back in front of the queue and a new
+    /// connection — which loads the script again (after a SCRIPT FLUSH or a
+    /// failover) and resolves the host again (a name that moved to the new
+    /// primary) — sends it after the backoff. Unless replicas are awaited for an
+    /// earlier batch on this connection (WAIT counts this connection's writes):
+    /// then the refused ones go back in front and wait on it.
+    private func retryLater(_ tokens: [UInt64], _ why: String, link: RedisLink, into out: inout [TransportResult<UInt64>]) {
+        if link.batch == nil {
+            out.append(.lost("Redis is not taking events now: \(why)"))
+        } else {
+            out.append(.retryLater(tokens, why))
+        }
     }
 
     private func warnAboutDurability(_ pairs: [RESPValue]) {
-        guard !warnedDurability, config.waitReplicas == 0 else { return }
+        guard config.waitReplicas == 0, !warnedDurability.load(ordering: .relaxed) else { return }
         var settings: [String: String] = [:]
         var index = 0
         while index + 1 < pairs.count {
@@ -483,41 +377,36 @@ public final class RedisSink: EventSink {
         }
         guard let appendonly = settings["appendonly"], let fsync = settings["appendfsync"] else { return }
         if appendonly != "yes" || fsync != "always" {
-            warnedDurability = true
+            warnedDurability.store(true, ordering: .relaxed)
             logger.warning(
                 "Redis acknowledges from memory: a Redis crash can lose acknowledged events (set appendonly yes and appendfsync always on the server, or use --redis-wait-replicas)",
                 metadata: ["appendonly": "\(appendonly)", "appendfsync": "\(fsync)"])
         }
     }
+}
 
-    // MARK: Refusals
-
-    private func refusal(_ record: Record, _ why: String) -> SinkError {
-        SinkError(
-            "Redis refused event id=\(record.eventID) (commit LSN \(record.lsn)) for stream \(record.stream): \(why). Nothing from this transaction on was confirmed; fix the cause and restart"
-        )
+/// One connection to Redis and the batch that is out on it; used by the relay's thread alone once handed over.
+public final class RedisLink {
+    struct Batch {
+        enum Phase { case executing, awaitingReplicas }
+        var tokens: [UInt64]
+        var phase: Phase
+        var expected: Int
+        var replies: [RESPValue] = []
+        /// nil: not sent yet (a WAIT waiting to be asked again).
+        var sentAt: Instant?
     }
 
-    /// An event that can never be added as it is: to the dead-letter stream, or stop.
-    private func failPermanently(_ record: Record, _ why: String) throws {
-        if record.deadLetter {
-            throw SinkError("dead-letter stream \(record.stream) refused the record for event id=\(record.eventID) (LSN \(record.lsn)): \(why)")
-        }
-        guard let dlq = config.deadLetterStream else {
-            throw SinkError(
-                "Redis refused event id=\(record.eventID) (commit LSN \(record.lsn)) for stream \(record.stream): \(why). Nothing from this transaction on was confirmed; fix the cause (or set --dlq-topic) and restart"
-            )
-        }
-        let extra: [[UInt8]] = ["dlq.error", why, "dlq.original.stream", record.stream].map { Array($0.utf8) }
-        queue.append(
-            Record(
-                ticket: record.ticket, weight: record.weight, eventID: record.eventID, lsn: record.lsn, stream: dlq,
-                fields: extra + record.fields, deadLetter: true))
-        deadLettered += 1
-        logger.warning(
-            "event sent to the dead-letter stream",
-            metadata: ["id": "\(record.eventID)", "lsn": "\(record.lsn)", "stream": "\(record.stream)", "error": "\(why)"])
-    }
+    let connection: RedisConnection
+    var script: String?
+    var batch: Batch?
+    var building: [(token: UInt64, message: RedisTransport.Message)] = []
+    var buildingBytes = 0
+    var nextToken: UInt64 = 1
+    var waitAgainAt: Instant?
+    var waitBackoff = Backoff(policy: .init(initialMilliseconds: 250, capMilliseconds: 5_000), seed: UInt64.random(in: .min ... .max))
+
+    init(connection: RedisConnection) { self.connection = connection }
 }
 
 // MARK: - The socket
@@ -577,6 +466,9 @@ final class RedisConnection {
     }
 
     deinit { close(descriptor) }
+
+    /// Ends the connection for both sides now (the descriptor is closed when the object goes).
+    func shutdown() { _ = Glibc.shutdown(descriptor, Int32(SHUT_RDWR)) }
 
     func enqueue(_ bytes: [UInt8]) {
         if written == output.count {
@@ -644,41 +536,3 @@ final class RedisConnection {
     }
 }
 
-/// The one descriptor the relay waits on for this sink: an epoll set of the
-/// socket and a timer wake-up (a reconnect, a retry, a reply deadline).
-final class Readiness {
-    let descriptor: Int32
-    private let timer = Wakeup()
-    private var watched: (fd: Int32, writable: Bool)?
-
-    init() throws {
-        descriptor = epoll_create1(Int32(EPOLL_CLOEXEC))
-        guard descriptor >= 0 else { throw SinkError("epoll_create1: \(String(cString: strerror(errno)))") }
-        var event = epoll_event()
-        event.events = EPOLLIN.rawValue
-        event.data.fd = timer.descriptor
-        _ = epoll_ctl(descriptor, EPOLL_CTL_ADD, timer.descriptor, &event)
-    }
-
-    deinit { close(descriptor) }
-
-    func watch(_ fd: Int32, writable: Bool) {
-        if let watched, watched.fd == fd, watched.writable == writable { return }
-        var event = epoll_event()
-        event.events = EPOLLIN.rawValue | (writable ? EPOLLOUT.rawValue : 0)
-        event.data.fd = fd
-        let operation = watched?.fd == fd ? EPOLL_CTL_MOD : EPOLL_CTL_ADD
-        if let old = watched, old.fd != fd { unwatch(old.fd) }
-        _ = epoll_ctl(descriptor, operation, fd, &event)
-        watched = (fd, writable)
-    }
-
-    func unwatch(_ fd: Int32) {
-        guard watched?.fd == fd else { return }
-        _ = epoll_ctl(descriptor, EPOLL_CTL_DEL, fd, nil)
-        watched = nil
-    }
-
-    func signal(afterMilliseconds milliseconds: Int) { timer.signal(afterMilliseconds: milliseconds) }
-    func clearTimer() { timer.clear() }
-}

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import OutboxCore
+import RelayIO
 import OutboxRelay
 import PGOutput
 import PostgresClient

@@ -1,4 +1,5 @@
 import Glibc
+import OutboxCore
 
 /// A self-pipe another thread signals (a stop request) to end a `poll(2)` at once.
 ///
@@ -48,17 +49,11 @@ public final class Wakeup: @unchecked Sendable {
 
 extension Instant {
     /// Now on CLOCK_BOOTTIME: monotonic, and it keeps counting while the machine
-    /// is suspended, so a freeze of any kind shows up as elapsed time.
+    /// is suspended, so a freeze of any kind shows up as elapsed time. The one
+    /// clock every deadline of the relay and its destinations is read from.
     public static func now() -> Instant {
         var ts = timespec()
         clock_gettime(CLOCK_BOOTTIME, &ts)
         return Instant(nanoseconds: UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec))
-    }
-
-    /// Milliseconds from now to `deadline`, rounded up (so a wait never ends just
-    /// before its deadline and spins), as a `poll(2)` timeout; 0 when it has passed.
-    public func millisecondsRoundedUp(until deadline: Instant) -> Int32 {
-        guard deadline.nanoseconds > nanoseconds else { return 0 }
-        return Int32(clamping: (deadline.nanoseconds - nanoseconds + 999_999) / 1_000_000)
     }
 }
