@@ -44,6 +44,10 @@ public struct RelayStats: Sendable, Equatable {
     public var lastAcknowledgementAt = 0
     /// The sink's own view of its destination (Kafka: some broker reachable).
     public var sinkReachable = true
+    /// The longest the relay's thread spent between two waits (one loop turn:
+    /// reading, sending, the sink's calls), in milliseconds: what a destination
+    /// that blocks would show here, and PostgreSQL would miss status updates for.
+    public var longestTurnMilliseconds = 0
     /// From the periodic server check: the slot's `wal_status` and `safe_wal_size` (bytes).
     public var slotWALStatus: String?
     public var slotSafeWALSize: Int64?

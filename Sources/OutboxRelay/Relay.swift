@@ -139,6 +139,8 @@ public final class Relay: RelayService, @unchecked Sendable {
     /// What the driver itself knows: state, reconnects, latency, reachability, slot health.
     private var stats = RelayStats()
     private var warnedNonTransactional = false
+    /// When the last wait ended (nil before the first, and after a session ends).
+    private var turnStartedAt: Instant?
     private var loggedUpdates = 0
     /// Per transaction with events in flight, in ticket order: when its first
     /// event was sent, its commit time, and how many of its events are unacknowledged.
@@ -266,6 +268,7 @@ public final class Relay: RelayService, @unchecked Sendable {
                 walSenderTimeoutMilliseconds: session.walSenderTimeoutMilliseconds),
             now: Instant.now())
         resetTimings()
+        turnStartedAt = nil
         do {
             try session.start(from: startLSN)
         } catch {
@@ -410,7 +413,12 @@ public final class Relay: RelayService, @unchecked Sendable {
         }
         // The sink's own deadline (a reconnect, an overdue acknowledgement) ends the wait too.
         let until = sink.nextDeadline.map { min($0, deadline) } ?? deadline
-        let ready = poll(&fds, nfds_t(fds.count), Instant.now().millisecondsRoundedUp(until: until))
+        let waitStart = Instant.now()
+        if let turnStart = turnStartedAt {
+            stats.longestTurnMilliseconds = max(stats.longestTurnMilliseconds, waitStart.milliseconds(since: turnStart))
+        }
+        let ready = poll(&fds, nfds_t(fds.count), waitStart.millisecondsRoundedUp(until: until))
+        turnStartedAt = Instant.now()
         if ready < 0 && errno != EINTR {
             throw .replication(.connectionLost("poll: \(String(cString: strerror(errno)))"))
         }
@@ -607,6 +615,7 @@ public final class Relay: RelayService, @unchecked Sendable {
         snapshot.slotSynced = stats.slotSynced
         snapshot.slotInvalidation = stats.slotInvalidation
         snapshot.sinkReachable = sink.isReachable
+        snapshot.longestTurnMilliseconds = stats.longestTurnMilliseconds
         published.withLock { $0 = snapshot }
     }
 

@@ -81,6 +81,7 @@ final class MetricsExporter: LatencyObserver {
         }
         gauge(p + "ready", "1 when streaming and the sink is delivering (what /readyz reports).", stats.isReady(nowMilliseconds: Relay.nowMilliseconds()) ? 1 : 0)
         gauge(p + "sink_reachable", "1 when the sink's destination is reachable as far as it knows.", stats.sinkReachable ? 1 : 0)
+        gauge(p + "longest_turn_milliseconds", "The longest the relay thread spent between two waits (a blocked destination shows here).", stats.longestTurnMilliseconds)
         for (topic, count) in stats.eventsByTopic {
             let counter =
                 dynamic.topics[topic]

@@ -15,6 +15,9 @@ import Testing
 struct NATSSinkTests {
     static let outageSeconds = Int(ProcessInfo.processInfo.environment["OUTBOX_BROKER_OUTAGE_SECONDS"] ?? "") ?? 30
 
+    /// How long the black-hole tests keep the path silent (the issue asks for 60 s).
+    static let blackHoleSeconds = Int(ProcessInfo.processInfo.environment["OUTBOX_BLACKHOLE_SECONDS"] ?? "") ?? 60
+
     static func arguments(_ outbox: TestOutbox, _ server: NATSServer, url: String? = nil, _ more: [String] = []) -> [String] {
         [
             "run", "--source", outbox.conninfo, "--slot", outbox.slot, "--publication", outbox.publication,
@@ -77,6 +80,40 @@ struct NATSSinkTests {
             events: Self.deliveries(try NATSClient(url: server.url).messages("OUTBOX")), written: written)
         print("NATS stopped for \(Self.outageSeconds) s under load: \(check); duplicates dropped by JetStream: \(sink.duplicates)")
         check.expectIntact(duplicates: true)
+    }
+
+    /// The path to the server goes silent for 60 s under load (nothing
+    /// forwarded or closed): the relay keeps answering PostgreSQL at its
+    /// status interval, the session never ends, nothing after the cut is
+    /// confirmed, and everything arrives in order once the path heals.
+    @Test func blackHoledServerNeverStallsTheRelay() async throws {
+        let outbox = try TestOutbox()
+        let server = try NATSServer()
+        try NATSClient(url: server.url).addStream("OUTBOX", subjects: ["\(outbox.name).>"])
+        let proxy = TCPProxy(port: try TCPProxy.freePort(), targetPort: server.port)
+        try proxy.start()
+        defer { proxy.stop() }
+        var config = NATSSinkConfig(url: "nats://127.0.0.1:\(proxy.port)", subject: try DestinationTemplate("{topic}"))
+        config.acknowledgementTimeoutMilliseconds = 2_000
+        let sink = try NATSSink(config: config, logger: RunningRelay.logger)
+        let report = try await destinationBlackHole(
+            outbox, sink: sink, topicTemplate: "\(outbox.name).{aggregatetype}", proxy: proxy, seconds: Self.blackHoleSeconds)
+        let check = DeliveryCheck(events: Self.deliveries(try NATSClient(url: server.url).messages("OUTBOX")), written: report.written)
+        print("NATS black-holed for \(Self.blackHoleSeconds) s under load: \(report); \(check)")
+        check.expectIntact(duplicates: true)
+    }
+
+    /// SIGTERM while the server is black-holed: out within the shutdown timeout plus a second.
+    @Test func sigtermWhileBlackHoledExitsInTime() async throws {
+        let outbox = try TestOutbox()
+        let server = try NATSServer()
+        try NATSClient(url: server.url).addStream("OUTBOX", subjects: ["\(outbox.name).>"])
+        let proxy = TCPProxy(port: try TCPProxy.freePort(), targetPort: server.port)
+        try proxy.start()
+        defer { proxy.stop() }
+        let took = try await sigtermDuringBlackHole(
+            outbox, arguments: Self.arguments(outbox, server, url: "nats://127.0.0.1:\(proxy.port)"), proxy: proxy)
+        print("NATS black-holed, SIGTERM: out after \(String(format: "%.2f", took)) s")
     }
 
     /// SIGKILL in a loop under load. Inside JetStream's duplicate window

@@ -87,6 +87,40 @@ struct RabbitMQSinkTests {
         check.expectIntact(duplicates: true)
     }
 
+    /// The path to the node goes silent for 60 s under load: the relay keeps
+    /// answering PostgreSQL, nothing after the cut is confirmed, nothing lost after.
+    @Test func blackHoledServerNeverStallsTheRelay() async throws {
+        let outbox = try TestOutbox()
+        let server = try RabbitMQServer()
+        _ = try Self.prepare(server, outbox)
+        let proxy = TCPProxy(port: try TCPProxy.freePort(), targetPort: server.port)
+        try proxy.start()
+        defer { proxy.stop() }
+        var config = RabbitMQSinkConfig(
+            url: "amqp://guest:guest@127.0.0.1:\(proxy.port)", exchange: Self.exchange, routingKey: try DestinationTemplate("{topic}"))
+        config.acknowledgementTimeoutMilliseconds = 2_000
+        let sink = try RabbitMQSink(config: config, logger: RunningRelay.logger)
+        let report = try await destinationBlackHole(
+            outbox, sink: sink, topicTemplate: "\(outbox.name).{aggregatetype}", proxy: proxy,
+            seconds: NATSSinkTests.blackHoleSeconds)
+        let check = DeliveryCheck(events: Self.deliveries(try RabbitMQClient(url: server.url).messages("events")), written: report.written)
+        print("RabbitMQ black-holed for \(NATSSinkTests.blackHoleSeconds) s under load: \(report); \(check)")
+        check.expectIntact(duplicates: true)
+    }
+
+    /// SIGTERM while the node is black-holed: out within the shutdown timeout plus a second.
+    @Test func sigtermWhileBlackHoledExitsInTime() async throws {
+        let outbox = try TestOutbox()
+        let server = try RabbitMQServer()
+        _ = try Self.prepare(server, outbox)
+        let proxy = TCPProxy(port: try TCPProxy.freePort(), targetPort: server.port)
+        try proxy.start()
+        defer { proxy.stop() }
+        let took = try await sigtermDuringBlackHole(
+            outbox, arguments: Self.arguments(outbox, url: "amqp://guest:guest@127.0.0.1:\(proxy.port)"), proxy: proxy)
+        print("RabbitMQ black-holed, SIGTERM: out after \(String(format: "%.2f", took)) s")
+    }
+
     /// SIGKILL in a loop under load: nothing lost; RabbitMQ has no duplicate
     /// window, so what was in flight at each kill can arrive twice (counted).
     @Test func sigkillLoopLosesNothing() async throws {

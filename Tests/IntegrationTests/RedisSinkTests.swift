@@ -74,6 +74,37 @@ struct RedisSinkTests {
         check.expectIntact(duplicates: true)
     }
 
+    /// The path to the server goes silent for 60 s under load: the relay keeps
+    /// answering PostgreSQL, nothing after the cut is confirmed, nothing lost after.
+    @Test func blackHoledServerNeverStallsTheRelay() async throws {
+        let outbox = try TestOutbox()
+        let server = try RedisServer()
+        let proxy = TCPProxy(port: try TCPProxy.freePort(), targetPort: server.port)
+        try proxy.start()
+        defer { proxy.stop() }
+        var config = RedisSinkConfig(url: "redis://127.0.0.1:\(proxy.port)", stream: try DestinationTemplate("{topic}"))
+        config.acknowledgementTimeoutMilliseconds = 2_000
+        let sink = try RedisSink(config: config, logger: RunningRelay.logger)
+        let report = try await destinationBlackHole(
+            outbox, sink: sink, topicTemplate: "\(outbox.name).{aggregatetype}", proxy: proxy,
+            seconds: NATSSinkTests.blackHoleSeconds)
+        let check = DeliveryCheck(events: try server.deliveries("\(outbox.name).crash"), written: report.written)
+        print("Redis black-holed for \(NATSSinkTests.blackHoleSeconds) s under load: \(report); \(check)")
+        check.expectIntact(duplicates: true)
+    }
+
+    /// SIGTERM while the server is black-holed: out within the shutdown timeout plus a second.
+    @Test func sigtermWhileBlackHoledExitsInTime() async throws {
+        let outbox = try TestOutbox()
+        let server = try RedisServer()
+        let proxy = TCPProxy(port: try TCPProxy.freePort(), targetPort: server.port)
+        try proxy.start()
+        defer { proxy.stop() }
+        let took = try await sigtermDuringBlackHole(
+            outbox, arguments: Self.arguments(outbox, url: "redis://127.0.0.1:\(proxy.port)"), proxy: proxy)
+        print("Redis black-holed, SIGTERM: out after \(String(format: "%.2f", took)) s")
+    }
+
     /// With `--redis-wait-replicas 1`, the replica stopped for 10 s under load:
     /// the primary takes the events but none is acknowledged (or confirmed)
     /// until the replica has it again.
