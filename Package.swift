@@ -157,7 +157,7 @@ let package = Package(
         .target(name: "TestFixtures", dependencies: ["PGOutput"], path: "Tests/TestFixtures", exclude: ["Fixtures"]),
         .testTarget(name: "PGOutputTests", dependencies: ["PGOutput", "TestFixtures"]),
         .testTarget(name: "OutboxCoreTests", dependencies: ["OutboxCore", "PGOutput", "TestFixtures"]),
-        .testTarget(name: "OutboxRelayTests", dependencies: ["OutboxRelay", "OutboxCore", "PGOutput"]),
+        .testTarget(name: "OutboxRelayTests", dependencies: ["OutboxRelay", "OutboxCore", "PGOutput", "PostgresClient"]),
         .testTarget(name: "SinkTests", dependencies: ["RelayIO", "NATSSink", "RabbitMQSink", "HTTPSink", "RedisSink", "OutboxCore", "PGOutput"]),
         .testTarget(
             name: "IntegrationTests",

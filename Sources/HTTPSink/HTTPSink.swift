@@ -4,6 +4,7 @@ import Glibc
 import Logging
 import OutboxCore
 import RelayIO
+import Synchronization
 
 /// How the HTTP sink posts events.
 public struct HTTPSinkConfig: Sendable {
@@ -242,10 +243,14 @@ final class CurlWorker: @unchecked Sendable {
 
     let wakeup = Wakeup()
     private let multi: UnsafeMutableRawPointer
-    private let lock = NSLock()
-    private var submitted: [UnsafeMutablePointer<outbox_http_request>] = []
-    private var answers: [Answer] = []
-    private var running = true
+    /// What the relay's thread and the worker share. `@unchecked Sendable`: the
+    /// request pointers in `submitted` are handed over, owned by one side at a time.
+    private struct Shared: @unchecked Sendable {
+        var submitted: [UnsafeMutablePointer<outbox_http_request>] = []
+        var answers: [Answer] = []
+        var running = true
+    }
+    private let shared = Mutex(Shared())
     private let done = DispatchSemaphore(value: 0)
 
     init(maxConnections: Int) throws {
@@ -258,7 +263,7 @@ final class CurlWorker: @unchecked Sendable {
     }
 
     deinit {
-        lock.withLock { running = false }
+        shared.withLock { $0.running = false }
         curl_multi_wakeup(multi)
         done.wait()
         curl_multi_cleanup(multi)
@@ -278,27 +283,28 @@ final class CurlWorker: @unchecked Sendable {
             }
         }
         guard let request else {
-            lock.withLock { answers.append(Answer(token: token, status: 0, transportError: "cannot create a request", response: "")) }
+            shared.withLock { $0.answers.append(Answer(token: token, status: 0, transportError: "cannot create a request", response: "")) }
             wakeup.signal()
             return
         }
-        lock.withLock { submitted.append(request) }
+        nonisolated(unsafe) let handed = request
+        shared.withLock { $0.submitted.append(handed) }
         curl_multi_wakeup(multi)
     }
 
     func takeAnswers() -> [Answer] {
-        lock.withLock {
-            defer { answers.removeAll(keepingCapacity: true) }
-            return answers
+        shared.withLock { shared in
+            defer { shared.answers.removeAll(keepingCapacity: true) }
+            return shared.answers
         }
     }
 
     private func run() {
         var active: Set<UnsafeMutablePointer<outbox_http_request>> = []
         while true {
-            let (stop, new) = lock.withLock { () -> (Bool, [UnsafeMutablePointer<outbox_http_request>]) in
-                defer { submitted.removeAll() }
-                return (!running, submitted)
+            nonisolated(unsafe) let (stop, new) = shared.withLock { shared -> (Bool, [UnsafeMutablePointer<outbox_http_request>]) in
+                defer { shared.submitted.removeAll() }
+                return (!shared.running, shared.submitted)
             }
             if stop {
                 for request in active.union(new) {
@@ -327,7 +333,7 @@ final class CurlWorker: @unchecked Sendable {
                 outbox_http_request_free(request)
             }
             if !finished.isEmpty {
-                lock.withLock { answers += finished }
+                shared.withLock { $0.answers += finished }
                 wakeup.signal()
             }
             curl_multi_poll(multi, nil, 0, 1000, nil)

@@ -82,7 +82,9 @@ public struct KafkaConfigurationError: Error, CustomStringConvertible {
 ///   authorized) goes to the dead-letter topic when one is configured, and is
 ///   acknowledged only once the dead-letter record is; without one, the sink
 ///   throws an error naming the event id and LSN, before it is acknowledged.
-/// - A full local queue is backpressure: `send` waits, delivering reports.
+/// - A full local queue is backpressure: the record is held, in order, and
+///   produced once delivery reports make room; the relay's in-flight bound
+///   stops its reading meanwhile. `send` never waits.
 ///
 /// Used only from the relay's I/O thread.
 public final class KafkaSink: EventSink {
@@ -185,13 +187,14 @@ public final class KafkaSink: EventSink {
 
     /// Aborts the open transaction and forgets its records; returns how many there were.
     private func abortOpenTransaction() -> Int {
-        guard openTransaction != 0 else { return 0 }
+        let heldDropped = dropHeld()
+        guard openTransaction != 0 else { return heldDropped }
         let aborted = openTransaction
         _ = producer.abortTransaction(timeoutMilliseconds: 30_000)
         openTransaction = 0
         purged = 0
         try? drainEvents(timeoutMilliseconds: 0)
-        var dropped = uncommitted.count + purged
+        var dropped = uncommitted.count + purged + heldDropped
         uncommitted.removeAll(keepingCapacity: true)
         let before = pending.count
         pending = pending.filter { $0.value.transaction != aborted }
@@ -199,7 +202,7 @@ public final class KafkaSink: EventSink {
         return dropped
     }
 
-    public var inFlight: Int { pending.count }
+    public var inFlight: Int { pending.count + held.count - heldHead }
 
     public func send(_ event: OutboxEvent, ticket: UInt64) throws {
         let value: [UInt8]? = event.tombstone ? nil : (event.payload ?? Self.jsonNull)
@@ -243,18 +246,20 @@ public final class KafkaSink: EventSink {
 
     /// Purges what librdkafka has not sent yet (a stale session's events): see `EventSink`.
     public func discardUnacknowledged() -> Int {
-        if transactional { return abortOpenTransaction() }
+        let dropped = dropHeld()
+        if transactional { return dropped + abortOpenTransaction() }
         producer.purgeQueued()
         purged = 0
         try? drainEvents(timeoutMilliseconds: 0)
-        return purged
+        return dropped + purged
     }
 
     /// Delivery reports of purged records seen by the last `discardUnacknowledged`.
     private var purged = 0
 
     public func poll(timeoutMilliseconds: Int) throws -> [Acknowledgement] {
-        try drainEvents(timeoutMilliseconds: timeoutMilliseconds)
+        try drainEvents(timeoutMilliseconds: heldHead < held.count ? 0 : timeoutMilliseconds)
+        try produceHeld()
         // One transaction per relay loop turn: what was sent since the last poll.
         // A commit that times out (brokers away) is retried by the next poll, so
         // the relay's loop, and its status updates to PostgreSQL, keep going.
@@ -264,14 +269,15 @@ public final class KafkaSink: EventSink {
         return ready
     }
 
-    private var lastProbe = Date.distantPast
+    private var lastProbe: Instant?
 
     /// A delivery is what tells the sink the brokers are back; with nothing in
     /// flight none comes, so readiness would stay down after an outage of an
     /// idle relay. Then, every 5 s, a metadata request bounded by 100 ms asks.
     private func probeWhileIdleAndUnreachable() {
-        guard !brokersReachable, pending.isEmpty, Date().timeIntervalSince(lastProbe) >= 5 else { return }
-        lastProbe = Date()
+        let now = Instant.now()
+        guard !brokersReachable, pending.isEmpty, lastProbe.map({ now.milliseconds(since: $0) >= 5_000 }) ?? true else { return }
+        lastProbe = now
         if case .success = producer.brokerCount(timeoutMilliseconds: 100) {
             brokersReachable = true
             logger.notice("Kafka brokers reachable again")
@@ -279,45 +285,106 @@ public final class KafkaSink: EventSink {
     }
 
     public func flush(timeoutMilliseconds: Int) throws -> [Acknowledgement] {
-        let deadline = Date().addingTimeInterval(Double(timeoutMilliseconds) / 1000)
-        while !pending.isEmpty {
-            let left = Int(deadline.timeIntervalSinceNow * 1000)
+        let deadline = Instant.now() + timeoutMilliseconds
+        while !pending.isEmpty || heldHead < held.count {
+            let left = Int(Instant.now().millisecondsRoundedUp(until: deadline))
             if left <= 0 { break }
-            try drainEvents(timeoutMilliseconds: min(left, 100))
+            // Returns at the first delivery report (librdkafka's queue wakes it), or at the deadline.
+            try drainEvents(timeoutMilliseconds: left)
+            try produceHeld()
         }
         return try poll(timeoutMilliseconds: 0)
     }
 
     static let jsonNull = Array("null".utf8)
 
-    /// Produces, waiting (and collecting reports) while librdkafka's queue is full.
+    /// A record librdkafka's queue had no room for, with what it is produced from.
+    struct Held {
+        var topic: String
+        var key: String
+        var value: [UInt8]?
+        var headers: [(name: String, value: String)]
+        var record: Pending
+    }
+
+    /// Records accepted while librdkafka's queue was full, in accept order:
+    /// produced first, before anything newer, as delivery reports make room.
+    /// The relay's in-flight bound counts them, so this is backpressure, not a
+    /// second unbounded queue — and the relay's thread never waits for room.
+    private var held: [Held] = []
+    private var heldHead = 0
+
+    /// Produces a record, or holds it (behind any held before it) when the queue is full.
     /// Returns the error of a refused record; the record is then not pending.
     private func produce(
         topic: String, key: String, value: [UInt8]?, headers: [(name: String, value: String)],
         record: Pending
     ) throws -> KafkaProducer.ProduceError? {
+        let one = Held(topic: topic, key: key, value: value, headers: headers, record: record)
+        if heldHead < held.count {
+            held.append(one)
+            return nil
+        }
+        switch try produceNow(one) {
+        case .produced: return nil
+        case .queueFull:
+            held.append(one)
+            return nil
+        case .refused(let failure): return failure
+        }
+    }
+
+    private enum ProduceOutcome {
+        case produced
+        case queueFull
+        case refused(KafkaProducer.ProduceError)
+    }
+
+    private func produceNow(_ one: Held) throws -> ProduceOutcome {
         try ensureTransaction()
-        var record = record
+        var record = one.record
         record.transaction = openTransaction
         let opaque = nextOpaque
-        nextOpaque += 1
-        while true {
-            guard
-                let failure = producer.produce(
-                    topic: topic, key: key, value: value, headers: headers, opaque: opaque)
-            else {
-                pending[opaque] = record
-                return nil
-            }
-            if failure.isQueueFull {
-                try drainEvents(timeoutMilliseconds: 100)
-                continue
-            }
-            if failure.code == RD_KAFKA_RESP_ERR__FATAL {
-                throw SinkError("Kafka producer failed fatally: \(failure.message)")
-            }
-            return failure
+        guard
+            let failure = producer.produce(
+                topic: one.topic, key: one.key, value: one.value, headers: one.headers, opaque: opaque)
+        else {
+            nextOpaque += 1
+            pending[opaque] = record
+            return .produced
         }
+        if failure.isQueueFull { return .queueFull }
+        if failure.code == RD_KAFKA_RESP_ERR__FATAL {
+            throw SinkError("Kafka producer failed fatally: \(failure.message)")
+        }
+        return .refused(failure)
+    }
+
+    /// Produces held records, in order, while the queue takes them.
+    private func produceHeld() throws {
+        while heldHead < held.count {
+            let one = held[heldHead]
+            switch try produceNow(one) {
+            case .queueFull: return
+            case .produced: heldHead += 1
+            case .refused(let failure):
+                heldHead += 1
+                try handlePermanentFailure(
+                    one.record, topic: one.topic, key: Array(one.key.utf8), value: one.value, headers: one.headers,
+                    code: failure.code, message: failure.message)
+            }
+        }
+        held.removeAll(keepingCapacity: true)
+        heldHead = 0
+    }
+
+    /// Forgets held records (a stale session's, or an aborted transaction's); returns how many.
+    private func dropHeld() -> Int {
+        defer {
+            held.removeAll(keepingCapacity: true)
+            heldHead = 0
+        }
+        return held.count - heldHead
     }
 
     private func handlePermanentFailure(

@@ -180,16 +180,14 @@ public final class NATSTransport: DeliveryTransport {
 
 /// What libnats's threads report, taken by the relay's thread.
 final class Inbox: @unchecked Sendable {
-    enum Outcome {
+    enum Outcome: Sendable {
         case stored(duplicate: Bool)
         case failed(status: String, code: Int, text: String)
     }
 
-    private let lock = NSLock()
     /// The messages stay alive until the relay's thread has matched them: a
     /// message freed here could have its address reused by the next publication.
-    private var results: [(address: UInt, outcome: Outcome)] = []
-    private var disconnected: String?
+    private let state = Mutex<(results: [(address: UInt, outcome: Outcome)], disconnected: String?)>(([], nil))
     private let wakeup: Wakeup
 
     init(wakeup: Wakeup) { self.wakeup = wakeup }
@@ -197,23 +195,23 @@ final class Inbox: @unchecked Sendable {
     /// What a closed connection reported and nobody matched (also a result a
     /// callback delivered just as the connection closed) is freed with the
     /// inbox, when the connection is dropped.
-    deinit { Self.release(results) }
+    deinit { Self.release(state.withLock { $0.results }) }
 
     func deliver(_ address: UInt, _ outcome: Outcome) {
-        lock.withLock { results.append((address, outcome)) }
+        state.withLock { $0.results.append((address, outcome)) }
         wakeup.signal()
     }
 
     func disconnect(_ why: String) {
-        lock.withLock { if disconnected == nil { disconnected = why } }
+        state.withLock { if $0.disconnected == nil { $0.disconnected = why } }
         wakeup.signal()
     }
 
     /// The results so far; the caller destroys their messages (`release`) once matched.
     func take() -> ([(address: UInt, outcome: Outcome)], String?) {
-        lock.withLock {
-            defer { results.removeAll(keepingCapacity: true) }
-            return (results, disconnected)
+        state.withLock { state in
+            defer { state.results.removeAll(keepingCapacity: true) }
+            return (state.results, state.disconnected)
         }
     }
 

@@ -26,6 +26,16 @@ public struct RelayConfig: Sendable {
     public var receiveTimeoutMilliseconds: Int?
     public var initialBackoffMilliseconds = 500
     public var maxBackoffMilliseconds = 30_000
+
+    /// The supervisor's part of it.
+    public var supervisor: Supervisor.Configuration {
+        var c = Supervisor.Configuration()
+        c.initialBackoffMilliseconds = initialBackoffMilliseconds
+        c.maxBackoffMilliseconds = maxBackoffMilliseconds
+        c.standbyRetryMilliseconds = standbyRetryMilliseconds
+        c.seed = UInt64.random(in: .min ... .max)
+        return c
+    }
     /// How often a hot standby retries a slot that another relay holds.
     public var standbyRetryMilliseconds = 2_000
     /// How often the publication is re-checked while streaming (see `PublicationWatch`); 0 never.
@@ -97,6 +107,28 @@ public enum RelayError: Error, Sendable, CustomStringConvertible {
         case .unexpectedMessage(let m): return m
         case .session(let end): return end.description
         }
+    }
+}
+
+extension RelayError {
+    /// What an ended session means to the `Supervisor`, in `run` and `poll` alike.
+    public var disposition: Supervisor.Disposition {
+        switch self {
+        // Another relay streams the slot, or (17+) this server is a standby whose sync worker holds it.
+        case .replication(.slotInUse), .replication(.slotSynced): return .standBy
+        case .replication(let e), .database(let e): return e.isRetryable || e.isRetryableQueryFailure ? .retry : .fail
+        case .session(let end): return end.isRetryable ? .retry : .fail
+        case .sinkInterrupted: return .retry
+        case .poison, .poisonInLog, .sink, .unexpectedMessage: return .fail
+        }
+    }
+}
+
+extension ReplicationError {
+    /// Serialization failure and deadlock: the statement rolled back; doing it again is the fix.
+    public var isRetryableQueryFailure: Bool {
+        if case .serverError(_, let state, _) = self { return state == "40001" || state == "40P01" }
+        return false
     }
 }
 
@@ -189,79 +221,63 @@ public final class Relay: RelayService, @unchecked Sendable {
 
     /// Runs until `stop()` or a fatal error. Retryable failures (connection
     /// lost or dead, server restarting, slot held by another relay, a stale
-    /// session after a freeze) are retried with capped exponential backoff,
-    /// resuming from the last *confirmed* LSN.
+    /// session after a freeze) are retried as the `Supervisor` decides (the
+    /// same machine and error mapping as `poll` mode), resuming from the last
+    /// *confirmed* LSN.
     public func run() throws(RelayError) {
         var mayCreate = true
-        var backoff = config.initialBackoffMilliseconds
+        var supervisor = Supervisor(configuration: config.supervisor)
         defer { publish() }
-        while !stopping {
-            let attemptStart = Instant.now()
-            do throws(RelayError) {
-                // A standby stays one while it retries: its line is logged once per standby period.
-                if stats.state != .standby { setState(stats.state == .starting ? .connecting : .reconnecting) }
-                let session: ReplicationSession
-                do {
-                    session = try ReplicationSession(
-                        options: config.replication, mayCreate: mayCreate, logger: logger,
-                        interrupt: wakeup.descriptor)
-                } catch { throw .replication(error) }
-                mayCreate = false
-                try stream(session)
+        while true {
+            switch supervisor.next(now: Instant.now(), stopRequested: stopping) {
+            case .stop, .fail:
                 setState(.stopped)
                 return
-            } catch let error where Self.isRetryable(error) {
-                drainAfterDisconnect()
-                let wait: Int
-                if Self.standsBy(error) {
-                    // One line when this relay becomes a standby, not one per retry.
-                    if stats.state != .standby {
+            case .wait(let until):
+                wakeup.wait(milliseconds: Int(Instant.now().millisecondsRoundedUp(until: until)), unless: { stopping })
+            case .connect(let reconnect):
+                do throws(RelayError) {
+                    // A standby stays one while it retries: its line is logged once per standby period.
+                    if !supervisor.isStandby { setState(reconnect ? .reconnecting : .connecting) }
+                    let session: ReplicationSession
+                    do {
+                        session = try ReplicationSession(
+                            options: config.replication, mayCreate: mayCreate, logger: logger,
+                            interrupt: wakeup.descriptor)
+                    } catch { throw .replication(error) }
+                    mayCreate = false
+                    try stream(session) { supervisor.sessionStreaming() }
+                    supervisor.sessionFinished()
+                } catch {
+                    let disposition = error.disposition
+                    if disposition != .fail { drainAfterDisconnect() }
+                    switch supervisor.sessionEnded(disposition, now: Instant.now()) {
+                    case .standingBy?:
                         logger.notice("slot in use; waiting as hot standby", metadata: ["reason": "\(error)"])
+                    case .reconnecting(let wait)?:
+                        logger.warning(
+                            "replication interrupted; reconnecting",
+                            metadata: [
+                                "error": "\(error)", "retry_in_ms": "\(wait)", "resume_from": "\(machine.confirmed)",
+                            ])
+                    case nil:
+                        break
                     }
-                    setState(.standby)
-                    wait = config.standbyRetryMilliseconds
-                } else {
-                    if Instant.now().milliseconds(since: attemptStart) > 10_000 {
-                        backoff = config.initialBackoffMilliseconds
+                    stats.reconnects = supervisor.reconnects
+                    switch disposition {
+                    case .fail:
+                        setState(.failed)
+                        throw error
+                    case .standBy: setState(.standby)
+                    case .retry: setState(.reconnecting)
                     }
-                    wait = Int(Double(backoff) * Double.random(in: 0.5...1.0))
-                    logger.warning(
-                        "replication interrupted; reconnecting",
-                        metadata: [
-                            "error": "\(error)", "retry_in_ms": "\(wait)", "resume_from": "\(machine.confirmed)",
-                        ])
-                    backoff = min(backoff * 2, config.maxBackoffMilliseconds)
-                    setState(.reconnecting)
                 }
-                stats.reconnects += 1
-                wakeup.wait(milliseconds: wait, unless: { stopping })
-            } catch {
-                setState(.failed)
-                throw error
             }
-        }
-        setState(.stopped)
-    }
-
-    /// Another relay streams the slot, or (17+) this server is a standby whose sync worker holds it.
-    static func standsBy(_ error: RelayError) -> Bool {
-        switch error {
-        case .replication(.slotInUse), .replication(.slotSynced): return true
-        default: return false
-        }
-    }
-
-    static func isRetryable(_ error: RelayError) -> Bool {
-        switch error {
-        case .replication(let e): return e.isRetryable
-        case .session(let end): return end.isRetryable
-        case .sinkInterrupted: return true
-        default: return false
         }
     }
 
     /// One replication stream, from START_REPLICATION until stop or error.
-    private func stream(_ session: ReplicationSession) throws(RelayError) {
+    private func stream(_ session: ReplicationSession, streaming: () -> Void) throws(RelayError) {
         let startLSN = machine.sessionStarted(
             ServerSettings(
                 slotConfirmedFlush: session.slotConfirmedFlush,
@@ -276,6 +292,7 @@ public final class Relay: RelayService, @unchecked Sendable {
             throw .replication(error)
         }
         setState(.streaming)
+        streaming()
         logger.notice(
             "streaming",
             metadata: [
@@ -439,7 +456,10 @@ public final class Relay: RelayService, @unchecked Sendable {
         for ack in acks where machine.acknowledged(ack) { observeAcknowledgement(ticket: ack.ticket) }
     }
 
-    static func sinkFailure(_ error: any Error) -> RelayError {
+    /// The one mapping of a sink's error, for `run` and `poll` alike: a
+    /// retryable `SinkError` (the sink dropped what it had not delivered and can
+    /// go on) interrupts the session; anything else stops the relay.
+    public static func sinkFailure(_ error: any Error) -> RelayError {
         if let failure = error as? SinkError, failure.retryable { return .sinkInterrupted(failure.message) }
         return .sink("\(error)")
     }

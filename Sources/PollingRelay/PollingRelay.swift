@@ -125,49 +125,62 @@ public final class PollingRelay: RelayService, @unchecked Sendable {
     /// error. A lost connection or a server restarting is retried with capped
     /// exponential backoff; a missing table or column, or missing privileges, is fatal.
     public func run() throws(RelayError) {
-        var backoff = config.initialBackoffMilliseconds
+        var supervisor = Supervisor(configuration: supervisorConfiguration)
         defer { publish() }
-        var first = true
-        while !stopping {
-            do throws(RelayError) {
-                setState(first ? .connecting : .reconnecting)
-                first = false
-                let connection: PGConnection
-                do {
-                    connection = try PGConnection(
-                        conninfo: config.conninfo, replication: false, applicationName: "outbox-relay-poll",
-                        interrupt: wakeup.descriptor)
-                } catch { throw .database(error) }
-                if config.receiveTimeoutMilliseconds > 0 {
-                    connection.queryTimeoutMilliseconds = config.receiveTimeoutMilliseconds
-                }
-                connection.interruptDescriptor = wakeup.descriptor
-                try prepare(connection)
-                backoff = config.initialBackoffMilliseconds
-                try pollLoop(connection)
+        while true {
+            switch supervisor.next(now: Instant.now(), stopRequested: stopping) {
+            case .stop, .fail:
                 setState(.stopped)
                 return
-            } catch .database(let error) where Self.isRetryable(error) {
-                let wait = Int(Double(backoff) * Double.random(in: 0.5...1.0))
-                logger.warning(
-                    "database unavailable; reconnecting",
-                    metadata: ["error": "\(error)", "retry_in_ms": "\(wait)"])
-                backoff = min(backoff * 2, config.maxBackoffMilliseconds)
-                stats.reconnects += 1
-                sleepUnlessStopped(milliseconds: wait)
-            } catch {
-                setState(.failed)
-                throw error
+            case .wait(let until):
+                sleepUnlessStopped(milliseconds: Int(Instant.now().millisecondsRoundedUp(until: until)))
+            case .connect(let reconnect):
+                do throws(RelayError) {
+                    setState(reconnect ? .reconnecting : .connecting)
+                    let connection: PGConnection
+                    do {
+                        connection = try PGConnection(
+                            conninfo: config.conninfo, replication: false, applicationName: "outbox-relay-poll",
+                            interrupt: wakeup.descriptor)
+                    } catch { throw .database(error) }
+                    if config.receiveTimeoutMilliseconds > 0 {
+                        connection.queryTimeoutMilliseconds = config.receiveTimeoutMilliseconds
+                    }
+                    connection.interruptDescriptor = wakeup.descriptor
+                    try prepare(connection)
+                    supervisor.sessionStreaming()
+                    try pollLoop(connection)
+                    supervisor.sessionFinished()
+                } catch {
+                    // The same mapping as `run`: a retryable sink error (an aborted Kafka
+                    // transaction) is retried here too, not fatal.
+                    let disposition = error.disposition
+                    if case .reconnecting(let wait)? = supervisor.sessionEnded(disposition, now: Instant.now()) {
+                        logger.warning(
+                            "database unavailable; reconnecting",
+                            metadata: ["error": "\(error)", "retry_in_ms": "\(wait)"])
+                    }
+                    stats.reconnects = supervisor.reconnects
+                    if disposition == .fail {
+                        setState(.failed)
+                        throw error
+                    }
+                }
             }
         }
-        setState(.stopped)
+    }
+
+    private var supervisorConfiguration: Supervisor.Configuration {
+        var c = Supervisor.Configuration()
+        c.initialBackoffMilliseconds = config.initialBackoffMilliseconds
+        c.maxBackoffMilliseconds = config.maxBackoffMilliseconds
+        c.healthyAfterMilliseconds = 0  // a connection that got past its checks is healthy
+        c.seed = UInt64.random(in: .min ... .max)
+        return c
     }
 
     static func isRetryable(_ error: ReplicationError) -> Bool {
-        if error.isRetryable { return true }
-        // Serialization failure and deadlock: the batch rolled back; claim it again.
-        if case .serverError(_, let state, _) = error { return state == "40001" || state == "40P01" }
-        return false
+        RelayError.database(error).disposition == .retry
     }
 
     private var qualifiedTable = ""
@@ -299,7 +312,7 @@ public final class PollingRelay: RelayService, @unchecked Sendable {
                 nextTicket += 1
                 switch routed {
                 case .success(let event):
-                    do { try sink.send(event, ticket: ticket) } catch { throw .sink("\(error)") }
+                    do { try sink.send(event, ticket: ticket) } catch { throw Relay.sinkFailure(error) }
                     pending[ticket] = event.weight
                     stats.eventsPublished += 1
                     if event.tombstone { stats.tombstones += 1 }
@@ -307,7 +320,7 @@ public final class PollingRelay: RelayService, @unchecked Sendable {
                     poison.source = "\(qualifiedTable) (ctid \(ctid))"
                     let taken: Bool
                     do { taken = try sink.deadLetter(poison, ticket: ticket) } catch {
-                        throw RelayError.sink("\(error)")
+                        throw Relay.sinkFailure(error)
                     }
                     guard taken else { throw RelayError.poison(poison) }
                     logger.warning(
@@ -363,7 +376,7 @@ public final class PollingRelay: RelayService, @unchecked Sendable {
             }
             let acks: [Acknowledgement]
             do { acks = try sink.poll(timeoutMilliseconds: 50) } catch {
-                throw RelayError.sink("\(error)")
+                throw Relay.sinkFailure(error)
             }
             for ack in acks where pending.removeValue(forKey: ack.ticket) != nil {
                 stats.eventsAcknowledged += 1
@@ -396,7 +409,7 @@ public final class PollingRelay: RelayService, @unchecked Sendable {
             if let fd = sink.wakeupDescriptor { fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0)) }
             _ = poll(&fds, nfds_t(fds.count), max(min(left, sinkLeft), sinkLeft == 0 ? 1 : 0))
             // Keep the sink's own events (logs, errors) moving while idle.
-            do { _ = try sink.poll(timeoutMilliseconds: 0) } catch { throw RelayError.sink("\(error)") }
+            do { _ = try sink.poll(timeoutMilliseconds: 0) } catch { throw Relay.sinkFailure(error) }
         }
     }
 
