@@ -87,6 +87,7 @@ let package = Package(
             dependencies: [
                 "OutboxCore", "RelayIO", "CRdKafka",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         // EventSink over NATS JetStream (libnats): PubAcks as acks, Nats-Msg-Id = event id, dead-letter subject.
@@ -95,6 +96,7 @@ let package = Package(
             dependencies: [
                 "OutboxCore", "RelayIO", "CNats",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         // RabbitMQ sink (rabbitmq-c): publisher confirms as acks, mandatory returns and nacks as refusals.
@@ -103,6 +105,7 @@ let package = Package(
             dependencies: [
                 "OutboxCore", "RelayIO", "CRabbitMQ",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         // HTTP webhook sink (libcurl multi): 2xx as acks, retries with backoff, per-key order, HMAC signatures.
@@ -111,6 +114,7 @@ let package = Package(
             dependencies: [
                 "OutboxCore", "RelayIO", "CCurl",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         // Redis Streams sink, in Swift over a socket (RESP2): MULTI/EXEC batches, WAIT for replicas, a duplicate window.
@@ -119,6 +123,7 @@ let package = Package(
             dependencies: [
                 "OutboxCore", "RelayIO", "CEpoll",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         // The polling baseline and fallback: FOR UPDATE SKIP LOCKED batches, LISTEN/NOTIFY waker, same router and sinks.

@@ -33,7 +33,9 @@ struct SourceOptions: ParsableArguments {
     }
 }
 
-/// Where events go.
+/// Where events go: `--sink`, `--dlq-topic`, and each destination's own
+/// options, which its module exports (`DestinationOptions`). Adding a
+/// destination is its module, its line in Package.swift, and its line here.
 struct SinkOptions: ParsableArguments {
     @Option(
         help: ArgumentHelp(
@@ -42,217 +44,47 @@ struct SinkOptions: ParsableArguments {
     var sink = "stdout"
 
     @Option(
-        help: ArgumentHelp("Kafka bootstrap servers (with --sink kafka).", valueName: "host:port,…"))
-    var kafkaBrokers: String?
-
-    @Option(
-        name: .customShort("X"),
-        help: ArgumentHelp(
-            "A librdkafka property, e.g. -X compression.type=zstd (repeatable; TLS and SASL too; secret values are never logged).",
-            valueName: "key=value"))
-    var kafkaProperties: [String] = []
-
-    @Option(
         help: ArgumentHelp(
             "Kafka topic (NATS: subject; RabbitMQ: routing key on --rabbitmq-exchange; Redis: a stream; http: a URL) for events that can never be delivered as they are (too large, invalid topic, unauthorized, no stream, unroutable, nacked) and rows that cannot become events. Without it such an event stops the relay.",
             valueName: "topic"))
     var dlqTopic: String?
 
-    @Option(
-        help: ArgumentHelp(
-            "NATS server URL(s), comma-separated (with --sink nats); may carry user:password@ or a token, never logged.",
-            valueName: "nats://host:port,…"))
-    var natsUrl: String?
+    // The destinations: one line each.
+    @OptionGroup var kafka: KafkaOptions
+    @OptionGroup var nats: NATSOptions
+    @OptionGroup var rabbitmq: RabbitMQOptions
+    @OptionGroup var redis: RedisOptions
+    @OptionGroup var http: WebhookOptions
 
-    @Option(
-        help: ArgumentHelp(
-            "The subject each event is published to, from {topic}, {key} and {type} (with --sink nats). A JetStream stream must cover it.",
-            valueName: "template"))
-    var natsSubject = "{topic}"
+    var destinations: [any DestinationOptions] { [kafka, nats, rabbitmq, redis, http] }
 
-    @Option(
-        help: ArgumentHelp("A NATS .creds file (user JWT and NKey seed) for the connection (with --sink nats).", valueName: "path"))
-    var natsCredentials: String?
+    /// The destination `--sink` names, if it is one (not stdout or a file).
+    var destination: (any DestinationOptions)? { destinations.first { type(of: $0).sinkName == sink } }
 
-    @Option(
-        help: ArgumentHelp(
-            "How long a NATS publication waits for JetStream's acknowledgement before the connection is taken as lost and the sink publishes again (with --sink nats).",
-            valueName: "ms"))
-    var natsAckTimeoutMs = 10_000
-
-    @Option(
-        help: ArgumentHelp(
-            "RabbitMQ URL (with --sink rabbitmq); may carry user:password, never logged.",
-            valueName: "amqp[s]://user:password@host:port/vhost"))
-    var rabbitmqUrl: String?
-
-    @Option(
-        help: ArgumentHelp(
-            "The exchange events are published to (with --sink rabbitmq); it must exist. \"\" (the default) is the default exchange, where the routing key names a queue.",
-            valueName: "name"))
-    var rabbitmqExchange = ""
-
-    @Option(
-        help: ArgumentHelp(
-            "The routing key of each event, from {topic}, {key} and {type} (with --sink rabbitmq). A queue must be bound for it: an unroutable event is refused.",
-            valueName: "template"))
-    var rabbitmqRoutingKey = "{topic}"
-
-    @Option(help: ArgumentHelp("CA certificates (PEM) for amqps:// (with --sink rabbitmq).", valueName: "path"))
-    var rabbitmqCaFile: String?
-
-    @Option(
-        help: ArgumentHelp(
-            "How long a RabbitMQ publication waits for the broker's confirm before the connection is taken as lost and the sink publishes again (with --sink rabbitmq).",
-            valueName: "ms"))
-    var rabbitmqAckTimeoutMs = 10_000
-
-    @Option(
-        help: ArgumentHelp(
-            "Redis URL (with --sink redis); may carry user:password, never logged.",
-            valueName: "redis://[user:password@]host:port[/db]"))
-    var redisUrl: String?
-
-    @Option(
-        help: ArgumentHelp(
-            "The stream each event is added to, from {topic}, {key} and {type} (with --sink redis).", valueName: "template"))
-    var redisStream = "{topic}"
-
-    @Option(
-        help: ArgumentHelp(
-            "Trim each stream to about this many entries as events are added (XADD MAXLEN ~; with --sink redis). 0: never trim.",
-            valueName: "n"))
-    var redisMaxlen = 0
-
-    @Option(
-        help: ArgumentHelp(
-            "Drop an event whose id was added within this many seconds (a marker key per event; with --sink redis): redeliveries after a relay crash do not reach the stream. 0: off.",
-            valueName: "seconds"))
-    var redisDedupeWindowS = 0
-
-    @Option(
-        help: ArgumentHelp(
-            "Acknowledge an event only once this many replicas have it (WAIT; with --sink redis).", valueName: "n"))
-    var redisWaitReplicas = 0
-
-    @Option(help: ArgumentHelp("How long one WAIT waits for the replicas (with --sink redis).", valueName: "ms"))
-    var redisWaitTimeoutMs = 1_000
-
-    @Option(
-        help: ArgumentHelp(
-            "How long a batch waits for Redis's answer before the connection is taken as lost and the sink sends it again (with --sink redis).",
-            valueName: "ms"))
-    var redisAckTimeoutMs = 10_000
-
-    @Option(help: ArgumentHelp("The URL each event is POSTed to as JSON (with --sink http).", valueName: "http[s]://…"))
-    var webhookUrl: String?
-
-    @Option(
-        help: ArgumentHelp(
-            "A file holding the key for X-Outbox-Signature-256 (HMAC-SHA256 of the body; with --sink http). Never logged.",
-            valueName: "path"))
-    var webhookSecretFile: String?
-
-    @Option(
-        help: ArgumentHelp(
-            "An extra request header, e.g. \"Authorization: Bearer …\" (repeatable; with --sink http). Values are never logged.",
-            valueName: "Name: value"))
-    var webhookHeader: [String] = []
-
-    @Option(help: ArgumentHelp("Requests in flight at once, across keys; one per key at a time (with --sink http).", valueName: "n"))
-    var webhookConcurrency = 16
-
-    @Option(help: ArgumentHelp("Timeout of one request (with --sink http).", valueName: "ms"))
-    var webhookTimeoutMs = 10_000
-
-    @Option(help: ArgumentHelp("CA certificates (PEM) for https:// (with --sink http).", valueName: "path"))
-    var webhookCaFile: String?
-
-    @Option(
-        help: ArgumentHelp(
-            "Publish in Kafka transactions with this transactional.id (`auto` with run: outbox-relay-<database system identifier>-<slot>). A relay that starts with the same id fences this one at the brokers; events are acknowledged once their transaction commits.",
-            valueName: "id"))
-    var kafkaTransactionalId: String?
+    /// `--kafka-transactional-id`, which `run` resolves (`auto`).
+    var kafkaTransactionalId: String? { kafka.kafkaTransactionalId }
 
     func validate() throws {
-        if !["stdout", "kafka", "nats", "rabbitmq", "redis", "http"].contains(sink) && !(sink.hasPrefix("file:") && sink.count > 5) {
-            throw ValidationError("--sink must be kafka, nats, rabbitmq, redis, http, stdout or file:PATH, got \"\(sink)\"")
+        let names = destinations.map { type(of: $0).sinkName }
+        if !names.contains(sink) && !["stdout"].contains(sink) && !(sink.hasPrefix("file:") && sink.count > 5) {
+            throw ValidationError("--sink must be \(names.joined(separator: ", ")), stdout or file:PATH, got \"\(sink)\"")
         }
-        if sink == "redis" {
-            guard let url = redisUrl, !url.isEmpty else { throw ValidationError("--sink redis needs --redis-url") }
-            do { _ = try RedisEndpoint.parse(url) } catch { throw ValidationError("\(error)") }
-            if let dlqTopic, dlqTopic.isEmpty { throw ValidationError("--dlq-topic must not be empty") }
-        } else if redisUrl != nil || redisStream != "{topic}" || redisMaxlen != 0 || redisDedupeWindowS != 0 || redisWaitReplicas != 0 {
-            throw ValidationError(
-                "--redis-url, --redis-stream, --redis-maxlen, --redis-dedupe-window-s and --redis-wait-replicas apply only to --sink redis")
-        }
-        do { _ = try DestinationTemplate(redisStream) } catch { throw ValidationError("--redis-stream: \(error)") }
-        if redisMaxlen < 0 { throw ValidationError("--redis-maxlen must be 0 or more") }
-        if redisDedupeWindowS < 0 { throw ValidationError("--redis-dedupe-window-s must be 0 or more") }
-        if redisWaitReplicas < 0 { throw ValidationError("--redis-wait-replicas must be 0 or more") }
-        if redisWaitTimeoutMs < 10 { throw ValidationError("--redis-wait-timeout-ms must be at least 10") }
-        if redisAckTimeoutMs < 100 { throw ValidationError("--redis-ack-timeout-ms must be at least 100") }
-        if sink == "http" {
-            guard let url = webhookUrl, url.hasPrefix("http://") || url.hasPrefix("https://") else {
-                throw ValidationError("--sink http needs --webhook-url http://… or https://…")
+        do {
+            for other in destinations {
+                try other.checkAlways()
+                let given = other.givenOptions
+                if type(of: other).sinkName != sink && !given.isEmpty {
+                    let list = given.count == 1 ? given[0] : given.dropLast().joined(separator: ", ") + " and " + given.last!
+                    throw ValidationError("\(list) apply only to --sink \(type(of: other).sinkName)")
+                }
             }
-            if let dlqTopic, !(dlqTopic.hasPrefix("http://") || dlqTopic.hasPrefix("https://")) {
-                throw ValidationError("--dlq-topic with --sink http is a URL (http:// or https://)")
+            if let destination {
+                try destination.check(deadLetter: dlqTopic)
+            } else if dlqTopic != nil {
+                throw ValidationError("--dlq-topic applies only to --sink \(names.joined(separator: ", "))")
             }
-        } else if webhookUrl != nil || webhookSecretFile != nil || !webhookHeader.isEmpty || webhookCaFile != nil {
-            throw ValidationError("--webhook-url, --webhook-secret-file, --webhook-header and --webhook-ca-file apply only to --sink http")
-        }
-        for header in webhookHeader {
-            let parts = header.split(separator: ":", maxSplits: 1)
-            if parts.count != 2 || parts[0].isEmpty || parts[0].contains(" ") || header.contains("\n") || header.contains("\r") {
-                throw ValidationError("--webhook-header takes \"Name: value\", got \"\(parts.first ?? "")…\"")
-            }
-        }
-        if !(1...1024).contains(webhookConcurrency) { throw ValidationError("--webhook-concurrency must be 1 to 1024") }
-        if webhookTimeoutMs < 100 { throw ValidationError("--webhook-timeout-ms must be at least 100") }
-        if sink == "kafka" && (kafkaBrokers ?? "").isEmpty {
-            throw ValidationError("--sink kafka needs --kafka-brokers")
-        }
-        if sink != "kafka" && (kafkaBrokers != nil || !kafkaProperties.isEmpty || kafkaTransactionalId != nil) {
-            throw ValidationError("--kafka-brokers, -X and --kafka-transactional-id apply only to --sink kafka")
-        }
-        if !["kafka", "nats", "rabbitmq", "redis", "http"].contains(sink) && dlqTopic != nil {
-            throw ValidationError("--dlq-topic applies only to --sink kafka, nats, rabbitmq, redis and http")
-        }
-        if sink == "rabbitmq" && (rabbitmqUrl ?? "").isEmpty {
-            throw ValidationError("--sink rabbitmq needs --rabbitmq-url")
-        }
-        if sink != "rabbitmq" && (rabbitmqUrl != nil || rabbitmqExchange != "" || rabbitmqRoutingKey != "{topic}" || rabbitmqCaFile != nil) {
-            throw ValidationError("--rabbitmq-url, --rabbitmq-exchange, --rabbitmq-routing-key and --rabbitmq-ca-file apply only to --sink rabbitmq")
-        }
-        do { _ = try DestinationTemplate(rabbitmqRoutingKey) } catch { throw ValidationError("--rabbitmq-routing-key: \(error)") }
-        if rabbitmqAckTimeoutMs < 100 { throw ValidationError("--rabbitmq-ack-timeout-ms must be at least 100") }
-        if let problem = AMQPMessage.exchangeProblem(rabbitmqExchange) {
-            throw ValidationError("--rabbitmq-exchange: \(problem)")
-        }
-        if sink == "rabbitmq", let dlqTopic, let problem = AMQPMessage.routingKeyProblem(dlqTopic) {
-            throw ValidationError("--dlq-topic: \(problem)")
-        }
-        if sink == "nats" && (natsUrl ?? "").isEmpty {
-            throw ValidationError("--sink nats needs --nats-url")
-        }
-        if sink != "nats" && (natsUrl != nil || natsCredentials != nil || natsSubject != "{topic}") {
-            throw ValidationError("--nats-url, --nats-subject and --nats-credentials apply only to --sink nats")
-        }
-        do { _ = try DestinationTemplate(natsSubject) } catch { throw ValidationError("--nats-subject: \(error)") }
-        if natsAckTimeoutMs < 100 { throw ValidationError("--nats-ack-timeout-ms must be at least 100") }
-        if let kafkaTransactionalId, kafkaTransactionalId.isEmpty {
-            throw ValidationError("--kafka-transactional-id must not be empty")
-        }
-        for property in kafkaProperties where !property.contains("=") || property.hasPrefix("=") {
-            throw ValidationError(
-                "-X takes key=value, got \"\(property.split(separator: "=").first ?? "")…\"")
-        }
-        if sink == "kafka", let dlqTopic, let problem = OutboxRouter.topicProblem(dlqTopic) {
-            throw ValidationError("--dlq-topic: \(problem)")
-        }
-        if sink == "nats", let dlqTopic, let problem = NATSMessage.subjectProblem(dlqTopic) {
-            throw ValidationError("--dlq-topic: the NATS subject \(problem)")
+        } catch let error as DestinationOptionError {
+            throw ValidationError(error.description)
         }
     }
 
@@ -269,59 +101,11 @@ struct SinkOptions: ParsableArguments {
     func makeSink(logger: Logger, transactionalID: String? = nil) throws -> any EventSink {
         switch sink {
         case "stdout": return NDJSONSink.stdout()
-        case "kafka":
-            var kafka = KafkaSinkConfig(brokers: kafkaBrokers!)
-            kafka.properties = kafkaProperties.map { property in
-                let parts = property.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-                    .map(String.init)
-                return (parts[0], parts[1])
-            }
-            kafka.deadLetterTopic = dlqTopic
-            kafka.transactionalID = transactionalID ?? kafkaTransactionalId
-            if kafka.transactionalID == "auto" {
-                throw SinkError("--kafka-transactional-id auto is available with `run` only (it is derived from the slot)")
-            }
-            return try KafkaSink(config: kafka, logger: logger)
-        case "nats":
-            var nats = NATSSinkConfig(url: natsUrl!, subject: try DestinationTemplate(natsSubject))
-            nats.deadLetterSubject = dlqTopic
-            nats.credentialsFile = natsCredentials
-            nats.acknowledgementTimeoutMilliseconds = natsAckTimeoutMs
-            return try NATSSink(config: nats, logger: logger)
-        case "rabbitmq":
-            var rabbit = RabbitMQSinkConfig(
-                url: rabbitmqUrl!, exchange: rabbitmqExchange, routingKey: try DestinationTemplate(rabbitmqRoutingKey))
-            rabbit.deadLetterRoutingKey = dlqTopic
-            rabbit.caFile = rabbitmqCaFile
-            rabbit.acknowledgementTimeoutMilliseconds = rabbitmqAckTimeoutMs
-            return try RabbitMQSink(config: rabbit, logger: logger)
-        case "redis":
-            var redis = RedisSinkConfig(url: redisUrl!, stream: try DestinationTemplate(redisStream))
-            redis.deadLetterStream = dlqTopic
-            redis.maxLength = redisMaxlen
-            redis.dedupeWindowSeconds = redisDedupeWindowS
-            redis.waitReplicas = redisWaitReplicas
-            redis.waitTimeoutMilliseconds = redisWaitTimeoutMs
-            redis.acknowledgementTimeoutMilliseconds = redisAckTimeoutMs
-            return try RedisSink(config: redis, logger: logger)
-        case "http":
-            var http = HTTPSinkConfig(url: webhookUrl!)
-            http.deadLetterURL = dlqTopic
-            http.headers = webhookHeader
-            http.concurrency = webhookConcurrency
-            http.timeoutMilliseconds = webhookTimeoutMs
-            http.caFile = webhookCaFile
-            if let file = webhookSecretFile {
-                guard let key = FileManager.default.contents(atPath: file), !key.isEmpty else {
-                    throw SinkError("--webhook-secret-file \(file) cannot be read or is empty")
-                }
-                // A trailing newline (echo secret > file) is not part of the key.
-                var bytes = [UInt8](key)
-                while let last = bytes.last, last == 10 || last == 13 { bytes.removeLast() }
-                http.signingKey = bytes
-            }
-            return try HTTPSink(config: http, logger: logger)
-        default: return try NDJSONSink.file(path: String(sink.dropFirst(5)))
+        case KafkaOptions.sinkName:
+            return try kafka.makeSink(deadLetter: dlqTopic, logger: logger, transactionalID: transactionalID)
+        default:
+            if let destination { return try destination.makeSink(deadLetter: dlqTopic, logger: logger) }
+            return try NDJSONSink.file(path: String(sink.dropFirst(5)))
         }
     }
 }
