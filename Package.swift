@@ -61,7 +61,7 @@ let package = Package(
         // carries out the delivery machine for every networked destination.
         .target(
             name: "RelayIO",
-            dependencies: ["OutboxCore", "CEpoll", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["OutboxCore", "PGOutput", "CEpoll", .product(name: "Logging", package: "swift-log")]
         ),
         // The libpq client (one PGconn per object): replication, polling, status and init use it.
         .target(name: "PostgresClient", dependencies: ["CLibPQ", "PGOutput"]),

@@ -15,6 +15,7 @@
 // - every accepted event ends acknowledged, dead-lettered, refused (the relay
 //   stopped), discarded (a stale session), or still held by the machine (waiting or in flight).
 import OutboxCore
+import PGOutput
 
 struct Simulation {
     typealias Machine = DeliveryMachine<Int, Int>
@@ -85,7 +86,7 @@ struct Simulation {
             let event = nextEvent
             nextEvent += 1
             keyOf[event] = Int(byte & 0x3)
-            machine.accept(event, ticket: UInt64(event), weight: 1, eventID: "\(event)", lsn: "0/\(event)", key: "\(byte & 0x3)")
+            machine.accept(event, ticket: UInt64(event), weight: 1, eventID: "\(event)", lsn: LSN(UInt64(event)), key: "\(byte & 0x3)")
         case 3:
             if connecting {
                 connecting = false

@@ -1,3 +1,5 @@
+import PGOutput
+
 /// The delivery machine every networked destination shares: what to hand to the
 /// transport, what an acknowledgement or a refusal means, what goes back in
 /// front of the queue when a link is lost, and when to connect again.
@@ -48,7 +50,7 @@ public struct DeliveryMachine<Message, Token: Hashable> {
         public let weight: Int
         /// For messages and the per-key order checks: the event id, its commit LSN, its key.
         public let eventID: String
-        public let lsn: String
+        public let lsn: LSN
         public let key: String
         public var message: Message
         public let isDeadLetter: Bool
@@ -109,7 +111,7 @@ public struct DeliveryMachine<Message, Token: Hashable> {
         case reachableAgain
         /// Held by the destination (once per hold).
         case held(because: String, waiting: Int)
-        case deadLettered(eventID: String, lsn: String, because: String)
+        case deadLettered(eventID: String, lsn: LSN, because: String)
     }
 
     public let configuration: Configuration
@@ -166,7 +168,7 @@ public struct DeliveryMachine<Message, Token: Hashable> {
 
     /// Accepts a record for delivery, after every record accepted before it.
     public mutating func accept(
-        _ message: Message, ticket: UInt64, weight: Int, eventID: String, lsn: String, key: String
+        _ message: Message, ticket: UInt64, weight: Int, eventID: String, lsn: LSN, key: String
     ) {
         waiting.append(
             Record(
@@ -177,7 +179,7 @@ public struct DeliveryMachine<Message, Token: Hashable> {
     /// Accepts a record for the dead-letter destination (a row that could not
     /// become an event, or an event refused for good), acknowledged under `ticket`.
     public mutating func acceptDeadLetter(
-        _ message: Message, ticket: UInt64, weight: Int, eventID: String, lsn: String, key: String
+        _ message: Message, ticket: UInt64, weight: Int, eventID: String, lsn: LSN, key: String
     ) {
         deadLettered += 1
         waiting.append(
@@ -197,7 +199,7 @@ public struct DeliveryMachine<Message, Token: Hashable> {
     /// A record the sink cannot even try (an invalid subject, a header that cannot travel):
     /// refused for good before it is accepted.
     public mutating func refuseAtOnce(
-        _ message: Message, ticket: UInt64, weight: Int, eventID: String, lsn: String, key: String, because why: String
+        _ message: Message, ticket: UInt64, weight: Int, eventID: String, lsn: LSN, key: String, because why: String
     ) -> Refusal {
         let record = Record(
             sequence: takeSequence(), ticket: ticket, weight: weight, eventID: eventID, lsn: lsn, key: key,

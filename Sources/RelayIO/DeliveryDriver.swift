@@ -1,6 +1,7 @@
 import Glibc
 import Logging
 import OutboxCore
+import PGOutput
 import Synchronization
 
 /// What a networked destination provides: a connection and the few
@@ -183,11 +184,11 @@ public final class DeliveryDriver<Transport: DeliveryTransport>: EventSink {
         if let problem {
             try handle(
                 machine.refuseAtOnce(
-                    message, ticket: ticket, weight: event.weight, eventID: event.id, lsn: event.lsn.description,
+                    message, ticket: ticket, weight: event.weight, eventID: event.id, lsn: event.lsn,
                     key: event.key, because: problem))
         } else {
             machine.accept(
-                message, ticket: ticket, weight: event.weight, eventID: event.id, lsn: event.lsn.description, key: event.key)
+                message, ticket: ticket, weight: event.weight, eventID: event.id, lsn: event.lsn, key: event.key)
         }
         try pump(now: Instant.now())
     }
@@ -196,7 +197,7 @@ public final class DeliveryDriver<Transport: DeliveryTransport>: EventSink {
         guard let message = transport.poisonMessage(poison) else { return false }
         machine.acceptDeadLetter(
             message, ticket: ticket, weight: poison.payload?.count ?? 0, eventID: poison.id ?? "",
-            lsn: poison.lsn.description, key: "")
+            lsn: poison.lsn, key: "")
         try pump(now: Instant.now())
         return true
     }
@@ -280,7 +281,7 @@ public final class DeliveryDriver<Transport: DeliveryTransport>: EventSink {
                 logNotices()
                 let record = machine.record(for: token)
                 throw SinkError(
-                    "\(transport.destination) refused event id=\(record?.eventID ?? "?") (commit LSN \(record?.lsn ?? "?")): \(why). Nothing from this transaction on was confirmed; fix the cause and restart"
+                    "\(transport.destination) refused event id=\(record?.eventID ?? "?") (commit LSN \(record.map { "\($0.lsn)" } ?? "?")): \(why). Nothing from this transaction on was confirmed; fix the cause and restart"
                 )
             case .putBack(let tokens):
                 machine.putBack(tokens)

@@ -1,4 +1,5 @@
 import OutboxCore
+import PGOutput
 import Testing
 
 /// The shared delivery machine, input by input, without sockets: a token is an
@@ -21,7 +22,7 @@ struct DeliveryMachineTests {
     /// Accepts events e1…eN with keys from `keys` (cycled), tickets 1…N.
     static func accept(_ m: inout Machine, _ count: Int, keys: [String] = ["k"], from first: Int = 1) {
         for i in first..<(first + count) {
-            m.accept("e\(i)", ticket: UInt64(i), weight: 1, eventID: "e\(i)", lsn: "0/\(i)", key: keys[(i - 1) % keys.count])
+            m.accept("e\(i)", ticket: UInt64(i), weight: 1, eventID: "e\(i)", lsn: LSN(UInt64(i)), key: keys[(i - 1) % keys.count])
         }
     }
 
@@ -163,12 +164,12 @@ struct DeliveryMachineTests {
         m.handedOver(token: 101, now: Self.t0)
         #expect(m.delivered(101, generation: g) == Acknowledgement(ticket: 1, weight: 1))
         #expect(m.deadLettered == 1)
-        #expect(m.takeNotices().contains(.deadLettered(eventID: "e1", lsn: "0/1", because: "too large")))
+        #expect(m.takeNotices().contains(.deadLettered(eventID: "e1", lsn: LSN(1), because: "too large")))
     }
 
     @Test func aRefusedDeadLetterStopsTheRelay() {
         var m = Self.machine(deadLetter: true)
-        m.acceptDeadLetter("poison", ticket: 7, weight: 0, eventID: "p", lsn: "0/7", key: "")
+        m.acceptDeadLetter("poison", ticket: 7, weight: 0, eventID: "p", lsn: LSN(7), key: "")
         let g = Self.connect(&m)
         guard case .publish = m.next(now: Self.t0) else { return #expect(Bool(false)) }
         m.handedOver(token: 7, now: Self.t0)
