@@ -1,6 +1,12 @@
 // swift-tools-version:6.0
 import PackageDescription
 
+/// The delivery machine and its driver are generic; destinations instantiate
+/// them in their own modules. Cross-module optimization lets those modules
+/// specialize them (unspecialized, NATS drained 10 % slower: generic metadata
+/// looked up per event).
+let crossModule: [SwiftSetting] = [.unsafeFlags(["-cross-module-optimization"], .when(configuration: .release))]
+
 let package = Package(
     name: "outbox-relay",
     platforms: [.macOS(.v15)],
@@ -55,13 +61,14 @@ let package = Package(
         .target(name: "PGOutput"),
         // Pure: events, routing, acknowledgement tracking, the stream state machine, the sink
         // contract. Links no C library, so tests, the fuzzer and benchmarks use it as it is.
-        .target(name: "OutboxCore", dependencies: ["PGOutput"]),
+        .target(name: "OutboxCore", dependencies: ["PGOutput"], swiftSettings: crossModule),
         // The I/O the pure core leaves out: the monotonic clock, wake-up pipes, the epoll set a
         // sink's wait stands for, threads for blocking connects, and the delivery driver that
         // carries out the delivery machine for every networked destination.
         .target(
             name: "RelayIO",
-            dependencies: ["OutboxCore", "PGOutput", "CEpoll", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["OutboxCore", "PGOutput", "CEpoll", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: crossModule
         ),
         // The libpq client (one PGconn per object): replication, polling, status and init use it.
         .target(name: "PostgresClient", dependencies: ["CLibPQ", "PGOutput"]),

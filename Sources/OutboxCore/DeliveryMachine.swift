@@ -118,7 +118,12 @@ public struct DeliveryMachine<Message, Token: Hashable> {
     public private(set) var link: Link = .idle
     private var waiting = PendingQueue<Record>()
     /// In flight, by the transport's token; `sent` orders them by send time (= accept order).
-    private var inFlight: [Token: (record: Record, sentAt: Instant)] = [:]
+    private var inFlight: [Token: Sent] = [:]
+    /// A record handed over, and when (for the acknowledgement deadline).
+    struct Sent {
+        var record: Record
+        var sentAt: Instant
+    }
     private var sent = PendingQueue<Token>()
     private var generation: UInt64 = 0
     private var nextSequence: UInt64 = 1
@@ -265,7 +270,7 @@ public struct DeliveryMachine<Message, Token: Hashable> {
         return oldestInFlight.map { $0.sentAt + timeout }
     }
 
-    private var oldestInFlight: (record: Record, sentAt: Instant)? {
+    private var oldestInFlight: Sent? {
         var index = 0
         while index < sent.count {
             if let entry = inFlight[sent[index]] { return entry }
@@ -326,7 +331,7 @@ public struct DeliveryMachine<Message, Token: Hashable> {
     public mutating func handedOver(token: Token, now: Instant) {
         guard let record = waiting.first else { return }
         waiting.removeFirst()
-        inFlight[token] = (record, now)
+        inFlight[token] = Sent(record: record, sentAt: now)
         sent.append(token)
     }
 
