@@ -123,7 +123,18 @@ struct RedisSinkTests {
         let sink = try RedisSink(config: config, logger: RunningRelay.logger)
         let written = try await destinationOutage(
             outbox, sink: sink, topicTemplate: "\(outbox.name).{aggregatetype}", seconds: 10,
-            stop: replica.kill, start: replica.start)
+            stop: {
+                replica.kill()
+                // The outage starts when the primary knows its replica is gone: until
+                // then a WAIT could still be answered from the replica's last ack.
+                let gone = Date().addingTimeInterval(10)
+                while (try? primary.command(["INFO", "replication"]))?.contains("connected_slaves:0") != true && Date() < gone {
+                    Thread.sleep(forTimeInterval: 0.05)
+                }
+                if (try? primary.command(["INFO", "replication"]))?.contains("connected_slaves:0") != true {
+                    Issue.record("the primary still counts its replica 10 s after SIGKILL")
+                }
+            }, start: replica.start)
         let onPrimary = DeliveryCheck(events: try primary.deliveries("\(outbox.name).crash"), written: written)
         try await Task.sleep(for: .seconds(1))
         let onReplica = DeliveryCheck(events: try replica.deliveries("\(outbox.name).crash"), written: written)
