@@ -9,7 +9,8 @@ struct BlackHoleReport: CustomStringConvertible {
     var written: ContinuousWriters.Written
     /// The longest a status update was overdue at a 1 s sample (now − `reply_time`).
     var longestReplyAgeSeconds: Double
-    /// The relay thread's longest turn (RelayStats.longestTurnMilliseconds) over the whole run.
+    /// The relay thread's longest turn (RelayStats.longestTurnMilliseconds) up to the end of the cut
+    /// (the catch-up after it is work, not waiting: turns of up to 4,096 messages).
     var longestTurnMilliseconds: Int
     /// Walsender pids seen for the slot during the cut (one: no session ended).
     var walsenders: Set<String>
@@ -58,12 +59,12 @@ func destinationBlackHole(
         #expect(try outbox.confirmedFlush <= atCut, "nothing undelivered is confirmed")
     }
     #expect(running.relay.currentStats.state == .streaming, "still streaming from PostgreSQL")
+    let longestTurn = running.relay.currentStats.longestTurnMilliseconds
     proxy.resume()
     try await Task.sleep(for: .seconds(2))
     let written = writers.stop()
     let end = try outbox.currentWAL
     try await running.waitFor("caught up", within: 90) { _ in try outbox.confirmedFlush >= end }
-    let longestTurn = running.relay.currentStats.longestTurnMilliseconds
     await running.stop()
     let report = BlackHoleReport(
         written: written, longestReplyAgeSeconds: longestAge, longestTurnMilliseconds: longestTurn, walsenders: walsenders)
