@@ -23,10 +23,16 @@ public struct KafkaSinkConfig: Sendable {
     /// an idempotent producer with `acks=all` keeps order per partition through
     /// retries; `message.timeout.ms=0` retries transient failures (a broker
     /// down) for ever instead of failing events; `murmur2_random` places keys
-    /// on the same partitions as the Java client (Debezium, Kafka Connect).
+    /// on the same partitions as the Java client (Debezium, Kafka Connect);
+    /// `linger.ms=0` sends a record as soon as a request slot is free (batches
+    /// still form while five requests are in flight, so a drain loses nothing:
+    /// 77k/74k events/s against 79k/72k with librdkafka's 5 ms), which keeps
+    /// librdkafka's queue empty at almost every instant — what its threads
+    /// could send after a freeze, before the relay purges it — and takes 5 ms
+    /// off every event's latency.
     public static let defaults: [(key: String, value: String)] = [
         ("enable.idempotence", "true"), ("acks", "all"), ("message.timeout.ms", "0"),
-        ("partitioner", "murmur2_random"), ("client.id", "outbox-relay"), ("linger.ms", "5"),
+        ("partitioner", "murmur2_random"), ("client.id", "outbox-relay"), ("linger.ms", "0"),
     ]
 
     public var effectiveProperties: [(key: String, value: String)] {
