@@ -161,6 +161,38 @@ struct HTTPSinkTests {
         check.expectIntact(duplicates: true)
     }
 
+    /// The path to the endpoint goes silent for 60 s under load: requests time
+    /// out and are retried, the relay keeps answering PostgreSQL, nothing after
+    /// the cut is confirmed, nothing lost after.
+    @Test func blackHoledEndpointNeverStallsTheRelay() async throws {
+        let outbox = try TestOutbox()
+        let receiver = try WebhookReceiver()
+        let proxy = TCPProxy(port: try TCPProxy.freePort(), targetPort: receiver.port)
+        try proxy.start()
+        defer { proxy.stop() }
+        var config = HTTPSinkConfig(url: "http://127.0.0.1:\(proxy.port)/hooks")
+        config.timeoutMilliseconds = 2_000
+        let sink = try HTTPSink(config: config, logger: RunningRelay.logger)
+        let report = try await destinationBlackHole(outbox, sink: sink, proxy: proxy, seconds: NATSSinkTests.blackHoleSeconds)
+        let check = DeliveryCheck(events: Self.deliveries(receiver.requests), written: report.written)
+        print("HTTP endpoint black-holed for \(NATSSinkTests.blackHoleSeconds) s under load: \(report); \(check)")
+        check.expectIntact(duplicates: true)
+    }
+
+    /// SIGTERM while the endpoint is black-holed (requests in flight that
+    /// will never be answered): out within the shutdown timeout plus a second.
+    @Test func sigtermWhileBlackHoledExitsInTime() async throws {
+        let outbox = try TestOutbox()
+        let receiver = try WebhookReceiver()
+        let proxy = TCPProxy(port: try TCPProxy.freePort(), targetPort: receiver.port)
+        try proxy.start()
+        defer { proxy.stop() }
+        let arguments = FaultTests.relayArguments(
+            outbox, sink: ["--sink", "http", "--webhook-url", "http://127.0.0.1:\(proxy.port)/hooks", "--webhook-timeout-ms", "30000"])
+        let took = try await sigtermDuringBlackHole(outbox, arguments: arguments, proxy: proxy)
+        print("HTTP endpoint black-holed, SIGTERM: out after \(String(format: "%.2f", took)) s")
+    }
+
     @Test func sigkillLoopLosesNothing() async throws {
         let outbox = try TestOutbox()
         let receiver = try WebhookReceiver()

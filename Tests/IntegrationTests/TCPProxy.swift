@@ -131,6 +131,13 @@ final class TCPProxy: @unchecked Sendable {
                 close(upstream)
                 continue
             }
+            // A proxy must not add delays of its own: without TCP_NODELAY, Nagle
+            // holds the second small write of an answer (headers, then body) until
+            // the client's delayed ACK, 40 ms later, on every request.
+            for fd in [client, upstream] {
+                var one: Int32 = 1
+                setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+            }
             // Two pumps; the second to finish closes both sockets.
             let finished = Atomic<Int>(0)
             for (from, to) in [(client, upstream), (upstream, client)] {
