@@ -79,6 +79,15 @@ final class KafkaProducer {
         return fds[0]
     }
 
+    /// Makes the wake-up descriptor readable: from a thread of ours whose
+    /// blocking call (a transaction's commit, a metadata probe) has ended.
+    /// Thread-safe once `wakeupDescriptor()` made the pipe.
+    func signalWakeup() {
+        guard wakeup.write >= 0 else { return }
+        var one: UInt8 = 1
+        _ = write(wakeup.write, &one, 1)
+    }
+
     /// Empties the wake-up pipe (before draining the queue, so no write is lost).
     func clearWakeup() {
         guard wakeup.read >= 0 else { return }

@@ -128,6 +128,27 @@ public final class KafkaSink: EventSink {
     private var uncommitted: [Acknowledgement] = []
     private var transactional: Bool { config.transactionalID != nil }
 
+    /// A commit or an abort under way on a thread of its own: each blocks for
+    /// a round trip to the transaction coordinator, and with the brokers away
+    /// for up to `transaction.timeout.ms` (librdkafka asks for -1, the remaining
+    /// transaction time, so its state cannot desynchronise). Meanwhile nothing
+    /// is produced — new records are held, in order — and the relay thread goes
+    /// on; the thread's end writes the wake-up descriptor.
+    private struct TransactionCall {
+        enum Kind {
+            case commit
+            /// `reason` nil: a stale session's abort, nothing to report.
+            case abort(reason: String?)
+        }
+        var kind: Kind
+        var transaction: Int
+        var outcome: Handoff<TransactionOutcome>
+    }
+    struct TransactionOutcome { var error: KafkaProducer.TransactionError? }
+    private var call: TransactionCall?
+    /// The newest transaction a stale session discarded: its outcome acknowledges nothing.
+    private var discardedTransaction = 0
+
     public init(config: KafkaSinkConfig, logger: Logger) throws {
         self.config = config
         self.logger = logger
@@ -138,6 +159,7 @@ public final class KafkaSink: EventSink {
         } catch {
             throw SinkError("\(error)")
         }
+        _ = producer.wakeupDescriptor()  // before any thread of ours signals it
         logger.info(
             "Kafka producer created",
             metadata: [
@@ -169,41 +191,91 @@ public final class KafkaSink: EventSink {
         openTransaction = lastTransaction
     }
 
-    /// Commits the open transaction; its records are acknowledged once it is.
-    /// A commit that must be aborted drops the transaction's records and asks
-    /// the relay to read them again; a fenced or failed producer stops the relay.
-    private func commitTransaction(timeoutMilliseconds: Int) throws {
-        guard openTransaction != 0 else { return }
-        if let error = producer.commitTransaction(timeoutMilliseconds: timeoutMilliseconds) {
-            if error.retriable && !error.requiresAbort && !error.fatal { return }  // committed by a later poll
-            if error.fatal {
-                throw SinkError(
-                    "Kafka transaction failed and the producer cannot go on: \(error.message). If another relay with transactional.id \(config.transactionalID ?? "") started, it fenced this one: nothing of this transaction is visible to read_committed consumers, and the other relay publishes it again")
-            }
-            let dropped = abortOpenTransaction()
-            throw SinkError(
-                "Kafka transaction aborted (\(error.message)); its \(dropped) records are read again from PostgreSQL", retryable: true)
+    /// Carries the transactional protocol one step: takes a finished commit or
+    /// abort, produces what was held meanwhile, and commits the open
+    /// transaction — one commit under way at a time, so a transaction holds
+    /// what was sent while the one before it was being committed. Never blocks.
+    private func advance() throws {
+        if let running = call {
+            guard let outcome = running.outcome.take() else { return }
+            call = nil
+            try finish(running, outcome.error)
         }
-        committedTransaction = openTransaction
-        openTransaction = 0
-        try drainEvents(timeoutMilliseconds: 0)
-        ready += uncommitted
-        uncommitted.removeAll(keepingCapacity: true)
+        guard call == nil else { return }
+        try produceHeld()
+        if transactional && openTransaction != 0 { start(.commit, of: openTransaction) }
     }
 
-    /// Aborts the open transaction and forgets its records; returns how many there were.
-    private func abortOpenTransaction() -> Int {
-        let heldDropped = dropHeld()
-        guard openTransaction != 0 else { return heldDropped }
-        let aborted = openTransaction
-        _ = producer.abortTransaction(timeoutMilliseconds: 30_000)
-        openTransaction = 0
+    private func start(_ kind: TransactionCall.Kind, of transaction: Int) {
+        let handoff = Handoff<TransactionOutcome>()
+        call = TransactionCall(kind: kind, transaction: transaction, outcome: handoff)
+        nonisolated(unsafe) let producer = self.producer
+        let commit: Bool
+        if case .commit = kind { commit = true } else { commit = false }
+        OwnThread.detach(commit ? "kafka-commit" : "kafka-abort") {
+            let error =
+                commit ? producer.commitTransaction(timeoutMilliseconds: -1) : producer.abortTransaction(timeoutMilliseconds: -1)
+            _ = handoff.put(TransactionOutcome(error: error))
+            producer.signalWakeup()
+        }
+    }
+
+    /// What a finished commit or abort means. A committed transaction's
+    /// records are acknowledged; a failed commit is aborted, and its records
+    /// are read again from PostgreSQL (the session ends); a fenced or failed
+    /// producer stops the relay.
+    private func finish(_ finished: TransactionCall, _ error: KafkaProducer.TransactionError?) throws {
+        let t = finished.transaction
+        let discarded = t <= discardedTransaction
+        if let error, error.fatal {
+            throw SinkError(
+                "Kafka transaction failed and the producer cannot go on: \(error.message). If another relay with transactional.id \(config.transactionalID ?? "") started, it fenced this one: nothing of this transaction is visible to read_committed consumers, and the other relay publishes it again"
+            )
+        }
+        switch finished.kind {
+        case .commit:
+            guard let error else {
+                if discarded {
+                    logger.warning("Kafka transaction of a stale session committed before it could be aborted", metadata: ["transaction": "\(t)"])
+                }
+                committedTransaction = t
+                if openTransaction == t { openTransaction = 0 }
+                try drainEvents()
+                ready += uncommitted
+                uncommitted.removeAll(keepingCapacity: true)
+                return
+            }
+            // With the remaining transaction time as its timeout, a commit that
+            // returns an error has failed for good (aborted, or timed out): abort
+            // it, and the session reads its records again.
+            start(.abort(reason: discarded ? nil : error.message), of: t)
+        case .abort(let reason):
+            if let error {
+                logger.warning("Kafka transaction abort failed", metadata: ["error": "\(error.message)"])
+            }
+            // A stale session's abort: its records were forgotten when it was discarded;
+            // what is held now is the next session's, produced at the next step.
+            guard let reason else {
+                logger.notice("Kafka transaction of a stale session aborted", metadata: ["transaction": "\(t)"])
+                return
+            }
+            // The session ends (`sinkInterrupted`): what is held is read again too.
+            let dropped = forget(t) + dropHeld()
+            throw SinkError("Kafka transaction aborted (\(reason)); its \(dropped) records are read again from PostgreSQL", retryable: true)
+        }
+    }
+
+    /// Forgets transaction `t`'s records (committed or not, they are read
+    /// again); returns how many were not yet acknowledged.
+    private func forget(_ t: Int) -> Int {
+        if openTransaction == t { openTransaction = 0 }
+        discardedTransaction = max(discardedTransaction, t)
         purged = 0
-        try? drainEvents(timeoutMilliseconds: 0)
-        var dropped = uncommitted.count + purged + heldDropped
+        try? drainEvents()
+        var dropped = uncommitted.count + purged
         uncommitted.removeAll(keepingCapacity: true)
         let before = pending.count
-        pending = pending.filter { $0.value.transaction != aborted }
+        pending = pending.filter { $0.value.transaction != t }
         dropped += before - pending.count
         return dropped
     }
@@ -251,12 +323,26 @@ public final class KafkaSink: EventSink {
     public var wakeupDescriptor: Int32? { producer.wakeupDescriptor() }
 
     /// Purges what librdkafka has not sent yet (a stale session's events): see `EventSink`.
+    ///
+    /// Transactional: the open transaction's records are forgotten at once
+    /// and it is aborted on a thread of its own (after the commit under way,
+    /// if one is: whatever that commit's outcome, it acknowledges nothing);
+    /// records of the next session are held until the abort is done.
     public func discardUnacknowledged() -> Int {
         let dropped = dropHeld()
-        if transactional { return dropped + abortOpenTransaction() }
+        if transactional {
+            guard openTransaction != 0 else { return dropped }
+            let t = openTransaction
+            // What librdkafka has not sent fails at once: a commit under way
+            // fails with it (and is then aborted) instead of committing stale records.
+            producer.purgeQueued()
+            let forgotten = forget(t)
+            if call == nil { start(.abort(reason: nil), of: t) }
+            return dropped + forgotten
+        }
         producer.purgeQueued()
         purged = 0
-        try? drainEvents(timeoutMilliseconds: 0)
+        try? drainEvents()
         return dropped + purged
     }
 
@@ -264,42 +350,66 @@ public final class KafkaSink: EventSink {
     private var purged = 0
 
     public func poll(timeoutMilliseconds: Int) throws -> [Acknowledgement] {
-        try drainEvents(timeoutMilliseconds: heldHead < held.count ? 0 : timeoutMilliseconds)
-        try produceHeld()
-        // One transaction per relay loop turn: what was sent since the last poll.
-        // A commit that times out (brokers away) is retried by the next poll, so
-        // the relay's loop, and its status updates to PostgreSQL, keep going.
-        try commitTransaction(timeoutMilliseconds: 5_000)
+        try drainEvents()
+        try advance()
+        if ready.isEmpty && timeoutMilliseconds > 0 && busy {
+            // Delivery reports and our own threads' ends both write the descriptor.
+            var fd = pollfd(fd: producer.wakeupDescriptor() ?? -1, events: Int16(POLLIN), revents: 0)
+            _ = Glibc.poll(&fd, 1, Int32(clamping: timeoutMilliseconds))
+            try drainEvents()
+            try advance()
+        }
         probeWhileIdleAndUnreachable()
         defer { ready.removeAll(keepingCapacity: true) }
         return ready
     }
 
+    /// Something accepted is not acknowledged yet, or a transaction call is under way.
+    private var busy: Bool { !pending.isEmpty || heldHead < held.count || call != nil || openTransaction != 0 }
+
     private var lastProbe: Instant?
+    private var probe: Handoff<Bool>?
 
     /// A delivery is what tells the sink the brokers are back; with nothing in
     /// flight none comes, so readiness would stay down after an outage of an
-    /// idle relay. Then, every 5 s, a metadata request bounded by 100 ms asks.
+    /// idle relay. Then, every 5 s, a metadata request (on a thread of its own,
+    /// bounded by 2 s) asks.
     private func probeWhileIdleAndUnreachable() {
+        if let running = probe, let reachable = running.take() {
+            probe = nil
+            if reachable && !brokersReachable {
+                brokersReachable = true
+                logger.notice("Kafka brokers reachable again")
+            }
+        }
         let now = Instant.now()
-        guard !brokersReachable, pending.isEmpty, lastProbe.map({ now.milliseconds(since: $0) >= 5_000 }) ?? true else { return }
+        guard !brokersReachable, probe == nil, pending.isEmpty,
+            lastProbe.map({ now.milliseconds(since: $0) >= 5_000 }) ?? true
+        else { return }
         lastProbe = now
-        if case .success = producer.brokerCount(timeoutMilliseconds: 100) {
-            brokersReachable = true
-            logger.notice("Kafka brokers reachable again")
+        let handoff = Handoff<Bool>()
+        probe = handoff
+        nonisolated(unsafe) let producer = self.producer
+        OwnThread.detach("kafka-probe") {
+            if case .success = producer.brokerCount(timeoutMilliseconds: 2_000) {
+                _ = handoff.put(true)
+                producer.signalWakeup()
+            } else {
+                _ = handoff.put(false)
+            }
         }
     }
 
+    /// Waits (up to the timeout) until everything accepted is acknowledged —
+    /// delivered, and committed in transactional mode: in one `poll(2)` on
+    /// the wake-up descriptor per wake-up.
     public func flush(timeoutMilliseconds: Int) throws -> [Acknowledgement] {
         let deadline = Instant.now() + timeoutMilliseconds
-        while !pending.isEmpty || heldHead < held.count {
-            let left = Int(Instant.now().millisecondsRoundedUp(until: deadline))
-            if left <= 0 { break }
-            // Returns at the first delivery report (librdkafka's queue wakes it), or at the deadline.
-            try drainEvents(timeoutMilliseconds: left)
-            try produceHeld()
-        }
-        return try poll(timeoutMilliseconds: 0)
+        var acknowledged: [Acknowledgement] = []
+        repeat {
+            acknowledged += try poll(timeoutMilliseconds: Int(Instant.now().millisecondsRoundedUp(until: deadline)))
+        } while busy && Instant.now() < deadline
+        return acknowledged
     }
 
     static let jsonNull = Array("null".utf8)
@@ -327,7 +437,7 @@ public final class KafkaSink: EventSink {
         record: Pending
     ) throws -> KafkaProducer.ProduceError? {
         let one = Held(topic: topic, key: key, value: value, headers: headers, record: record)
-        if heldHead < held.count {
+        if heldHead < held.count || call != nil {
             held.append(one)
             return nil
         }
@@ -435,15 +545,13 @@ public final class KafkaSink: EventSink {
             ])
     }
 
-    /// Handles queued events until the queue is empty: the first waits up to
-    /// the timeout, the rest are taken as they are. (Emptying it matters: the
-    /// wake-up descriptor is written only when the queue becomes non-empty.)
-    private func drainEvents(timeoutMilliseconds: Int) throws {
-        var wait = timeoutMilliseconds
+    /// Handles queued events until the queue is empty, without waiting.
+    /// (Emptying it matters: librdkafka writes the wake-up descriptor only when
+    /// the queue becomes non-empty.)
+    private func drainEvents() throws {
         producer.clearWakeup()
         while true {
-            guard let event = producer.poll(timeoutMilliseconds: wait) else { return }
-            wait = 0
+            guard let event = producer.poll(timeoutMilliseconds: 0) else { return }
             switch event {
             case .delivery(let reports):
                 for report in reports {

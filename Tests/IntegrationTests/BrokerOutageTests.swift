@@ -67,4 +67,35 @@ struct BrokerOutageTests {
         #expect(check.phantoms.count == 0)
         #expect(check.orderViolations.count == 0, "\(check.orderViolations.prefix(5))")
     }
+
+    /// The path to the broker goes silent (nothing forwarded, nothing closed)
+    /// for `OUTBOX_KAFKA_BLACKHOLE_SECONDS` (30 by default: shorter than a
+    /// transactional producer's 60 s `transaction.timeout.ms`) under load, with
+    /// and without `--kafka-transactional-id`: the relay thread keeps answering
+    /// PostgreSQL (a commit waits on a thread of its own), confirms nothing
+    /// past the cut, and delivers everything after it heals.
+    @Test(arguments: ["idempotent", "transactional"])
+    func blackHoledBrokerNeverStallsTheRelay(mode: String) async throws {
+        let outbox = try TestOutbox()
+        let edgePort = try TCPProxy.freePort()
+        let broker = try TansuProcess(advertisedPort: edgePort)
+        defer { broker.stop() }
+        let edge = TCPProxy(port: edgePort, targetPort: broker.port)
+        try edge.start()
+        defer { edge.stop() }
+        let seconds = Int(ProcessInfo.processInfo.environment["OUTBOX_KAFKA_BLACKHOLE_SECONDS"] ?? "") ?? 30
+        let sink = try TestKafka.sink(
+            brokers: broker.address, properties: [("reconnect.backoff.max.ms", "1000")],
+            transactionalID: mode == "transactional" ? "outbox-relay-test-\(outbox.name)" : nil)
+        let report = try await destinationBlackHole(
+            outbox, sink: sink, topicTemplate: "\(outbox.name).{aggregatetype}", proxy: edge, seconds: seconds)
+        let records = try TestKafka.read("\(outbox.name).crash", count: report.written.committed.count, brokers: broker.address, seconds: 30)
+        let events = records.map { record in
+            let payload = record.value.flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+            return (id: record.header("id") ?? "", key: record.key ?? "", seq: payload?["seq"] as? Int ?? -1)
+        }
+        let check = DeliveryCheck(events: events, written: report.written)
+        print("Kafka (\(mode)) black-holed for \(seconds) s under load: \(report); \(check)")
+        check.expectIntact(duplicates: true)
+    }
 }
