@@ -125,12 +125,7 @@ public final class HTTPSink: EventSink {
     }
 
     public func flush(timeoutMilliseconds: Int) throws -> [Acknowledgement] {
-        let deadline = Instant.now() + timeoutMilliseconds
-        var acknowledged: [Acknowledgement] = []
-        repeat {
-            acknowledged += try poll(timeoutMilliseconds: Int(Instant.now().millisecondsRoundedUp(until: deadline)))
-        } while scheduler.pending > 0 && Instant.now() < deadline
-        return acknowledged
+        try pollUntilSettled(timeoutMilliseconds: timeoutMilliseconds) { scheduler.pending > 0 }
     }
 
     /// A retry's time: the relay's wait ends then (no timer thread).

@@ -404,12 +404,7 @@ public final class KafkaSink: EventSink {
     /// delivered, and committed in transactional mode: in one `poll(2)` on
     /// the wake-up descriptor per wake-up.
     public func flush(timeoutMilliseconds: Int) throws -> [Acknowledgement] {
-        let deadline = Instant.now() + timeoutMilliseconds
-        var acknowledged: [Acknowledgement] = []
-        repeat {
-            acknowledged += try poll(timeoutMilliseconds: Int(Instant.now().millisecondsRoundedUp(until: deadline)))
-        } while busy && Instant.now() < deadline
-        return acknowledged
+        try pollUntilSettled(timeoutMilliseconds: timeoutMilliseconds) { busy }
     }
 
     static let jsonNull = Array("null".utf8)

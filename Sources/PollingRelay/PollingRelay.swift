@@ -375,15 +375,32 @@ public final class PollingRelay: RelayService, @unchecked Sendable {
                 }
             }
             let acks: [Acknowledgement]
-            do { acks = try sink.poll(timeoutMilliseconds: 50) } catch {
+            // A sink without a wake-up descriptor waits in its own poll.
+            do { acks = try sink.poll(timeoutMilliseconds: sink.wakeupDescriptor == nil ? 50 : 0) } catch {
                 throw Relay.sinkFailure(error)
             }
             for ack in acks where pending.removeValue(forKey: ack.ticket) != nil {
                 stats.eventsAcknowledged += 1
             }
             stats.inFlightEvents = pending.count
+            if pending.isEmpty { break }
+            if let descriptor = sink.wakeupDescriptor { waitForAcknowledgements(on: descriptor, until: deadline) }
         }
         stats.inFlightBytes = 0
+    }
+
+    /// One wait for the sink's next answer: `poll(2)` on its wake-up
+    /// descriptor (and the stop pipe, until stopping), until the sink's next
+    /// deadline or the shutdown deadline; at most a second, a bound on a sink
+    /// that fails to signal, not a slice.
+    private func waitForAcknowledgements(on descriptor: Int32, until shutdownDeadline: Int?) {
+        var wait = 1_000
+        if let next = sink.nextDeadline { wait = min(wait, Int(Instant.now().millisecondsRoundedUp(until: next))) }
+        if let shutdownDeadline { wait = min(wait, max(0, shutdownDeadline - Relay.nowMilliseconds())) }
+        var fds = [pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)]
+        // Once stopping, the stop pipe stays readable: only the sink and the deadline end the wait.
+        if !stopping { fds.append(pollfd(fd: wakeup.descriptor, events: Int16(POLLIN), revents: 0)) }
+        _ = poll(&fds, nfds_t(fds.count), Int32(clamping: max(0, wait)))
     }
 
     private func rollback(_ connection: PGConnection) {

@@ -217,12 +217,7 @@ public final class DeliveryDriver<Transport: DeliveryTransport>: EventSink {
     /// Waits (up to the timeout) until everything accepted is acknowledged: on
     /// shutdown, and before a reconnect to PostgreSQL. One wait per wake-up, no slices.
     public func flush(timeoutMilliseconds: Int) throws -> [Acknowledgement] {
-        let deadline = Instant.now() + timeoutMilliseconds
-        var acknowledged: [Acknowledgement] = []
-        repeat {
-            acknowledged += try poll(timeoutMilliseconds: Int(Instant.now().millisecondsRoundedUp(until: deadline)))
-        } while machine.unsettled > 0 && Instant.now() < deadline
-        return acknowledged
+        try pollUntilSettled(timeoutMilliseconds: timeoutMilliseconds) { machine.unsettled > 0 }
     }
 
     public func discardUnacknowledged() -> Int {

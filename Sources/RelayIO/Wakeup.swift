@@ -57,3 +57,17 @@ extension Instant {
         return Instant(nanoseconds: UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec))
     }
 }
+
+extension EventSink {
+    /// `flush` for a sink whose `poll(timeoutMilliseconds:)` waits for its next
+    /// answer: polls until `unsettled()` is false or the time is up, one wait
+    /// per wake-up (no slices). For shutdown, and before a reconnect to PostgreSQL.
+    public func pollUntilSettled(timeoutMilliseconds: Int, unsettled: () -> Bool) throws -> [Acknowledgement] {
+        let deadline = Instant.now() + timeoutMilliseconds
+        var acknowledged: [Acknowledgement] = []
+        repeat {
+            acknowledged += try poll(timeoutMilliseconds: Int(Instant.now().millisecondsRoundedUp(until: deadline)))
+        } while unsettled() && Instant.now() < deadline
+        return acknowledged
+    }
+}
