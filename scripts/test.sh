@@ -71,6 +71,8 @@ else
   export OUTBOX_TEST_SINKS_ENABLED=0
 fi
 swift build --product outbox-relay
+# The configuration reference is generated from the binary: CI fails when they disagree.
+python3 scripts/reference.py --check
 # Hard ceilings, so a hang can never eat CI's budget (suites have their own time limits).
 if [ $# -gt 0 ]; then
   timeout -s KILL 1500 swift test --skip-build --no-parallel "$@"
