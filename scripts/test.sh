@@ -52,7 +52,16 @@ source scripts/kafka-env.sh
 kafka_setup
 PG_WAL_SENDER_TIMEOUT=10s pg_start "logical_decoding_work_mem = 64kB"
 kafka_start
-trap 'kafka_stop; pg_stop' EXIT
+# A RabbitMQ node starts Erlang's port mapper (epmd) as a daemon that outlives
+# it: stop the ones that were not running before this script, so it leaves no
+# process behind.
+epmd_before=" $(pgrep -x epmd | tr '\n' ' ') "
+stop_new_epmd() {
+  for pid in $(pgrep -x epmd); do
+    case "$epmd_before" in *" $pid "*) ;; *) kill "$pid" 2>/dev/null || true ;; esac
+  done
+}
+trap 'kafka_stop; pg_stop; stop_new_epmd' EXIT
 echo "test.sh: PostgreSQL $major ($PG_BIN) on 127.0.0.1:$PGPORT (wal_level=logical); tansu (Kafka protocol) on $KAFKA_TEST_BROKERS; librdkafka runtime from $RDKAFKA_RUNTIME_DIR" >&2
 
 swift build --build-tests
