@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Generates docs/configuration.md from the binary, so the reference cannot drift.
+"""Generates docs/configuration.md from the binary, so the reference cannot drift,
+and checks the module map in docs/architecture.md against Package.swift.
 
 Every command's options come from ArgumentParser's own description of the
 binary (`outbox-relay <command> --experimental-dump-help`, the same source the
@@ -128,13 +129,41 @@ def render(binary):
     return "\n".join(lines).rstrip() + "\n"
 
 
+def module_map_problems():
+    """The architecture page's module map against Package.swift and Sources/."""
+    import re
+    package = open(os.path.join(ROOT, "Package.swift")).read()
+    targets = set(re.findall(r'\.(?:target|systemLibrary|executableTarget)\(\s*name:\s*"(\w+)"', package))
+    sources = {d for d in os.listdir(os.path.join(ROOT, "Sources")) if os.path.isdir(os.path.join(ROOT, "Sources", d))}
+    page = open(os.path.join(ROOT, "docs", "architecture.md")).read()
+    block = page.split("## Modules", 1)[1].split("```", 2)[1]
+    listed = set()
+    for line in block.splitlines():
+        if line.startswith("Sources/"):
+            head = line.split("  ", 1)[0]
+            listed |= {name.strip().removeprefix("Sources/") for name in head.split(",")}
+    problems = []
+    for name in sorted(sources - targets):
+        problems.append(f"Sources/{name} is not a target in Package.swift")
+    for name in sorted(sources - listed):
+        problems.append(f"Sources/{name} is missing from the module map in docs/architecture.md")
+    for name in sorted(listed - sources):
+        problems.append(f"docs/architecture.md lists Sources/{name}, which does not exist")
+    return problems
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--check", action="store_true")
     parser.add_argument("--binary", default=os.path.join(ROOT, ".build", "debug", "outbox-relay"))
     args = parser.parse_args()
+    problems = module_map_problems()
+    for problem in problems:
+        print(problem, file=sys.stderr)
     text = render(args.binary)
     if args.check:
+        if problems:
+            sys.exit(1)
         current = open(TARGET).read() if os.path.exists(TARGET) else ""
         if current != text:
             sys.stdout.writelines(difflib.unified_diff(current.splitlines(True), text.splitlines(True), TARGET, "generated"))

@@ -151,6 +151,52 @@ struct OperationsTests {
         await #expect(throws: (any Error).self) { _ = try await Self.get(base + "/healthz") }
     }
 
+    /// The Grafana dashboard and the Prometheus rules in `deploy/` name only
+    /// metrics the binary exports (checked against a live `/metrics`), and the
+    /// rules pass `promtool check rules` and their own `promtool test rules`.
+    @Test func dashboardAndAlertRulesNameOnlyExportedMetrics() async throws {
+        let deploy = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../deploy").standardized.path
+        let rules = deploy + "/prometheus/outbox-relay-rules.yml"
+        let dashboard = deploy + "/grafana/outbox-relay-dashboard.json"
+        let outbox = try TestOutbox()
+        let cli = try CLI.start(["run"] + outbox.sourceArguments + ["--message-prefix", outbox.name, "--http-address", "127.0.0.1:0"])
+        let base = try await Self.address(from: cli)
+        try await cli.waitForStderr("streaming")
+        try outbox.insert(2, aggregate: "order")
+        try await cli.waitForStdoutLines(2)
+        try await Task.sleep(for: .milliseconds(300))
+        let exposition = try await Self.get(base + "/metrics").body
+        #expect(cli.terminate() == 0)
+        let exported = Set(
+            exposition.split(separator: "\n").filter { !$0.hasPrefix("#") }.map { line in
+                String(line.prefix { $0 != "{" && $0 != " " })
+            })
+        var named: Set<String> = []
+        for path in [rules, dashboard] {
+            let text = try String(contentsOfFile: path, encoding: .utf8)
+            let pattern = try Regex(#"outbox_relay_[a-z_]+"#)
+            for match in text.matches(of: pattern) { named.insert(String(text[match.range])) }
+        }
+        #expect(named.count >= 12, "the dashboard and rules name the relay's metrics: \(named.sorted())")
+        let missing = named.filter { !exported.contains($0) }.sorted()
+        #expect(missing.isEmpty, "named in deploy/ but not exported by the binary: \(missing)")
+        // The metrics table in docs/operations.md documents every family the binary exports.
+        let operations = try String(contentsOfFile: deploy + "/../docs/operations.md", encoding: .utf8)
+        var documented: Set<String> = []
+        for line in operations.split(separator: "\n") where line.hasPrefix("| `outbox_relay_") {
+            for match in line.matches(of: try Regex(#"outbox_relay_[a-z_]+"#)) { documented.insert(String(line[match.range])) }
+        }
+        let families = Set(
+            exposition.split(separator: "\n").filter { $0.hasPrefix("# TYPE outbox_relay_") }.map { String($0.split(separator: " ")[2]) })
+        let undocumented = families.subtracting(documented).sorted()
+        #expect(!families.isEmpty && undocumented.isEmpty, "exported but missing from the metrics table in docs/operations.md: \(undocumented)")
+        // promtool (Debian's prometheus package, installed by scripts/test.sh).
+        let checked = try Shell.run("promtool check rules '\(rules)' 2>&1")
+        #expect(checked.contains("SUCCESS"), "\(checked)")
+        let tested = try Shell.run("cd '\(deploy)/prometheus' && promtool test rules outbox-relay-rules.test.yml 2>&1")
+        #expect(tested.contains("SUCCESS"), "\(tested)")
+    }
+
     @Test(.enabled(if: TestKafka.tansu != nil, "needs TANSU_BIN"))
     func sigtermStopsTheRelayFirstAndTheHTTPServerLast() async throws {
         let broker = try TansuProcess()
