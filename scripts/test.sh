@@ -56,7 +56,7 @@ kafka_start
 # A RabbitMQ node starts Erlang's port mapper (epmd) as a daemon that outlives
 # it: stop the ones that were not running before this script, so it leaves no
 # process behind.
-epmd_before=" $(pgrep -x epmd | tr '\n' ' ') "
+epmd_before=" $(pgrep -x epmd | tr '\n' ' ' || true) "
 stop_new_epmd() {
   for pid in $(pgrep -x epmd); do
     case "$epmd_before" in *" $pid "*) ;; *) kill "$pid" 2>/dev/null || true ;; esac
