@@ -185,8 +185,8 @@ struct LivenessTests {
             // its queue at the freeze before the relay's purge. With
             // `linger.ms=0` (the relay's default) a record leaves as soon as it
             // is produced unless five requests are already in flight, so the
-            // queue is empty at almost every instant: 0 stale in 11 of 12 runs,
-            // 2 in one (CI, PostgreSQL 14); with librdkafka's `linger.ms=5`: 0,
+            // queue is empty at almost every instant: 0 stale in 13 of 15 runs,
+            // 2 in two (CI, PostgreSQL 14 and 18); with librdkafka's `linger.ms=5`: 0,
             // 3, 7, 7 in 4 runs; before the stale rule: 1,200–1,500. Broker-side
             // fencing (`--kafka-transactional-id`) closes what remains.
             // Transactional, each relay with an id of its own (tansu does not
