@@ -4,9 +4,12 @@
 --
 -- Set its password yourself (never in a file that is committed):
 --   ALTER ROLE outbox_relay PASSWORD '…';
--- and allow it in pg_hba.conf for "replication" and for the database, e.g.
---   host  replication  outbox_relay  10.0.0.0/8  scram-sha-256
---   host  app          outbox_relay  10.0.0.0/8  scram-sha-256
+-- and allow it in pg_hba.conf for the database, e.g.
+--   host  app  outbox_relay  10.0.0.0/8  scram-sha-256
+-- One line serves both of the relay's connections: a logical replication
+-- connection (replication=database) matches a line naming its database, not
+-- the "replication" keyword, which only physical standbys match.
+-- `outbox-relay doctor` tries both connections and says what is missing.
 -- A polling relay (outbox-relay poll) also needs UPDATE and DELETE on the
 -- outbox; grant that only where polling is used.
 DO $$

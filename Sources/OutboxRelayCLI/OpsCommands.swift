@@ -109,7 +109,7 @@ struct RecreateSlot: ParsableCommand {
         discussion: """
             A slot that existed (recorded in public.outbox_relay_slots) and is gone — dropped, or a failover to a \
             server that never had it — is never created again by `run`. Recover the events committed since its last \
-            position first (see the README, "A lost slot"), then run this with --accept-gap. The gap it accepts is \
+            position first (docs/guarantees.md, "A lost slot"), then run this with --accept-gap. The gap it accepts is \
             logged. It creates the slot at the current WAL position.
             """)
 

@@ -23,7 +23,7 @@ struct OutboxRelayCommand: AsyncParsableCommand {
         commandName: "outbox-relay",
         abstract: "Relays transactional-outbox events from PostgreSQL's log to a broker, confirming only what the broker acknowledged.",
         discussion: configurationHelp,
-        subcommands: [Run.self, Poll.self, Status.self, Tail.self, Init.self, RecreateSlot.self, Skip.self]
+        subcommands: [Run.self, Poll.self, Doctor.self, Status.self, Tail.self, Init.self, RecreateSlot.self, Skip.self]
     )
 
     /// Merges environment and config file into the arguments, then parses and runs.

@@ -64,7 +64,7 @@ public enum ReplicationError: Error, Sendable, CustomStringConvertible {
             } else if any("role \"") && any("does not exist") {
                 "Create the role or fix user (SQLSTATE 28000)"
             } else if any("no pg_hba.conf entry") {
-                "Allow this client in pg_hba.conf; `run` needs a \"replication\" line too (SQLSTATE 28000)"
+                "Allow this client in pg_hba.conf with a line naming the database (or all) and the role, then reload; a logical replication connection matches such a line, not the `replication` keyword, which is for physical standbys (SQLSTATE 28000)"
             } else if any("must be superuser or replication role", "permission denied to start WAL sender") {
                 "Give the role REPLICATION: ALTER ROLE … REPLICATION, see sql/03-relay-role.sql (SQLSTATE 42501)"
             } else if any("certificate verify failed", "certificate", "server does not support SSL", "SSL error") {

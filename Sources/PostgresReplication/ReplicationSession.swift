@@ -155,7 +155,7 @@ public final class ReplicationSession {
                     slot: options.slot,
                     hint: options.createSlot
                         ? "it disappeared while the relay was running; it is not recreated automatically, because a new slot would skip every event committed in between"
-                        : "for a first start, create it (start once with --create-slot, or `outbox-relay init`). If it existed before — a failover to a standby, or a DBA dropped it — events after its last position may be missing: see the README, \"A lost slot\""
+                        : "for a first start, create it (start once with --create-slot, or `outbox-relay init`). If it existed before — a failover to a standby, or a DBA dropped it — events after its last position may be missing: see docs/guarantees.md, \"A lost slot\""
                 )
             }
             if try Self.slotInfo(connection, options.slot) == nil,
