@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Generates docs/configuration.md from the binary, so the reference cannot drift,
-and checks the module map in docs/architecture.md against Package.swift.
+checks the module map in docs/architecture.md against Package.swift, and checks
+every relative link (file and #heading) in the README, docs/, deploy/ and bench/.
 
 Every command's options come from ArgumentParser's own description of the
 binary (`outbox-relay <command> --experimental-dump-help`, the same source the
@@ -152,12 +153,59 @@ def module_map_problems():
     return problems
 
 
+def slug(heading):
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to dashes."""
+    import re
+    text = re.sub(r"[`*_]|\[|\]\([^)]*\)", "", heading.strip().lower())
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def anchors(path):
+    found, seen, fenced = set(), {}, False
+    for line in open(path, encoding="utf-8"):
+        if line.startswith("```"):
+            fenced = not fenced
+        if fenced or not line.startswith("#"):
+            continue
+        base = slug(line.lstrip("#"))
+        count = seen.get(base, 0)
+        seen[base] = count + 1
+        found.add(base if count == 0 else f"{base}-{count}")
+    return found
+
+
+def link_problems():
+    """Every relative link in the README and the pages under docs/ and deploy/:
+    the file exists, and an #anchor names a heading of it."""
+    import re
+    pages = [os.path.join(ROOT, "README.md")]
+    for folder in ("docs", "deploy", "bench"):
+        for directory, _, files in os.walk(os.path.join(ROOT, folder)):
+            pages += [os.path.join(directory, f) for f in files if f.endswith(".md")]
+    problems = []
+    for page in sorted(pages):
+        text = re.sub(r"```.*?```", "", open(page, encoding="utf-8").read(), flags=re.S)
+        text = re.sub(r"`[^`\n]*`", "", text)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            resolved = os.path.normpath(os.path.join(os.path.dirname(page), path)) if path else page
+            where = os.path.relpath(page, ROOT)
+            if not os.path.exists(resolved):
+                problems.append(f"{where}: link to {target}: no such file")
+            elif anchor and resolved.endswith(".md") and anchor not in anchors(resolved):
+                problems.append(f"{where}: link to {target}: no heading #{anchor} in {os.path.relpath(resolved, ROOT)}")
+    return problems
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--check", action="store_true")
     parser.add_argument("--binary", default=os.path.join(ROOT, ".build", "debug", "outbox-relay"))
     args = parser.parse_args()
-    problems = module_map_problems()
+    problems = module_map_problems() + link_problems()
     for problem in problems:
         print(problem, file=sys.stderr)
     text = render(args.binary)

@@ -81,7 +81,7 @@ public enum SetupDoctor {
     // MARK: - Server
 
     static func connectionFix(_ message: String) -> String {
-        if message.contains("no pg_hba.conf entry") {
+        if message.contains("pg_hba.conf") {
             return "allow this client in pg_hba.conf (a line `host <database> <role> <client address>/32 scram-sha-256`), then reload PostgreSQL (SELECT pg_reload_conf())"
         }
         if message.contains("password authentication failed") || message.contains("no password supplied") {
@@ -414,6 +414,9 @@ public enum SetupDoctor {
         case .unreadable(let message):
             return Check(name, .warning, "cannot read public.outbox_relay_slots: \(message)", fix: "grant the relay role the table: sql/06-slot-registry.sql")
         case .absent(let mayCreate):
+            if facts.server?.inRecovery == true {
+                return Check(name, .ok, "public.outbox_relay_slots does not exist yet: a standby is read-only, the relay records its slot when it runs against the primary, and the record reaches this standby with the data")
+            }
             if mayCreate {
                 return Check(name, .ok, "public.outbox_relay_slots does not exist yet; the relay creates it and records the slot there at its first start")
             }
@@ -435,7 +438,7 @@ public enum SetupDoctor {
             } else {
                 detail += " exists; \"\(expected.slot)\" is recorded at the relay's first start"
             }
-            guard writable else {
+            guard writable || facts.server?.inRecovery == true else {
                 return Check(
                     name, .warning, detail + ", but the role may not write it: loss detection is unavailable",
                     fix: "GRANT SELECT, INSERT, UPDATE ON public.outbox_relay_slots TO \(quoteIdentifier(facts.server?.role ?? "<role>")) (sql/06-slot-registry.sql)")

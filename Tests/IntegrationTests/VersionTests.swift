@@ -74,6 +74,12 @@ struct VersionTests {
         let primary = try PrivateCluster(major: 18)
         let outbox = try TestOutbox(createSlot: false, conninfo: primary.conninfo)
         let standby = try primary.makeStandby(["hot_standby_feedback = on"])
+        // doctor on this standby: ready to decode, and it names what a failover setup still needs.
+        let checked = try await DoctorTests.doctor(outbox.sourceArguments.dropFirst(2) + ["--source", standby.conninfo])
+        #expect(checked.code == 0 && checked.failing.isEmpty, "\(checked.output)")
+        let needs = checked.line("standby")
+        #expect(needs["status"] == "warning" && needs["detail"]?.contains("primary_slot_name") == true
+            && needs["detail"]?.contains("sync_replication_slots") == true, "\(checked.output)")
         let file = SinkFile()
         defer { file.remove() }
         let relay = try CLI.start(SlotLossTests.runArguments(outbox, conninfo: standby.conninfo, file: file))
@@ -133,6 +139,12 @@ struct VersionTests {
             if !ready { try await Task.sleep(for: .milliseconds(200)) }
         }
         try #require(ready, "the standby never made the synced slot persistent")
+        // doctor on both ends of a working failover setup.
+        let onPrimary = try await DoctorTests.doctor(Array(outbox.sourceArguments))
+        #expect(onPrimary.code == 0 && onPrimary.line("failover")["status"] == "ok", "\(onPrimary.output)")
+        let onStandby = try await DoctorTests.doctor(outbox.sourceArguments.dropFirst(2) + ["--source", standby.conninfo])
+        #expect(onStandby.code == 0 && onStandby.line("standby")["status"] == "ok", "\(onStandby.output)")
+        #expect(onStandby.line("failover")["detail"]?.contains("synchronized copy") == true, "\(onStandby.output)")
         #expect(relay.terminate() == 0)
         let missed = try outbox.insert(7)  // committed while no relay runs
         let confirmed = try outbox.confirmedFlush
