@@ -207,17 +207,15 @@ public final class KafkaSink: EventSink {
     }
 
     private func start(_ kind: TransactionCall.Kind, of transaction: Int) {
-        let handoff = Handoff<TransactionOutcome>()
-        call = TransactionCall(kind: kind, transaction: transaction, outcome: handoff)
         nonisolated(unsafe) let producer = self.producer
         let commit: Bool
         if case .commit = kind { commit = true } else { commit = false }
-        OwnThread.detach(commit ? "kafka-commit" : "kafka-abort") {
-            let error =
-                commit ? producer.commitTransaction(timeoutMilliseconds: -1) : producer.abortTransaction(timeoutMilliseconds: -1)
-            _ = handoff.put(TransactionOutcome(error: error))
-            producer.signalWakeup()
+        let outcome = OwnThread.handOff(commit ? "kafka-commit" : "kafka-abort", signal: { producer.signalWakeup() }) {
+            TransactionOutcome(
+                error: commit
+                    ? producer.commitTransaction(timeoutMilliseconds: -1) : producer.abortTransaction(timeoutMilliseconds: -1))
         }
+        call = TransactionCall(kind: kind, transaction: transaction, outcome: outcome)
     }
 
     /// What a finished commit or abort means. A committed transaction's
@@ -387,16 +385,10 @@ public final class KafkaSink: EventSink {
             lastProbe.map({ now.milliseconds(since: $0) >= 5_000 }) ?? true
         else { return }
         lastProbe = now
-        let handoff = Handoff<Bool>()
-        probe = handoff
         nonisolated(unsafe) let producer = self.producer
-        OwnThread.detach("kafka-probe") {
-            if case .success = producer.brokerCount(timeoutMilliseconds: 2_000) {
-                _ = handoff.put(true)
-                producer.signalWakeup()
-            } else {
-                _ = handoff.put(false)
-            }
+        probe = OwnThread.handOff("kafka-probe", signal: { producer.signalWakeup() }) {
+            if case .success = producer.brokerCount(timeoutMilliseconds: 2_000) { return true }
+            return false
         }
     }
 

@@ -367,21 +367,19 @@ public final class DeliveryDriver<Transport: DeliveryTransport>: EventSink {
 
     /// A connection attempt on a thread of its own; its end signals the readiness descriptor.
     private func startAttempt() {
-        let handoff = Handoff<Result<Transport.Link, ConnectFailure>>()
-        attempt = handoff
         let transport = self.transport
         let wakeup = readiness.wakeup
-        OwnThread.detach("\(transport.name)-connect") {
-            let outcome: Result<Transport.Link, ConnectFailure>
+        attempt = OwnThread.handOff(
+            "\(transport.name)-connect", signal: wakeup.signal,
+            unclaimed: { outcome in
+                if case .success(let orphan) = outcome { transport.close(orphan) }  // the sink is gone
+            }
+        ) {
             do throws(ConnectFailure) {
-                outcome = .success(try transport.connect(wakeup: wakeup))
+                return .success(try transport.connect(wakeup: wakeup))
             } catch {
-                outcome = .failure(error)
+                return .failure(error)
             }
-            if !handoff.put(outcome), case .success(let orphan) = outcome {
-                transport.close(orphan)  // the sink is gone
-            }
-            wakeup.signal()
         }
     }
 

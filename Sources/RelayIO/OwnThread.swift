@@ -12,6 +12,23 @@ public enum OwnThread {
         thread.start()
     }
 
+    /// Runs blocking `work` on a thread of its own and hands its result over:
+    /// the relay thread takes it from the returned `Handoff` once `signal` (its
+    /// wake-up descriptor) has woken it. A result nobody will take any more (the
+    /// taker abandoned the handoff) goes to `unclaimed`, to be disposed of.
+    public static func handOff<T>(
+        _ name: String, signal: @escaping @Sendable () -> Void, unclaimed: (@Sendable (T) -> Void)? = nil,
+        _ work: @escaping @Sendable () -> T
+    ) -> Handoff<T> {
+        let handoff = Handoff<T>()
+        detach(name) {
+            let value = work()
+            if !handoff.put(value) { unclaimed?(value) }
+            signal()
+        }
+        return handoff
+    }
+
     /// Runs `work` on a new thread and awaits its result: for blocking set-up
     /// (a sink's first connection) called from async code.
     public static func run<T: Sendable>(_ name: String, _ work: @escaping @Sendable () throws -> T) async throws -> T {
