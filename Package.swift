@@ -144,7 +144,8 @@ let package = Package(
         .executableTarget(
             name: "OutboxRelayCLI",
             dependencies: [
-                "OutboxCore", "RelayIO", "OutboxRelay", "PGOutput", "KafkaSink", "NATSSink", "RabbitMQSink", "HTTPSink", "RedisSink", "PollingRelay", "PostgresClient", "PostgresReplication",
+                "OutboxCore", "RelayIO", "OutboxRelay", "PGOutput", "KafkaSink", "NATSSink", "RabbitMQSink", "HTTPSink",
+                "RedisSink", "PollingRelay", "PostgresClient", "PostgresReplication",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -162,19 +163,26 @@ let package = Package(
         // End-to-end latency: writer and Kafka consumer in one process, the relay binary under test in another (bench/latency.sh).
         .executableTarget(
             name: "LatencyBench",
-            dependencies: ["CLibPQ", "CRdKafka", "PostgresClient", "PostgresReplication", .product(name: "Histogram", package: "hdrhistogram-swift")],
+            dependencies: [
+                "CLibPQ", "CRdKafka", "PostgresClient", "PostgresReplication",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
             path: "bench/LatencyBench"
         ),
         // Loads the pgoutput messages captured by scripts/capture-fixtures.sh.
         .target(name: "TestFixtures", dependencies: ["PGOutput"], path: "Tests/TestFixtures", exclude: ["Fixtures"]),
         .testTarget(name: "PGOutputTests", dependencies: ["PGOutput", "TestFixtures"]),
         .testTarget(name: "OutboxCoreTests", dependencies: ["OutboxCore", "PGOutput", "TestFixtures"]),
-        .testTarget(name: "OutboxRelayTests", dependencies: ["OutboxRelay", "OutboxCore", "PGOutput", "PostgresClient"]),
-        .testTarget(name: "SinkTests", dependencies: ["RelayIO", "NATSSink", "RabbitMQSink", "HTTPSink", "RedisSink", "OutboxCore", "PGOutput"]),
+        .testTarget(
+            name: "OutboxRelayTests", dependencies: ["OutboxRelay", "OutboxCore", "PGOutput", "PostgresClient"]),
+        .testTarget(
+            name: "SinkTests",
+            dependencies: ["RelayIO", "NATSSink", "RabbitMQSink", "HTTPSink", "RedisSink", "OutboxCore", "PGOutput"]),
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
-                "OutboxCore", "RelayIO", "OutboxRelay", "PostgresClient", "PostgresReplication", "PGOutput", "CLibPQ", "KafkaSink",
+                "OutboxCore", "RelayIO", "OutboxRelay", "PostgresClient", "PostgresReplication", "PGOutput", "CLibPQ",
+                "KafkaSink",
                 "PollingRelay", "NATSSink", "CNats", "RabbitMQSink", "CRabbitMQ", "HTTPSink", "RedisSink",
             ]
         ),

@@ -44,7 +44,9 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
         now = now + (length & 0x7 == 0x7 ? 6_000 : length & 0x3)
         let message =
             (try? ReplicationMessage.decode(bytes))
-            ?? .xLogData(walStart: LSN(UInt64(offset)), walEnd: LSN(UInt64(offset)), sendTime: PostgresTimestamp(rawValue: 0), payload: bytes)
+            ?? .xLogData(
+                walStart: LSN(UInt64(offset)), walEnd: LSN(UInt64(offset)), sendTime: PostgresTimestamp(rawValue: 0),
+                payload: bytes)
         var action = machine.received(message, now: now)
         while true {
             switch action {

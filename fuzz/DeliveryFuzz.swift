@@ -86,7 +86,9 @@ struct Simulation {
             let event = nextEvent
             nextEvent += 1
             keyOf[event] = Int(byte & 0x3)
-            machine.accept(event, ticket: UInt64(event), weight: 1, eventID: "\(event)", lsn: LSN(UInt64(event)), key: "\(byte & 0x3)")
+            machine.accept(
+                event, ticket: UInt64(event), weight: 1, eventID: "\(event)", lsn: LSN(UInt64(event)),
+                key: "\(byte & 0x3)")
         case 3:
             if connecting {
                 connecting = false
@@ -115,7 +117,9 @@ struct Simulation {
             let pick = candidates[Int(byte & 0xF) % candidates.count]
             if let ack = machine.delivered(pick.token, generation: generation) {
                 let event = Int(ack.ticket)
-                precondition(stored.contains(event) || deadLetterCopies.contains(event), "acknowledged \(event) that was never stored")
+                precondition(
+                    stored.contains(event) || deadLetterCopies.contains(event),
+                    "acknowledged \(event) that was never stored")
                 precondition(acknowledged.insert(event).inserted, "acknowledged \(event) twice")
             }
             if byte & 0x8 == 0 { link.removeAll { $0.token == pick.token } }

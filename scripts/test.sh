@@ -65,6 +65,10 @@ stop_new_epmd() {
 trap 'kafka_stop; pg_stop; stop_new_epmd' EXIT
 echo "test.sh: PostgreSQL $major ($PG_BIN) on 127.0.0.1:$PGPORT (wal_level=logical); tansu (Kafka protocol) on $KAFKA_TEST_BROKERS; librdkafka runtime from $RDKAFKA_RUNTIME_DIR" >&2
 
+# Formatting (.swift-format: 120 columns) is part of the test: `swift-format
+# format -i -r -p Sources Tests bench fuzz Package.swift` fixes what this finds.
+swift-format lint --strict -r -p Sources Tests bench fuzz Package.swift \
+  || { echo "test.sh: swift-format found unformatted code (above); run: swift-format format -i -r -p Sources Tests bench fuzz Package.swift" >&2; exit 1; }
 swift build --build-tests
 export OUTBOX_TEST_PG KAFKA_TEST_BROKERS TANSU_BIN PG_BIN PG_LIB PG_MAJOR
 export OUTBOX_RELAY_BIN="$PWD/.build/debug/outbox-relay"

@@ -72,7 +72,8 @@ public final class HTTPSink: EventSink {
     public init(config: HTTPSinkConfig, logger: Logger) throws {
         self.config = config
         self.logger = logger
-        scheduler = WebhookScheduler(concurrency: config.concurrency, maxBackoffMilliseconds: config.maxBackoffMilliseconds)
+        scheduler = WebhookScheduler(
+            concurrency: config.concurrency, maxBackoffMilliseconds: config.maxBackoffMilliseconds)
         worker = try CurlWorker(maxConnections: config.concurrency + 1)
     }
 
@@ -102,7 +103,8 @@ public final class HTTPSink: EventSink {
         body.append(UInt8(ascii: "}"))
         accept(
             Record(
-                ticket: ticket, weight: poison.payload?.count ?? 0, eventID: poison.id ?? "", lsn: poison.lsn.description,
+                ticket: ticket, weight: poison.payload?.count ?? 0, eventID: poison.id ?? "",
+                lsn: poison.lsn.description,
                 url: url, body: body, deadLetter: true), key: Self.deadLetterKey)
         deadLettered += 1
         dispatch()
@@ -114,7 +116,9 @@ public final class HTTPSink: EventSink {
         dispatch()
         if ready.isEmpty && timeoutMilliseconds > 0 && scheduler.pending > 0 {
             var wait = timeoutMilliseconds
-            if let next = scheduler.nextRetry { wait = min(wait, max(1, Int(Instant.now().millisecondsRoundedUp(until: next)))) }
+            if let next = scheduler.nextRetry {
+                wait = min(wait, max(1, Int(Instant.now().millisecondsRoundedUp(until: next))))
+            }
             var fd = pollfd(fd: worker.wakeup.descriptor, events: Int16(POLLIN), revents: 0)
             _ = Glibc.poll(&fd, 1, Int32(clamping: wait))
             try collect()
@@ -153,12 +157,15 @@ public final class HTTPSink: EventSink {
             guard let record = records[token] else { continue }
             var lines = ["Content-Type: application/json", "Idempotency-Key: \(Self.headerValue(record.eventID))"]
             if let key = config.signingKey {
-                lines.append("X-Outbox-Signature-256: sha256=\(HMACSHA256.hex(HMACSHA256.signature(key: key, message: record.body)))")
+                lines.append(
+                    "X-Outbox-Signature-256: sha256=\(HMACSHA256.hex(HMACSHA256.signature(key: key, message: record.body)))"
+                )
             }
             if record.deadLetter { lines.append("X-Outbox-Dead-Letter: true") }
             lines += config.headers
             worker.submit(
-                token: token, url: record.url, body: record.body, headers: lines, timeoutMilliseconds: config.timeoutMilliseconds,
+                token: token, url: record.url, body: record.body, headers: lines,
+                timeoutMilliseconds: config.timeoutMilliseconds,
                 connectTimeoutMilliseconds: config.connectTimeoutMilliseconds, caFile: config.caFile)
         }
     }
@@ -199,7 +206,8 @@ public final class HTTPSink: EventSink {
 
     private func refuse(_ record: Record, _ why: String) throws {
         if record.deadLetter {
-            throw SinkError("the dead-letter URL refused the record for event id=\(record.eventID) (LSN \(record.lsn)): \(why)")
+            throw SinkError(
+                "the dead-letter URL refused the record for event id=\(record.eventID) (LSN \(record.lsn)): \(why)")
         }
         guard let url = config.deadLetterURL else {
             throw SinkError(
@@ -216,7 +224,8 @@ public final class HTTPSink: EventSink {
         accept(dead, key: Self.deadLetterKey)
         deadLettered += 1
         logger.warning(
-            "event sent to the dead-letter URL", metadata: ["id": "\(record.eventID)", "lsn": "\(record.lsn)", "error": "\(why)"])
+            "event sent to the dead-letter URL",
+            metadata: ["id": "\(record.eventID)", "lsn": "\(record.lsn)", "error": "\(why)"])
     }
 
     static func headerValue(_ text: String) -> String {
@@ -250,7 +259,9 @@ final class CurlWorker: @unchecked Sendable {
 
     init(maxConnections: Int) throws {
         curl_global_init(Int(CURL_GLOBAL_DEFAULT))
-        guard let multi = outbox_http_multi_new(maxConnections) else { throw SinkError("cannot create a libcurl multi handle") }
+        guard let multi = outbox_http_multi_new(maxConnections) else {
+            throw SinkError("cannot create a libcurl multi handle")
+        }
         self.multi = multi
         let thread = Thread { [unowned self] in self.run() }
         thread.name = "outbox-http"
@@ -265,7 +276,8 @@ final class CurlWorker: @unchecked Sendable {
     }
 
     func submit(
-        token: UInt64, url: String, body: [UInt8], headers: [String], timeoutMilliseconds: Int, connectTimeoutMilliseconds: Int,
+        token: UInt64, url: String, body: [UInt8], headers: [String], timeoutMilliseconds: Int,
+        connectTimeoutMilliseconds: Int,
         caFile: String?
     ) {
         let copies = headers.map { strdup($0) }
@@ -278,7 +290,10 @@ final class CurlWorker: @unchecked Sendable {
             }
         }
         guard let request else {
-            shared.withLock { $0.answers.append(Answer(token: token, status: 0, transportError: "cannot create a request", response: "")) }
+            shared.withLock {
+                $0.answers.append(
+                    Answer(token: token, status: 0, transportError: "cannot create a request", response: ""))
+            }
             wakeup.signal()
             return
         }
@@ -297,7 +312,8 @@ final class CurlWorker: @unchecked Sendable {
     private func run() {
         var active: Set<UnsafeMutablePointer<outbox_http_request>> = []
         while true {
-            nonisolated(unsafe) let (stop, new) = shared.withLock { shared -> (Bool, [UnsafeMutablePointer<outbox_http_request>]) in
+            nonisolated(unsafe) let (stop, new) = shared.withLock {
+                shared -> (Bool, [UnsafeMutablePointer<outbox_http_request>]) in
                 defer { shared.submitted.removeAll() }
                 return (!shared.running, shared.submitted)
             }
@@ -319,7 +335,10 @@ final class CurlWorker: @unchecked Sendable {
             while let request = outbox_http_next_done(multi) {
                 active.remove(request)
                 let r = request.pointee
-                let error = r.result == 0 ? nil : Self.text(r.error).nonEmpty ?? String(cString: curl_easy_strerror(CURLcode(UInt32(r.result))))
+                let error =
+                    r.result == 0
+                    ? nil
+                    : Self.text(r.error).nonEmpty ?? String(cString: curl_easy_strerror(CURLcode(UInt32(r.result))))
                 finished.append(
                     Answer(
                         token: r.token, status: r.result == 0 ? Int(r.status) : 0, transportError: error,

@@ -24,7 +24,9 @@ public struct WebhookOptions: ParsableArguments, DestinationOptions {
             valueName: "Name: value"))
     public var webhookHeader: [String] = []
 
-    @Option(help: ArgumentHelp("Requests in flight at once, across keys; one per key at a time (with --sink http).", valueName: "n"))
+    @Option(
+        help: ArgumentHelp(
+            "Requests in flight at once, across keys; one per key at a time (with --sink http).", valueName: "n"))
     public var webhookConcurrency = 16
 
     @Option(help: ArgumentHelp("Timeout of one request (with --sink http).", valueName: "ms"))
@@ -43,11 +45,15 @@ public struct WebhookOptions: ParsableArguments, DestinationOptions {
     public func checkAlways() throws {
         for header in webhookHeader {
             let parts = header.split(separator: ":", maxSplits: 1)
-            if parts.count != 2 || parts[0].isEmpty || parts[0].contains(" ") || header.contains("\n") || header.contains("\r") {
+            if parts.count != 2 || parts[0].isEmpty || parts[0].contains(" ") || header.contains("\n")
+                || header.contains("\r")
+            {
                 throw DestinationOptionError("--webhook-header takes \"Name: value\", got \"\(parts.first ?? "")…\"")
             }
         }
-        if !(1...1024).contains(webhookConcurrency) { throw DestinationOptionError("--webhook-concurrency must be 1 to 1024") }
+        if !(1...1024).contains(webhookConcurrency) {
+            throw DestinationOptionError("--webhook-concurrency must be 1 to 1024")
+        }
         if webhookTimeoutMs < 100 { throw DestinationOptionError("--webhook-timeout-ms must be at least 100") }
     }
 

@@ -128,7 +128,9 @@ public struct WebhookScheduler {
             }
             return .retry(afterMilliseconds: delay, why: what)
         case 300..<400:
-            return .refused("\(what) — the endpoint redirects\(location.map { " to \($0)" } ?? ""); redirects are not followed: set the URL to where it points")
+            return .refused(
+                "\(what) — the endpoint redirects\(location.map { " to \($0)" } ?? ""); redirects are not followed: set the URL to where it points"
+            )
         default:
             return .refused(what)
         }

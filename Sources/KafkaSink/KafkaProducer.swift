@@ -33,7 +33,8 @@ final class KafkaProducer {
             else {
                 rd_kafka_conf_destroy(conf)
                 // librdkafka's text quotes the value: never for a secret.
-                let reason = KafkaSinkConfig.isSecret(key) ? "invalid value (not shown: a secret)" : Self.text(errorText)
+                let reason =
+                    KafkaSinkConfig.isSecret(key) ? "invalid value (not shown: a secret)" : Self.text(errorText)
                 throw ConfigurationError(description: "Kafka property \(key): \(reason)")
             }
         }

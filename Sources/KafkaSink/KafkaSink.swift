@@ -39,7 +39,10 @@ public struct KafkaSinkConfig: Sendable {
         var merged = Self.defaults + [("bootstrap.servers", brokers)]
         if let transactionalID {
             // A transactional producer's records must time out within the transaction's own timeout.
-            merged += [("transactional.id", transactionalID), ("message.timeout.ms", "60000"), ("transaction.timeout.ms", "60000")]
+            merged += [
+                ("transactional.id", transactionalID), ("message.timeout.ms", "60000"),
+                ("transaction.timeout.ms", "60000"),
+            ]
         }
         merged += properties
         merged.append(("log.queue", "true"))  // logs arrive as events we route to our logger
@@ -177,7 +180,9 @@ public final class KafkaSink: EventSink {
             if let error = producer.initTransactions(timeoutMilliseconds: 30_000) {
                 throw SinkError("cannot start Kafka transactions for transactional.id \(id): \(error.message)")
             }
-            logger.notice("Kafka transactions initialised; older producers with this id are fenced", metadata: ["transactional_id": "\(id)"])
+            logger.notice(
+                "Kafka transactions initialised; older producers with this id are fenced",
+                metadata: ["transactional_id": "\(id)"])
         }
     }
 
@@ -213,7 +218,8 @@ public final class KafkaSink: EventSink {
         let outcome = OwnThread.handOff(commit ? "kafka-commit" : "kafka-abort", signal: { producer.signalWakeup() }) {
             TransactionOutcome(
                 error: commit
-                    ? producer.commitTransaction(timeoutMilliseconds: -1) : producer.abortTransaction(timeoutMilliseconds: -1))
+                    ? producer.commitTransaction(timeoutMilliseconds: -1)
+                    : producer.abortTransaction(timeoutMilliseconds: -1))
         }
         call = TransactionCall(kind: kind, transaction: transaction, outcome: outcome)
     }
@@ -234,7 +240,9 @@ public final class KafkaSink: EventSink {
         case .commit:
             guard let error else {
                 if discarded {
-                    logger.warning("Kafka transaction of a stale session committed before it could be aborted", metadata: ["transaction": "\(t)"])
+                    logger.warning(
+                        "Kafka transaction of a stale session committed before it could be aborted",
+                        metadata: ["transaction": "\(t)"])
                 }
                 committedTransaction = t
                 if openTransaction == t { openTransaction = 0 }
@@ -259,7 +267,9 @@ public final class KafkaSink: EventSink {
             }
             // The session ends (`sinkInterrupted`): what is held is read again too.
             let dropped = forget(t) + dropHeld()
-            throw SinkError("Kafka transaction aborted (\(reason)); its \(dropped) records are read again from PostgreSQL", retryable: true)
+            throw SinkError(
+                "Kafka transaction aborted (\(reason)); its \(dropped) records are read again from PostgreSQL",
+                retryable: true)
         }
     }
 
@@ -543,7 +553,9 @@ public final class KafkaSink: EventSink {
             case .delivery(let reports):
                 for report in reports {
                     guard let record = pending.removeValue(forKey: report.opaque) else { continue }
-                    if report.error == RD_KAFKA_RESP_ERR__PURGE_QUEUE || report.error == RD_KAFKA_RESP_ERR__PURGE_INFLIGHT {
+                    if report.error == RD_KAFKA_RESP_ERR__PURGE_QUEUE
+                        || report.error == RD_KAFKA_RESP_ERR__PURGE_INFLIGHT
+                    {
                         // Discarded on purpose (a stale session's): neither acknowledged nor failed.
                         purged += 1
                     } else if report.error == RD_KAFKA_RESP_ERR_NO_ERROR {

@@ -22,7 +22,8 @@ public struct NATSOptions: ParsableArguments, DestinationOptions {
     public var natsSubject = "{topic}"
 
     @Option(
-        help: ArgumentHelp("A NATS .creds file (user JWT and NKey seed) for the connection (with --sink nats).", valueName: "path"))
+        help: ArgumentHelp(
+            "A NATS .creds file (user JWT and NKey seed) for the connection (with --sink nats).", valueName: "path"))
     public var natsCredentials: String?
 
     @Option(
@@ -39,7 +40,9 @@ public struct NATSOptions: ParsableArguments, DestinationOptions {
     }
 
     public func checkAlways() throws {
-        do { _ = try DestinationTemplate(natsSubject) } catch { throw DestinationOptionError("--nats-subject: \(error)") }
+        do { _ = try DestinationTemplate(natsSubject) } catch {
+            throw DestinationOptionError("--nats-subject: \(error)")
+        }
         if natsAckTimeoutMs < 100 { throw DestinationOptionError("--nats-ack-timeout-ms must be at least 100") }
     }
 

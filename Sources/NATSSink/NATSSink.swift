@@ -54,9 +54,15 @@ public final class NATSSink: EventSink {
 
     public var name: String { driver.name }
     public func send(_ event: OutboxEvent, ticket: UInt64) throws { try driver.send(event, ticket: ticket) }
-    public func deadLetter(_ poison: PoisonEvent, ticket: UInt64) throws -> Bool { try driver.deadLetter(poison, ticket: ticket) }
-    public func poll(timeoutMilliseconds: Int) throws -> [Acknowledgement] { try driver.poll(timeoutMilliseconds: timeoutMilliseconds) }
-    public func flush(timeoutMilliseconds: Int) throws -> [Acknowledgement] { try driver.flush(timeoutMilliseconds: timeoutMilliseconds) }
+    public func deadLetter(_ poison: PoisonEvent, ticket: UInt64) throws -> Bool {
+        try driver.deadLetter(poison, ticket: ticket)
+    }
+    public func poll(timeoutMilliseconds: Int) throws -> [Acknowledgement] {
+        try driver.poll(timeoutMilliseconds: timeoutMilliseconds)
+    }
+    public func flush(timeoutMilliseconds: Int) throws -> [Acknowledgement] {
+        try driver.flush(timeoutMilliseconds: timeoutMilliseconds)
+    }
     public func discardUnacknowledged() -> Int { driver.discardUnacknowledged() }
     public var isReachable: Bool { driver.isReachable }
     public var wakeupDescriptor: Int32? { driver.wakeupDescriptor }
@@ -128,7 +134,9 @@ public final class NATSTransport: DeliveryTransport {
         if let problem = NATSMessage.subjectProblem(subject) {
             return (message, "subject \"\(subject)\" (from --nats-subject \(config.subject)) \(problem)")
         }
-        let headerProblem = message.headers.lazy.compactMap { NATSMessage.headerProblem(name: $0.name, value: $0.value) }.first
+        let headerProblem = message.headers.lazy.compactMap {
+            NATSMessage.headerProblem(name: $0.name, value: $0.value)
+        }.first
         return (message, headerProblem)
     }
 
@@ -173,7 +181,8 @@ public final class NATSTransport: DeliveryTransport {
                 if duplicate { duplicates.add(1, ordering: .relaxed) }
                 out.append(.delivered(result.address))
             case .failed(let status, let code, let text):
-                let subject = natsMsg_GetSubject(OpaquePointer(bitPattern: result.address)).map { String(cString: $0) } ?? "?"
+                let subject =
+                    natsMsg_GetSubject(OpaquePointer(bitPattern: result.address)).map { String(cString: $0) } ?? "?"
                 switch NATSMessage.classify(status: status, errorCode: code, text: text, subject: subject) {
                 case .permanent(let why): out.append(.refused(result.address, why))
                 case .transient(let why): if lost == nil { lost = why }
@@ -412,10 +421,12 @@ private let natsAcknowledged: jsPubAckHandler = { _, msg, pa, pae, closure in
     if let pa {
         inbox.deliver(UInt(bitPattern: msg), .stored(duplicate: pa.pointee.Duplicate))
     } else if let pae {
-        let text = pae.pointee.ErrText.map { String(cString: $0) } ?? String(cString: natsStatus_GetText(pae.pointee.Err))
+        let text =
+            pae.pointee.ErrText.map { String(cString: $0) } ?? String(cString: natsStatus_GetText(pae.pointee.Err))
         inbox.deliver(
             UInt(bitPattern: msg),
-            .failed(status: Connection.statusName(pae.pointee.Err), code: Int(pae.pointee.ErrCode.rawValue), text: text))
+            .failed(status: Connection.statusName(pae.pointee.Err), code: Int(pae.pointee.ErrCode.rawValue), text: text)
+        )
     } else {
         natsMsg_Destroy(msg)
     }

@@ -18,7 +18,8 @@ public struct DebeziumConfig: Sendable, Equatable {
     public var problems: [String] = []
 
     public static func == (lhs: DebeziumConfig, rhs: DebeziumConfig) -> Bool {
-        lhs.options.elementsEqual(rhs.options, by: { $0 == $1 }) && lhs.ignored == rhs.ignored && lhs.problems == rhs.problems
+        lhs.options.elementsEqual(rhs.options, by: { $0 == $1 }) && lhs.ignored == rhs.ignored
+            && lhs.problems == rhs.problems
     }
 
     public struct SyntaxError: Error, CustomStringConvertible {
@@ -54,8 +55,12 @@ public struct DebeziumConfig: Sendable, Equatable {
     public static func properties(_ text: String) -> [String: String] {
         var logical: [String] = []
         var pending = ""
-        for raw in text.replacingOccurrences(of: "\r\n", with: "\n").split(separator: "\n", omittingEmptySubsequences: false) {
-            let line = pending.isEmpty ? raw.drop { $0 == " " || $0 == "\t" || $0 == "\u{C}" } : raw.drop { $0 == " " || $0 == "\t" }
+        for raw in text.replacingOccurrences(of: "\r\n", with: "\n").split(
+            separator: "\n", omittingEmptySubsequences: false)
+        {
+            let line =
+                pending.isEmpty
+                ? raw.drop { $0 == " " || $0 == "\t" || $0 == "\u{C}" } : raw.drop { $0 == " " || $0 == "\t" }
             if pending.isEmpty && (line.isEmpty || line.first == "#" || line.first == "!") { continue }
             let trailing = line.reversed().prefix { $0 == "\\" }.count
             if trailing % 2 == 1 {
@@ -118,14 +123,20 @@ public struct DebeziumConfig: Sendable, Equatable {
         let exact: Set<String> = [
             "name", "tasks.max", "topic.prefix", "database.server.name", "tombstones.on.delete", "slot.drop.on.stop",
             "publication.autocreate.mode", "snapshot.mode", "poll.interval.ms", "max.batch.size", "max.queue.size",
-            "max.queue.size.in.bytes", "status.update.interval.ms", "errors.max.retries", "retriable.restart.connector.wait.ms",
-            "include.unknown.datatypes", "provide.transaction.metadata", "skipped.operations", "event.processing.failure.handling.mode",
+            "max.queue.size.in.bytes", "status.update.interval.ms", "errors.max.retries",
+            "retriable.restart.connector.wait.ms",
+            "include.unknown.datatypes", "provide.transaction.metadata", "skipped.operations",
+            "event.processing.failure.handling.mode",
             "offset.flush.interval.ms", "offset.storage", "offset.storage.file.filename", "offset.storage.topic",
-            "schema.name.adjustment.mode", "field.name.adjustment.mode", "time.precision.mode", "interval.handling.mode",
+            "schema.name.adjustment.mode", "field.name.adjustment.mode", "time.precision.mode",
+            "interval.handling.mode",
             "hstore.handling.mode", "decimal.handling.mode", "key.converter.schemas.enable", "slot.stream.params",
             "database.tcpKeepAlive", "connector.class",
         ]
-        let prefixes = ["heartbeat.", "schema.history.internal.", "offset.", "signal.", "notification.", "snapshot.", "errors.", "column.", "message.key.columns"]
+        let prefixes = [
+            "heartbeat.", "schema.history.internal.", "offset.", "signal.", "notification.", "snapshot.", "errors.",
+            "column.", "message.key.columns",
+        ]
         return exact.contains(key) || prefixes.contains { key.hasPrefix($0) }
     }
 
@@ -140,8 +151,11 @@ public struct DebeziumConfig: Sendable, Equatable {
         func option(_ name: String, _ value: String) { result.options.append((name, value)) }
 
         // Secrets through Kafka Connect's config providers (${file:…}, ${env:…}) are resolved by Connect, not here.
-        for (key, value) in pairs.sorted(by: { $0.key < $1.key }) where value.contains("${") && !key.hasSuffix("route.topic.replacement") {
-            result.problems.append("\(key) uses a Kafka Connect config provider (${…}); put the resolved value in the file, or give the relay --source through OUTBOX_RELAY_SOURCE_FILE")
+        for (key, value) in pairs.sorted(by: { $0.key < $1.key })
+        where value.contains("${") && !key.hasSuffix("route.topic.replacement") {
+            result.problems.append(
+                "\(key) uses a Kafka Connect config provider (${…}); put the resolved value in the file, or give the relay --source through OUTBOX_RELAY_SOURCE_FILE"
+            )
             used.insert(key)
         }
 
@@ -150,14 +164,18 @@ public struct DebeziumConfig: Sendable, Equatable {
         }
         switch take("plugin.name") {
         case "pgoutput": break
-        case nil: result.problems.append("plugin.name is not set, so Debezium decodes with decoderbufs; the relay reads pgoutput (set plugin.name=pgoutput, and use a slot created with it)")
+        case nil:
+            result.problems.append(
+                "plugin.name is not set, so Debezium decodes with decoderbufs; the relay reads pgoutput (set plugin.name=pgoutput, and use a slot created with it)"
+            )
         default: result.problems.append("plugin.name must be pgoutput: the relay decodes pgoutput only")
         }
 
         // The connection, as a libpq keyword/value string (values quoted; the password never shown).
         var conninfo: [(String, String)] = []
         for (key, keyword) in [
-            ("database.hostname", "host"), ("database.port", "port"), ("database.user", "user"), ("database.password", "password"),
+            ("database.hostname", "host"), ("database.port", "port"), ("database.user", "user"),
+            ("database.password", "password"),
             ("database.dbname", "dbname"), ("database.sslmode", "sslmode"), ("database.sslrootcert", "sslrootcert"),
             ("database.sslcert", "sslcert"), ("database.sslkey", "sslkey"),
         ] {
@@ -173,12 +191,15 @@ public struct DebeziumConfig: Sendable, Equatable {
             let tables = include.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
             // A regular expression in Debezium; a plain schema.table (dots match themselves) is what can be honoured.
             if tables.count != 1 || tables[0].contains(where: { "*+?[](){}|^$\\".contains($0) }) {
-                result.problems.append("table.include.list must name exactly one outbox table as schema.table (the relay relays one table)")
+                result.problems.append(
+                    "table.include.list must name exactly one outbox table as schema.table (the relay relays one table)"
+                )
             } else {
                 option("table", tables[0])
             }
         } else {
-            result.problems.append("table.include.list is not set: Debezium would capture every table; name the outbox table")
+            result.problems.append(
+                "table.include.list is not set: Debezium would capture every table; name the outbox table")
         }
 
         // Converters: StringConverter, or JsonConverter without schemas.
@@ -189,29 +210,42 @@ public struct DebeziumConfig: Sendable, Equatable {
             case "org.apache.kafka.connect.json.JsonConverter":
                 encoding = "json"
                 if take("value.converter.schemas.enable")?.lowercased() != "false" {
-                    result.problems.append("value.converter JsonConverter with schemas (schemas.enable is true by default): the relay writes schemaless JSON only; set value.converter.schemas.enable=false")
+                    result.problems.append(
+                        "value.converter JsonConverter with schemas (schemas.enable is true by default): the relay writes schemaless JSON only; set value.converter.schemas.enable=false"
+                    )
                 }
-            default: result.problems.append("value.converter must be StringConverter or JsonConverter (schemas.enable=false)")
+            default:
+                result.problems.append(
+                    "value.converter must be StringConverter or JsonConverter (schemas.enable=false)")
             }
         }
         if let key = take("key.converter"), key != "org.apache.kafka.connect.storage.StringConverter" {
-            result.problems.append("key.converter must be StringConverter: the relay writes the key column's text as the key")
+            result.problems.append(
+                "key.converter must be StringConverter: the relay writes the key column's text as the key")
         }
         option("value-encoding", encoding)
         if let mode = take("binary.handling.mode"), mode != "bytes" {
-            result.problems.append("binary.handling.mode must be bytes (the default): bytea payloads are written as their bytes (base64 under JsonConverter)")
+            result.problems.append(
+                "binary.handling.mode must be bytes (the default): bytea payloads are written as their bytes (base64 under JsonConverter)"
+            )
         }
 
         // The EventRouter among the transforms.
-        let names = (take("transforms") ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        let names = (take("transforms") ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+            .filter { !$0.isEmpty }
         let routers = names.filter { pairs["transforms.\($0).type"] == eventRouter }
         for name in names where !routers.contains(name) {
-            result.problems.append("transform \"\(name)\" (\(pairs["transforms.\(name).type"] ?? "no type")) is not the outbox EventRouter; only the EventRouter is honoured")
+            result.problems.append(
+                "transform \"\(name)\" (\(pairs["transforms.\(name).type"] ?? "no type")) is not the outbox EventRouter; only the EventRouter is honoured"
+            )
         }
         if routers.count != 1 {
-            result.problems.append(routers.isEmpty ? "no transform of type \(eventRouter) in transforms" : "more than one EventRouter transform")
+            result.problems.append(
+                routers.isEmpty
+                    ? "no transform of type \(eventRouter) in transforms" : "more than one EventRouter transform")
         }
-        for key in pairs.keys where key.hasPrefix("transforms.") && !routers.contains(where: { key.hasPrefix("transforms.\($0).") }) {
+        for key in pairs.keys
+        where key.hasPrefix("transforms.") && !routers.contains(where: { key.hasPrefix("transforms.\($0).") }) {
             used.insert(key)  // covered by the problem about its transform
         }
         if let router = routers.first {
@@ -222,7 +256,8 @@ public struct DebeziumConfig: Sendable, Equatable {
                 ("table.field.event.type", "type-column"), ("table.field.event.payload", "payload-column"),
                 ("route.by.field", "aggregate-type-column"), ("route.topic.regex", "route-topic-regex"),
                 ("route.topic.replacement", "route-topic-replacement"),
-                ("table.json.payload.null.behavior", "json-payload-null-behavior"), ("table.op.invalid.behavior", "update-behavior"),
+                ("table.json.payload.null.behavior", "json-payload-null-behavior"),
+                ("table.op.invalid.behavior", "update-behavior"),
             ] {
                 if let value = take(p + setting) { option(flag, value) }
             }
@@ -230,7 +265,10 @@ public struct DebeziumConfig: Sendable, Equatable {
             if pairs[p + "route.topic.regex"] == nil && pairs[p + "route.topic.replacement"] == nil {
                 option("route-topic-replacement", TopicRoute.debeziumDefault.replacement)
             }
-            for (setting, flag) in [("route.tombstone.on.empty.payload", "tombstone-on-empty-payload"), ("table.expand.json.payload", "expand-json-payload")] {
+            for (setting, flag) in [
+                ("route.tombstone.on.empty.payload", "tombstone-on-empty-payload"),
+                ("table.expand.json.payload", "expand-json-payload"),
+            ] {
                 if let value = take(p + setting) {
                     switch value.lowercased() {
                     case "true": option(flag, "true")
@@ -240,14 +278,19 @@ public struct DebeziumConfig: Sendable, Equatable {
                 }
             }
             if let placement = take(p + "table.fields.additional.placement") {
-                for entry in placement.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) where !entry.isEmpty {
+                for entry in placement.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) })
+                where !entry.isEmpty {
                     option("additional-field", entry)
                 }
             }
             if let missing = take(p + "table.field.additional.missing"), missing != "error" {
-                result.problems.append("\(p)table.field.additional.missing=\(missing == "ignore" ? "ignore" : "…"): the relay requires every configured column (error)")
+                result.problems.append(
+                    "\(p)table.field.additional.missing=\(missing == "ignore" ? "ignore" : "…"): the relay requires every configured column (error)"
+                )
             }
-            for unsupported in ["table.field.event.timestamp", "table.field.event.schema.version", "table.field.event.payload.id"] {
+            for unsupported in [
+                "table.field.event.timestamp", "table.field.event.schema.version", "table.field.event.payload.id",
+            ] {
                 if take(p + unsupported) != nil {
                     result.problems.append("\(p + unsupported) has no counterpart in the relay yet")
                 }
@@ -259,7 +302,8 @@ public struct DebeziumConfig: Sendable, Equatable {
             }
         }
         // The converters' other settings (schemas.enable is read above) and tracing change no record bytes.
-        for key in pairs.keys where key.hasPrefix("value.converter.") || key.hasPrefix("key.converter.") || key.hasPrefix("tracing.") {
+        for key in pairs.keys
+        where key.hasPrefix("value.converter.") || key.hasPrefix("key.converter.") || key.hasPrefix("tracing.") {
             if !used.contains(key) { result.ignored.append(key) }
             used.insert(key)
         }

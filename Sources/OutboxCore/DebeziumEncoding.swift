@@ -49,7 +49,10 @@ public enum DebeziumEncoding {
         let value = scalar - 0x10000
         let hex = Array("0123456789ABCDEF".utf8)
         for unit in [0xD800 + (value >> 10), 0xDC00 + (value & 0x3FF)] {
-            out.append(contentsOf: [92, 117, hex[Int(unit >> 12 & 15)], hex[Int(unit >> 8 & 15)], hex[Int(unit >> 4 & 15)], hex[Int(unit & 15)]])
+            out.append(contentsOf: [
+                92, 117, hex[Int(unit >> 12 & 15)], hex[Int(unit >> 8 & 15)], hex[Int(unit >> 4 & 15)],
+                hex[Int(unit & 15)],
+            ])
         }
     }
 
@@ -185,7 +188,9 @@ public enum DebeziumEncoding {
 
         mutating func number() throws -> [UInt8] {
             let start = offset
-            while offset < bytes.count, (48...57).contains(bytes[offset]) || [45, 43, 46, 101, 69].contains(bytes[offset]) {
+            while offset < bytes.count,
+                (48...57).contains(bytes[offset]) || [45, 43, 46, 101, 69].contains(bytes[offset])
+            {
                 offset += 1
             }
             let text = String(decoding: bytes[start..<offset], as: UTF8.self)
@@ -270,7 +275,8 @@ public enum DebeziumEncoding {
 public struct TopicRoute: Sendable, Equatable {
     public var regex: String
     public var replacement: String
-    public static let debeziumDefault = TopicRoute(regex: "(?<routedByValue>.*)", replacement: "outbox.event.${routedByValue}")
+    public static let debeziumDefault = TopicRoute(
+        regex: "(?<routedByValue>.*)", replacement: "outbox.event.${routedByValue}")
 
     public init(regex: String, replacement: String) {
         self.regex = regex
@@ -318,7 +324,9 @@ public struct TopicRoute: Sendable, Equatable {
                     guard !name.isEmpty else { throw ReplacementError(reason: "an empty group name ${}") }
                     rest = rest[rest.index(after: close)...]
                     if let match {
-                        guard let group = match.output[name] else { throw ReplacementError(reason: "no group named \(name)") }
+                        guard let group = match.output[name] else {
+                            throw ReplacementError(reason: "no group named \(name)")
+                        }
                         out += group.substring.map(String.init) ?? ""
                     }
                 } else {
@@ -327,7 +335,9 @@ public struct TopicRoute: Sendable, Equatable {
                         digits.append(d)
                         rest = rest.dropFirst()
                     }
-                    guard let index = Int(digits) else { throw ReplacementError(reason: "a $ not followed by a group number or {name}") }
+                    guard let index = Int(digits) else {
+                        throw ReplacementError(reason: "a $ not followed by a group number or {name}")
+                    }
                     if let match {
                         guard index < match.output.count else { throw ReplacementError(reason: "no group \(index)") }
                         out += match.output[index].substring.map(String.init) ?? ""

@@ -281,7 +281,8 @@ public struct DeliveryMachine<Message, Token: Hashable> {
 
     private mutating func expiredAcknowledgement(now: Instant, generation g: UInt64) -> Action? {
         guard let deadline = acknowledgementDeadline, now >= deadline else { return nil }
-        let why = "no acknowledgement from \(configuration.destination) within \(configuration.acknowledgementTimeoutMilliseconds ?? 0) ms"
+        let why =
+            "no acknowledgement from \(configuration.destination) within \(configuration.acknowledgementTimeoutMilliseconds ?? 0) ms"
         lose(why, now: now)
         return .close(generation: g, because: why)
     }

@@ -55,7 +55,8 @@ public struct RoutingConfig: Sendable, Equatable {
 
     /// The columns events are made of (headers and extra columns included).
     public var requiredColumns: [String] {
-        [idColumn, aggregateTypeColumn, aggregateIDColumn, typeColumn, payloadColumn] + (headersColumn.map { [$0] } ?? [])
+        [idColumn, aggregateTypeColumn, aggregateIDColumn, typeColumn, payloadColumn]
+            + (headersColumn.map { [$0] } ?? [])
             + headerColumns.map(\.column) + envelopeColumns.map(\.column)
     }
 
@@ -86,7 +87,9 @@ public struct RoutingConfig: Sendable, Equatable {
             )
         }
         if expandJSONPayload && valueEncoding == .string {
-            problems.append("expanding the JSON payload needs the json value encoding (under StringConverter the payload is passed as stored)")
+            problems.append(
+                "expanding the JSON payload needs the json value encoding (under StringConverter the payload is passed as stored)"
+            )
         }
         if let prefix = messagePrefix, prefix.isEmpty {
             problems.append("message prefix must not be empty")
@@ -178,7 +181,9 @@ public struct OutboxRouter: Sendable {
 
     /// The topic: `route.topic.regex`/`replacement` when configured (cached per value), else the template.
     mutating func topic(aggregateType: String, type: String) throws -> String {
-        guard let route = config.topicRoute, let regex = topicRegex else { return templateTopic(aggregateType: aggregateType, type: type) }
+        guard let route = config.topicRoute, let regex = topicRegex else {
+            return templateTopic(aggregateType: aggregateType, type: type)
+        }
         if let cached = topicCache[aggregateType] { return cached }
         let topic = try route.topic(for: aggregateType, compiled: regex.regex)
         if topicCache.count >= 4096 { topicCache.removeAll(keepingCapacity: true) }
@@ -316,7 +321,8 @@ public struct OutboxRouter: Sendable {
 
         var headers: [(name: String, value: String)] = [("id", id), ("type", type)]
         if let index = layout.headers, let raw = row.bytes(at: index) {
-            switch Self.headerMembers(Array(raw), column: config.headersColumn ?? "headers", reserved: reservedHeaders) {
+            switch Self.headerMembers(Array(raw), column: config.headersColumn ?? "headers", reserved: reservedHeaders)
+            {
             case .success(let members):
                 headers += members.kept
                 droppedHeaderMembers += members.dropped
@@ -347,7 +353,8 @@ public struct OutboxRouter: Sendable {
     /// integers and floats as numbers, booleans, text-like types (text, varchar,
     /// char, uuid, json, jsonb) as strings, NULL as null. Other types are refused
     /// rather than guessed (Debezium's mappings for them depend on its settings).
-    static func envelopeValue(_ column: TupleData.Column, storage: [UInt8], typeOID: UInt32) -> Result<[UInt8], Failure> {
+    static func envelopeValue(_ column: TupleData.Column, storage: [UInt8], typeOID: UInt32) -> Result<[UInt8], Failure>
+    {
         guard case .text(let range) = column else {
             if case .null = column { return .success(Array("null".utf8)) }
             return fail("not sent as text (unchanged TOAST value or binary format)")
@@ -358,13 +365,16 @@ public struct OutboxRouter: Sendable {
         case 20, 21, 23: return .success(Array(raw))
         case 16: return .success(Array((raw.first == 116 ? "true" : "false").utf8))
         case 701:
-            guard let double = Double(String(decoding: raw, as: UTF8.self)), double.isFinite else { return fail("not a finite number") }
+            guard let double = Double(String(decoding: raw, as: UTF8.self)), double.isFinite else {
+                return fail("not a finite number")
+            }
             return .success(Array(DebeziumEncoding.javaDouble(double).utf8))
         case 25, 1043, 1042, 2950, 114, 3802, 19:
             DebeziumEncoding.appendJacksonString(raw, to: &out)
             return .success(out)
         default:
-            return fail("type OID \(typeOID) has no envelope encoding here; use int2/4/8, float8, bool or a text-like type")
+            return fail(
+                "type OID \(typeOID) has no envelope encoding here; use int2/4/8, float8, bool or a text-like type")
         }
     }
 
@@ -455,7 +465,8 @@ public struct OutboxRouter: Sendable {
         // Debezium: `payload == null || payload.toString().trim().isEmpty()` with
         // route.tombstone.on.empty.payload; Java's trim() drops bytes ≤ 0x20.
         let blank = payload?.allSatisfy { $0 <= 32 } ?? true
-        let tombstone = (payload == nil && config.tombstones && envelope.isEmpty) || (blank && config.tombstoneOnEmptyPayload)
+        let tombstone =
+            (payload == nil && config.tombstones && envelope.isEmpty) || (blank && config.tombstoneOnEmptyPayload)
         var value = payload
         var valueFormat = format
         if !tombstone && config.valueEncoding == .json {
@@ -472,7 +483,9 @@ public struct OutboxRouter: Sendable {
     /// what the EventRouter built: the payload as a JSON string (bytea as base64),
     /// or expanded with `table.expand.json.payload`; inside `{"payload":…}` with the
     /// envelope fields after it when any are placed there.
-    func encodeJSON(_ payload: [UInt8]?, format: OutboxEvent.PayloadFormat, envelope: [(name: String, json: [UInt8])]) -> [UInt8] {
+    func encodeJSON(
+        _ payload: [UInt8]?, format: OutboxEvent.PayloadFormat, envelope: [(name: String, json: [UInt8])]
+    ) -> [UInt8] {
         var encoded: [UInt8] = []
         if let payload {
             switch format {
@@ -481,7 +494,9 @@ public struct OutboxRouter: Sendable {
                 encoded.append(contentsOf: Array(Base64.encode(payload).utf8))
                 encoded.append(34)
             case .json, .text:
-                if config.expandJSONPayload, let expanded = DebeziumEncoding.expand(payload, dropNullMembers: !config.keepNullMembers) {
+                if config.expandJSONPayload,
+                    let expanded = DebeziumEncoding.expand(payload, dropNullMembers: !config.keepNullMembers)
+                {
                     encoded = expanded
                 } else {
                     DebeziumEncoding.appendJacksonString(payload, to: &encoded)
@@ -533,7 +548,8 @@ public struct OutboxRouter: Sendable {
         _ raw: [UInt8], column: String, reserved: Set<String>
     ) -> Result<(kept: [(name: String, value: String)], dropped: Int), Failure> {
         let first = raw.first { $0 != 32 && $0 != 9 && $0 != 10 && $0 != 13 }
-        if first == 110, String(decoding: raw, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) == "null" {
+        if first == 110, String(decoding: raw, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) == "null"
+        {
             return .success(([], 0))
         }
         let kind: String? =
@@ -554,7 +570,11 @@ public struct OutboxRouter: Sendable {
                     continue
                 }
                 kept.append(
-                    (m.name, m.kind == .string ? try JSONText.stringValue(raw, m.range) : String(decoding: raw[m.range], as: UTF8.self)))
+                    (
+                        m.name,
+                        m.kind == .string
+                            ? try JSONText.stringValue(raw, m.range) : String(decoding: raw[m.range], as: UTF8.self)
+                    ))
             }
             return .success((kept, dropped))
         } catch {

@@ -60,7 +60,9 @@ public struct RelayStats: Sendable, Equatable {
     public init() {}
 
     /// Replication lag in bytes: the server's WAL end minus what is confirmed.
-    public var lagBytes: Int64 { serverWALEnd > confirmedLSN ? Int64(serverWALEnd.rawValue - confirmedLSN.rawValue) : 0 }
+    public var lagBytes: Int64 {
+        serverWALEnd > confirmedLSN ? Int64(serverWALEnd.rawValue - confirmedLSN.rawValue) : 0
+    }
 
     /// Seconds since the commit of the oldest transaction not yet acknowledged; 0 when caught up.
     public func lagSeconds(nowMicros: Int64) -> Double {

@@ -15,7 +15,8 @@ public enum SetupDoctor {
         public var publication: String
 
         public init(
-            schema: String = "public", table: String = "outbox", requiredColumns: [String], optionalColumns: [String] = [],
+            schema: String = "public", table: String = "outbox", requiredColumns: [String],
+            optionalColumns: [String] = [],
             slot: String = "outbox_slot", publication: String = "outbox_pub"
         ) {
             self.schema = schema
@@ -60,7 +61,9 @@ public enum SetupDoctor {
             ]
         }
         var checks = [
-            Check("connection", .ok, "database \"\(server.database)\" as role \"\(server.role)\" (PostgreSQL \(server.versionText))")
+            Check(
+                "connection", .ok,
+                "database \"\(server.database)\" as role \"\(server.role)\" (PostgreSQL \(server.versionText))")
         ]
         checks.append(version(server))
         checks.append(walLevel(facts))
@@ -82,15 +85,18 @@ public enum SetupDoctor {
 
     static func connectionFix(_ message: String) -> String {
         if message.contains("pg_hba.conf") {
-            return "allow this client in pg_hba.conf (a line `host <database> <role> <client address>/32 scram-sha-256`), then reload PostgreSQL (SELECT pg_reload_conf())"
+            return
+                "allow this client in pg_hba.conf (a line `host <database> <role> <client address>/32 scram-sha-256`), then reload PostgreSQL (SELECT pg_reload_conf())"
         }
         if message.contains("password authentication failed") || message.contains("no password supplied") {
-            return "check the role's password in the connection string (or its _FILE secret); set it with ALTER ROLE <role> PASSWORD '…'"
+            return
+                "check the role's password in the connection string (or its _FILE secret); set it with ALTER ROLE <role> PASSWORD '…'"
         }
         if message.contains("does not exist") {
             return "check the database and role names in the connection string"
         }
-        return "check the connection string (host, port, dbname, user) and that PostgreSQL accepts connections from here"
+        return
+            "check the connection string (host, port, dbname, user) and that PostgreSQL accepts connections from here"
     }
 
     static func version(_ server: SetupFacts.Server) -> Check {
@@ -98,7 +104,9 @@ public enum SetupDoctor {
         if major < 14 {
             return Check(
                 "server version", .failure, "PostgreSQL \(major) is not supported",
-                fix: "upgrade to PostgreSQL 14 or later (13's pgoutput has no logical decoding messages, and 13 is past its end of life)")
+                fix:
+                    "upgrade to PostgreSQL 14 or later (13's pgoutput has no logical decoding messages, and 13 is past its end of life)"
+            )
         }
         if major > 18 {
             return Check("server version", .warning, "PostgreSQL \(major) is newer than the versions tested (14–18)")
@@ -111,7 +119,9 @@ public enum SetupDoctor {
         guard level == "logical" else {
             return Check(
                 "wal_level", .failure, "\(level): logical decoding needs logical",
-                fix: "ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL (on a managed service: its logical replication parameter, e.g. rds.logical_replication = 1)")
+                fix:
+                    "ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL (on a managed service: its logical replication parameter, e.g. rds.logical_replication = 1)"
+            )
         }
         return Check("wal_level", .ok, "logical")
     }
@@ -125,7 +135,9 @@ public enum SetupDoctor {
         if facts.slotsInUse >= limit {
             return Check(
                 "max_replication_slots", .failure, detail + ": no room for the relay's slot",
-                fix: "ALTER SYSTEM SET max_replication_slots = \(limit + 1); then restart PostgreSQL (or drop an unused slot: SELECT pg_drop_replication_slot('<name>'))")
+                fix:
+                    "ALTER SYSTEM SET max_replication_slots = \(limit + 1); then restart PostgreSQL (or drop an unused slot: SELECT pg_drop_replication_slot('<name>'))"
+            )
         }
         return Check("max_replication_slots", .ok, detail + ", \(limit - facts.slotsInUse) free for the relay's slot")
     }
@@ -138,7 +150,9 @@ public enum SetupDoctor {
         if facts.walSendersInUse >= limit {
             return Check(
                 "max_wal_senders", .failure, detail + ": the relay's replication connection would be refused",
-                fix: "ALTER SYSTEM SET max_wal_senders = \(limit + 2); then restart PostgreSQL (one per relay, its hot standby included, plus the physical standbys)")
+                fix:
+                    "ALTER SYSTEM SET max_wal_senders = \(limit + 2); then restart PostgreSQL (one per relay, its hot standby included, plus the physical standbys)"
+            )
         }
         return Check("max_wal_senders", .ok, detail + " (the relay and its hot standby need one each)")
     }
@@ -151,11 +165,14 @@ public enum SetupDoctor {
             return Check(
                 "max_slot_wal_keep_size", .warning,
                 "-1 (unlimited): a slot whose relay stops keeps every WAL segment until the disk is full, which stops the database",
-                fix: "ALTER SYSTEM SET max_slot_wal_keep_size = '<what the disk can spare, e.g. 50GB>'; SELECT pg_reload_conf(). A slot further behind than that is lost instead: the relay stops with a clear error, and the events after its last confirmed position are recovered by hand (docs/guarantees.md, \"A lost slot\")")
+                fix:
+                    "ALTER SYSTEM SET max_slot_wal_keep_size = '<what the disk can spare, e.g. 50GB>'; SELECT pg_reload_conf(). A slot further behind than that is lost instead: the relay stops with a clear error, and the events after its last confirmed position are recovered by hand (docs/guarantees.md, \"A lost slot\")"
+            )
         }
         return Check(
             "max_slot_wal_keep_size", .ok,
-            "\(value): a slot more than that behind is lost (wal_status lost); events committed after its last confirmed position must then be recovered before `outbox-relay recreate-slot --accept-gap` (docs/guarantees.md, \"A lost slot\")")
+            "\(value): a slot more than that behind is lost (wal_status lost); events committed after its last confirmed position must then be recovered before `outbox-relay recreate-slot --accept-gap` (docs/guarantees.md, \"A lost slot\")"
+        )
     }
 
     static func idleTimeout(_ facts: SetupFacts) -> Check {
@@ -164,18 +181,26 @@ public enum SetupDoctor {
             return Check(
                 "idle_replication_slot_timeout", .warning,
                 "\(value): a slot no relay has used for that long is invalidated at a checkpoint, and the events after its last confirmed position with it",
-                fix: "keep a relay (or its hot standby) attached at all times, or ALTER SYSTEM SET idle_replication_slot_timeout = 0; SELECT pg_reload_conf()")
+                fix:
+                    "keep a relay (or its hot standby) attached at all times, or ALTER SYSTEM SET idle_replication_slot_timeout = 0; SELECT pg_reload_conf()"
+            )
         }
         return Check("idle_replication_slot_timeout", .ok, "0 (off): an unused slot is never invalidated for idleness")
     }
 
     static func role(_ facts: SetupFacts) -> Check {
         let name = facts.server?.role ?? "?"
-        if facts.roleIsSuperuser { return Check("role", .ok, "\"\(name)\" is a superuser (a role with only REPLICATION is enough: sql/03-relay-role.sql)") }
+        if facts.roleIsSuperuser {
+            return Check(
+                "role", .ok,
+                "\"\(name)\" is a superuser (a role with only REPLICATION is enough: sql/03-relay-role.sql)")
+        }
         guard facts.roleCanReplicate else {
             return Check(
                 "role", .failure, "\"\(name)\" has no REPLICATION attribute: it cannot open a replication connection",
-                fix: "ALTER ROLE \(quoteIdentifier(name)) REPLICATION (or use the least-privilege role of sql/03-relay-role.sql)")
+                fix:
+                    "ALTER ROLE \(quoteIdentifier(name)) REPLICATION (or use the least-privilege role of sql/03-relay-role.sql)"
+            )
         }
         return Check("role", .ok, "\"\(name)\" has REPLICATION")
     }
@@ -186,7 +211,9 @@ public enum SetupDoctor {
         case nil:
             return Check(name, .skipped, "not tried")
         case .opened(let system, let timeline)?:
-            return Check(name, .ok, "replication=database accepted (pg_hba.conf, REPLICATION); system \(system), timeline \(timeline)")
+            return Check(
+                name, .ok,
+                "replication=database accepted (pg_hba.conf, REPLICATION); system \(system), timeline \(timeline)")
         case .refused(let message)?:
             let database = facts.server?.database ?? "<database>"
             let role = facts.server?.role ?? "<role>"
@@ -194,9 +221,13 @@ public enum SetupDoctor {
             if message.contains("pg_hba.conf") {
                 fix =
                     "add `host \(database) \(role) <relay address>/32 scram-sha-256` to pg_hba.conf and reload (SELECT pg_reload_conf()). A logical replication connection matches a line naming its database (or all), not the `replication` keyword, which is for physical standbys only"
-            } else if message.contains("superuser or replication role") || message.contains("permission denied to start WAL sender") {
+            } else if message.contains("superuser or replication role")
+                || message.contains("permission denied to start WAL sender")
+            {
                 fix = "ALTER ROLE \(quoteIdentifier(role)) REPLICATION"
-            } else if message.contains("max_wal_senders") || message.contains("too many") || message.contains("remaining connection slots") {
+            } else if message.contains("max_wal_senders") || message.contains("too many")
+                || message.contains("remaining connection slots")
+            {
                 fix = "raise max_wal_senders (or max_connections) and restart PostgreSQL"
             } else {
                 fix = "the relay opens this same connection; fix what the message names"
@@ -213,7 +244,9 @@ public enum SetupDoctor {
             return [
                 Check(
                     name, .failure, "\(expected.qualifiedTable) does not exist",
-                    fix: "outbox-relay init --table \(expected.qualifiedTable) (sql/01-outbox-table.sql), or pass --table schema.table")
+                    fix:
+                        "outbox-relay init --table \(expected.qualifiedTable) (sql/01-outbox-table.sql), or pass --table schema.table"
+                )
             ]
         }
         var checks: [Check] = []
@@ -224,25 +257,34 @@ public enum SetupDoctor {
                 Check(
                     name, .failure,
                     "\(expected.qualifiedTable) has no column \(list(missing)): every row would be a poison row",
-                    fix: "add the column, or name the table's own column with --id-column, --aggregate-type-column, --aggregate-id-column, --type-column, --payload-column (sql/01-outbox-table.sql has the default layout)"))
+                    fix:
+                        "add the column, or name the table's own column with --id-column, --aggregate-type-column, --aggregate-id-column, --type-column, --payload-column (sql/01-outbox-table.sql has the default layout)"
+                ))
         } else if !generated.isEmpty && !table.generatedColumnsPublished {
             checks.append(
                 Check(
-                    name, .failure, "column \(list(generated)) of \(expected.qualifiedTable) is generated: pgoutput does not send it",
+                    name, .failure,
+                    "column \(list(generated)) of \(expected.qualifiedTable) is generated: pgoutput does not send it",
                     fix: facts.server.map { $0.version >= 180_000 } == true
                         ? "ALTER PUBLICATION \(quoteIdentifier(expected.publication)) SET (publish_generated_columns = stored), or make it an ordinary column"
                         : "make it an ordinary column (PostgreSQL 18 can publish generated columns)"))
         } else {
             let absent = expected.optionalColumns.filter { table.columns[$0] == nil }
             let note = absent.isEmpty ? "" : "; no column \(list(absent)), so events carry no headers from it"
-            checks.append(Check(name, .ok, "\(expected.qualifiedTable) has the event columns (\(expected.requiredColumns.joined(separator: ", ")))\(note)"))
+            checks.append(
+                Check(
+                    name, .ok,
+                    "\(expected.qualifiedTable) has the event columns (\(expected.requiredColumns.joined(separator: ", ")))\(note)"
+                ))
         }
         if !table.selectable && !facts.roleIsSuperuser {
             checks.append(
                 Check(
                     "outbox table privilege", .warning,
                     "role \"\(facts.server?.role ?? "?")\" may not SELECT from \(expected.qualifiedTable): streaming works without it, `outbox-relay poll` does not",
-                    fix: "GRANT SELECT ON \(expected.qualifiedTable) TO \(quoteIdentifier(facts.server?.role ?? "<role>")) (sql/03-relay-role.sql)"))
+                    fix:
+                        "GRANT SELECT ON \(expected.qualifiedTable) TO \(quoteIdentifier(facts.server?.role ?? "<role>")) (sql/03-relay-role.sql)"
+                ))
         }
         checks.append(replicaIdentity(facts, table, expected))
         return checks
@@ -250,12 +292,17 @@ public enum SetupDoctor {
 
     /// A table published for updates or deletes must identify its rows, or the
     /// service's own UPDATE/DELETE fails; inserts need nothing.
-    static func replicaIdentity(_ facts: SetupFacts, _ table: SetupFacts.Table, _ expected: SetupDoctor.Expectations) -> Check {
+    static func replicaIdentity(
+        _ facts: SetupFacts, _ table: SetupFacts.Table, _ expected: SetupDoctor.Expectations
+    ) -> Check {
         let name = "replica identity"
         let identity: String
         let identifiesRows: Bool
         switch table.replicaIdentity {
-        case "d": (identity, identifiesRows) = (table.hasPrimaryKey ? "default (primary key)" : "default, but no primary key", table.hasPrimaryKey)
+        case "d":
+            (identity, identifiesRows) = (
+                table.hasPrimaryKey ? "default (primary key)" : "default, but no primary key", table.hasPrimaryKey
+            )
         case "f": (identity, identifiesRows) = ("full", true)
         case "i": (identity, identifiesRows) = ("index", true)
         default: (identity, identifiesRows) = ("nothing", false)
@@ -263,20 +310,25 @@ public enum SetupDoctor {
         guard let publication = facts.publication, publication.update || publication.delete else {
             return Check(name, .ok, "\(identity); inserts need none, and the publication sends no updates or deletes")
         }
-        let operations = [publication.update ? "UPDATE" : nil, publication.delete ? "DELETE" : nil].compactMap { $0 }.joined(separator: " and ")
+        let operations = [publication.update ? "UPDATE" : nil, publication.delete ? "DELETE" : nil].compactMap { $0 }
+            .joined(separator: " and ")
         if !identifiesRows {
             return Check(
                 name, .failure,
                 "\(identity), and publication \"\(expected.publication)\" publishes \(operations.lowercased())s: the service's \(operations) on \(expected.qualifiedTable) fails (\"cannot delete from table … because it does not have a replica identity\"), insert-then-delete included",
-                fix: "ALTER PUBLICATION \(quoteIdentifier(expected.publication)) SET (publish = 'insert') — the relay needs nothing else — or "
+                fix:
+                    "ALTER PUBLICATION \(quoteIdentifier(expected.publication)) SET (publish = 'insert') — the relay needs nothing else — or "
                     + (table.replicaIdentity == "n"
                         ? "ALTER TABLE \(expected.qualifiedTable) REPLICA IDENTITY DEFAULT (with a primary key)"
                         : "give the table a primary key"))
         }
         if table.replicaIdentity == "f" {
             return Check(
-                name, .warning, "full: every \(operations) writes the whole old row to WAL, which the relay then ignores",
-                fix: "ALTER PUBLICATION \(quoteIdentifier(expected.publication)) SET (publish = 'insert'), or ALTER TABLE \(expected.qualifiedTable) REPLICA IDENTITY DEFAULT")
+                name, .warning,
+                "full: every \(operations) writes the whole old row to WAL, which the relay then ignores",
+                fix:
+                    "ALTER PUBLICATION \(quoteIdentifier(expected.publication)) SET (publish = 'insert'), or ALTER TABLE \(expected.qualifiedTable) REPLICA IDENTITY DEFAULT"
+            )
         }
         return Check(name, .ok, identity)
     }
@@ -290,13 +342,16 @@ public enum SetupDoctor {
             return [
                 Check(
                     name, .failure, "\"\(expected.publication)\" does not exist",
-                    fix: "CREATE PUBLICATION \(quoted) FOR TABLE \(expected.qualifiedTable) WITH (publish = 'insert') — or `outbox-relay init`, or start `run` once with --create-slot")
+                    fix:
+                        "CREATE PUBLICATION \(quoted) FOR TABLE \(expected.qualifiedTable) WITH (publish = 'insert') — or `outbox-relay init`, or start `run` once with --create-slot"
+                )
             ]
         }
         guard publication.insert else {
             return [
                 Check(
-                    name, .failure, "\"\(expected.publication)\" does not publish inserts: no event would ever reach the relay",
+                    name, .failure,
+                    "\"\(expected.publication)\" does not publish inserts: no event would ever reach the relay",
                     fix: "ALTER PUBLICATION \(quoted) SET (publish = 'insert')")
             ]
         }
@@ -309,10 +364,12 @@ public enum SetupDoctor {
         }
         var checks: [Check] = []
         let extra = [
-            publication.update ? "update" : nil, publication.delete ? "delete" : nil, publication.truncate ? "truncate" : nil,
+            publication.update ? "update" : nil, publication.delete ? "delete" : nil,
+            publication.truncate ? "truncate" : nil,
         ].compactMap { $0 }
         if extra.isEmpty {
-            checks.append(Check(name, .ok, "\"\(expected.publication)\" publishes inserts of \(expected.qualifiedTable) only"))
+            checks.append(
+                Check(name, .ok, "\"\(expected.publication)\" publishes inserts of \(expected.qualifiedTable) only"))
         } else {
             checks.append(
                 Check(
@@ -325,7 +382,9 @@ public enum SetupDoctor {
                 Check(
                     "publication tables", .warning,
                     "FOR ALL TABLES: every table's changes are decoded and sent to the relay, which drops all but \(expected.qualifiedTable)",
-                    fix: "a publication of its own: CREATE PUBLICATION outbox_pub FOR TABLE \(expected.qualifiedTable) WITH (publish = 'insert'), then --publication outbox_pub"))
+                    fix:
+                        "a publication of its own: CREATE PUBLICATION outbox_pub FOR TABLE \(expected.qualifiedTable) WITH (publish = 'insert'), then --publication outbox_pub"
+                ))
         } else if publication.otherTables > 0 {
             checks.append(
                 Check(
@@ -346,30 +405,43 @@ public enum SetupDoctor {
                     Check(
                         name, .failure,
                         "\"\(expected.slot)\" is lost: the slot registry says it existed (recorded \(record.createdAt), timeline \(record.timeline), last confirmed \(record.confirmedLSN ?? "unknown")), and it is gone; events committed after that position may never have been relayed",
-                        fix: "recover those events first (docs/guarantees.md, \"A lost slot\"), then `outbox-relay recreate-slot --slot \(expected.slot) --accept-gap`")
+                        fix:
+                            "recover those events first (docs/guarantees.md, \"A lost slot\"), then `outbox-relay recreate-slot --slot \(expected.slot) --accept-gap`"
+                    )
                 ]
             }
             return [
                 Check(
                     name, .warning, "\"\(expected.slot)\" does not exist yet",
-                    fix: "start `outbox-relay run` once with --create-slot (it creates a pgoutput slot\(facts.server.map { $0.version >= 170_000 } == true ? ", a failover slot on 17+" : ""))")
+                    fix:
+                        "start `outbox-relay run` once with --create-slot (it creates a pgoutput slot\(facts.server.map { $0.version >= 170_000 } == true ? ", a failover slot on 17+" : ""))"
+                )
             ]
         }
         if slot.slotType != "logical" {
-            return [Check(name, .failure, "\"\(expected.slot)\" is a \(slot.slotType) slot", fix: "use another slot name for the relay (--slot)")]
+            return [
+                Check(
+                    name, .failure, "\"\(expected.slot)\" is a \(slot.slotType) slot",
+                    fix: "use another slot name for the relay (--slot)")
+            ]
         }
         if slot.plugin != "pgoutput" {
             return [
                 Check(
-                    name, .failure, "\"\(expected.slot)\" uses output plugin \(slot.plugin ?? "?"); the relay needs pgoutput",
-                    fix: "use another slot name (--slot), or drop this one if nothing else reads it: SELECT pg_drop_replication_slot('\(expected.slot)')")
+                    name, .failure,
+                    "\"\(expected.slot)\" uses output plugin \(slot.plugin ?? "?"); the relay needs pgoutput",
+                    fix:
+                        "use another slot name (--slot), or drop this one if nothing else reads it: SELECT pg_drop_replication_slot('\(expected.slot)')"
+                )
             ]
         }
         if let database = facts.server?.database, slot.database != database {
             return [
                 Check(
-                    name, .failure, "\"\(expected.slot)\" belongs to database \"\(slot.database ?? "?")\", not \"\(database)\"",
-                    fix: "connect to \(slot.database ?? "its database") (dbname= in --source), or use another slot name")
+                    name, .failure,
+                    "\"\(expected.slot)\" belongs to database \"\(slot.database ?? "?")\", not \"\(database)\"",
+                    fix: "connect to \(slot.database ?? "its database") (dbname= in --source), or use another slot name"
+                )
             ]
         }
         var checks: [Check] = []
@@ -378,22 +450,33 @@ public enum SetupDoctor {
             checks.append(
                 Check(
                     name, .failure, "\"\(expected.slot)\" is invalidated (\(reason)): it can no longer be read",
-                    fix: "recover the events committed after its last confirmed position (docs/guarantees.md, \"A lost slot\"), then `outbox-relay recreate-slot --slot \(expected.slot) --accept-gap`"))
+                    fix:
+                        "recover the events committed after its last confirmed position (docs/guarantees.md, \"A lost slot\"), then `outbox-relay recreate-slot --slot \(expected.slot) --accept-gap`"
+                ))
         } else {
             switch slot.walStatus {
             case "lost":
                 checks.append(
                     Check(
                         name, .failure, "\"\(expected.slot)\" has wal_status lost: WAL it needs was removed",
-                        fix: "recover the events committed after its last confirmed position (docs/guarantees.md, \"A lost slot\"), then `outbox-relay recreate-slot --slot \(expected.slot) --accept-gap`"))
+                        fix:
+                            "recover the events committed after its last confirmed position (docs/guarantees.md, \"A lost slot\"), then `outbox-relay recreate-slot --slot \(expected.slot) --accept-gap`"
+                    ))
             case "unreserved":
                 checks.append(
                     Check(
-                        name, .warning, "\"\(expected.slot)\" has wal_status unreserved\(lag): past max_slot_wal_keep_size, it is lost at the next checkpoint unless a relay catches up",
+                        name, .warning,
+                        "\"\(expected.slot)\" has wal_status unreserved\(lag): past max_slot_wal_keep_size, it is lost at the next checkpoint unless a relay catches up",
                         fix: "start the relay now (or raise max_slot_wal_keep_size)"))
             default:
-                let state = slot.active ? "in use by PID \(slot.activePID.map(String.init) ?? "?") (a relay is streaming; another one waits as its hot standby)" : "not in use"
-                checks.append(Check(name, .ok, "\"\(expected.slot)\": pgoutput, wal_status \(slot.walStatus ?? "?")\(lag), \(state)"))
+                let state =
+                    slot.active
+                    ? "in use by PID \(slot.activePID.map(String.init) ?? "?") (a relay is streaming; another one waits as its hot standby)"
+                    : "not in use"
+                checks.append(
+                    Check(
+                        name, .ok, "\"\(expected.slot)\": pgoutput, wal_status \(slot.walStatus ?? "?")\(lag), \(state)"
+                    ))
             }
         }
         if let server = facts.server, server.version >= 170_000 && !server.inRecovery && !slot.failover {
@@ -401,7 +484,9 @@ public enum SetupDoctor {
                 Check(
                     "failover slot", .warning,
                     "\"\(expected.slot)\" is not a failover slot: standbys do not keep it, and a failover loses it",
-                    fix: "`outbox-relay run` makes it one at its next start (unless --no-failover-slot); standbys also need sync_replication_slots = on"))
+                    fix:
+                        "`outbox-relay run` makes it one at its next start (unless --no-failover-slot); standbys also need sync_replication_slots = on"
+                ))
         }
         return checks
     }
@@ -412,13 +497,21 @@ public enum SetupDoctor {
         let name = "slot registry"
         switch facts.registry {
         case .unreadable(let message):
-            return Check(name, .warning, "cannot read public.outbox_relay_slots: \(message)", fix: "grant the relay role the table: sql/06-slot-registry.sql")
+            return Check(
+                name, .warning, "cannot read public.outbox_relay_slots: \(message)",
+                fix: "grant the relay role the table: sql/06-slot-registry.sql")
         case .absent(let mayCreate):
             if facts.server?.inRecovery == true {
-                return Check(name, .ok, "public.outbox_relay_slots does not exist yet: a standby is read-only, the relay records its slot when it runs against the primary, and the record reaches this standby with the data")
+                return Check(
+                    name, .ok,
+                    "public.outbox_relay_slots does not exist yet: a standby is read-only, the relay records its slot when it runs against the primary, and the record reaches this standby with the data"
+                )
             }
             if mayCreate {
-                return Check(name, .ok, "public.outbox_relay_slots does not exist yet; the relay creates it and records the slot there at its first start")
+                return Check(
+                    name, .ok,
+                    "public.outbox_relay_slots does not exist yet; the relay creates it and records the slot there at its first start"
+                )
             }
             return Check(
                 name, .warning,
@@ -427,12 +520,15 @@ public enum SetupDoctor {
         case .present(let writable):
             var detail = "public.outbox_relay_slots"
             if let record = facts.registryRecord {
-                detail += " records \"\(expected.slot)\" (since \(record.createdAt), last confirmed \(record.confirmedLSN ?? "unknown"))"
+                detail +=
+                    " records \"\(expected.slot)\" (since \(record.createdAt), last confirmed \(record.confirmedLSN ?? "unknown"))"
                 if case .opened(let system, let timeline)? = facts.replication {
                     if record.systemIdentifier != system {
-                        detail += "; recorded on another cluster (system \(record.systemIdentifier)): the database was restored or copied"
+                        detail +=
+                            "; recorded on another cluster (system \(record.systemIdentifier)): the database was restored or copied"
                     } else if record.timeline != timeline {
-                        detail += "; recorded on timeline \(record.timeline), the server is on \(timeline): a failover happened since"
+                        detail +=
+                            "; recorded on timeline \(record.timeline), the server is on \(timeline): a failover happened since"
                     }
                 }
             } else {
@@ -441,7 +537,9 @@ public enum SetupDoctor {
             guard writable || facts.server?.inRecovery == true else {
                 return Check(
                     name, .warning, detail + ", but the role may not write it: loss detection is unavailable",
-                    fix: "GRANT SELECT, INSERT, UPDATE ON public.outbox_relay_slots TO \(quoteIdentifier(facts.server?.role ?? "<role>")) (sql/06-slot-registry.sql)")
+                    fix:
+                        "GRANT SELECT, INSERT, UPDATE ON public.outbox_relay_slots TO \(quoteIdentifier(facts.server?.role ?? "<role>")) (sql/06-slot-registry.sql)"
+                )
             }
             return Check(name, .ok, detail)
         }
@@ -456,44 +554,70 @@ public enum SetupDoctor {
             guard server.version >= 160_000 else {
                 return [
                     Check(
-                        "standby", .failure, "this is a standby of PostgreSQL \(server.version / 10_000): logical decoding on a standby needs 16 or later",
+                        "standby", .failure,
+                        "this is a standby of PostgreSQL \(server.version / 10_000): logical decoding on a standby needs 16 or later",
                         fix: "point the relay at the primary")
                 ]
             }
             var checks: [Check] = []
             var missing: [String] = []
-            if facts.setting("hot_standby_feedback") != "on" { missing.append("hot_standby_feedback = on (else the primary's vacuum invalidates the slot: rows_removed)") }
-            if (facts.setting("primary_slot_name") ?? "").isEmpty { missing.append("primary_slot_name = '<a physical slot on the primary>'") }
+            if facts.setting("hot_standby_feedback") != "on" {
+                missing.append(
+                    "hot_standby_feedback = on (else the primary's vacuum invalidates the slot: rows_removed)")
+            }
+            if (facts.setting("primary_slot_name") ?? "").isEmpty {
+                missing.append("primary_slot_name = '<a physical slot on the primary>'")
+            }
             if server.version >= 170_000 {
-                if facts.setting("sync_replication_slots") != "on" { missing.append("sync_replication_slots = on (keeps the primary's failover slots here)") }
-                if !facts.primaryConninfoNamesDatabase { missing.append("dbname=<database> in primary_conninfo (slot synchronization needs it)") }
+                if facts.setting("sync_replication_slots") != "on" {
+                    missing.append("sync_replication_slots = on (keeps the primary's failover slots here)")
+                }
+                if !facts.primaryConninfoNamesDatabase {
+                    missing.append("dbname=<database> in primary_conninfo (slot synchronization needs it)")
+                }
             }
             if missing.isEmpty {
-                checks.append(Check("standby", .ok, "a standby set up to keep the primary's failover slots (hot_standby_feedback, primary_slot_name\(server.version >= 170_000 ? ", sync_replication_slots, dbname in primary_conninfo" : ""))"))
+                checks.append(
+                    Check(
+                        "standby", .ok,
+                        "a standby set up to keep the primary's failover slots (hot_standby_feedback, primary_slot_name\(server.version >= 170_000 ? ", sync_replication_slots, dbname in primary_conninfo" : ""))"
+                    ))
             } else {
                 checks.append(
                     Check(
-                        "standby", .warning, "a standby missing what a failover setup needs: \(missing.joined(separator: "; "))",
-                        fix: "set them in this standby's postgresql.conf (ALTER SYSTEM …), then SELECT pg_reload_conf()"))
+                        "standby", .warning,
+                        "a standby missing what a failover setup needs: \(missing.joined(separator: "; "))",
+                        fix: "set them in this standby's postgresql.conf (ALTER SYSTEM …), then SELECT pg_reload_conf()"
+                    ))
             }
             if let slot = facts.slot, slot.synced {
                 checks.append(
                     Check(
                         name, .ok,
-                        "\"\(expected.slot)\" is a synchronized copy of the primary's failover slot: a relay started here waits as a hot standby and takes over at promotion"))
+                        "\"\(expected.slot)\" is a synchronized copy of the primary's failover slot: a relay started here waits as a hot standby and takes over at promotion"
+                    ))
             }
             return checks
         }
-        guard server.version >= 170_000, let slot = facts.slot, slot.failover, facts.physicalSlots > 0 else { return [] }
+        guard server.version >= 170_000, let slot = facts.slot, slot.failover, facts.physicalSlots > 0 else {
+            return []
+        }
         if (facts.setting("synchronized_standby_slots") ?? "").isEmpty {
             return [
                 Check(
                     name, .warning,
                     "\"\(expected.slot)\" is a failover slot, but synchronized_standby_slots is empty: the relay may publish changes a standby has not received yet, which a failover to it then rolls back (phantom events)",
-                    fix: "ALTER SYSTEM SET synchronized_standby_slots = '<the standbys' physical slots>'; SELECT pg_reload_conf()")
+                    fix:
+                        "ALTER SYSTEM SET synchronized_standby_slots = '<the standbys' physical slots>'; SELECT pg_reload_conf()"
+                )
             ]
         }
-        return [Check(name, .ok, "failover slot, and the primary waits for synchronized_standby_slots before sending changes to the relay")]
+        return [
+            Check(
+                name, .ok,
+                "failover slot, and the primary waits for synchronized_standby_slots before sending changes to the relay"
+            )
+        ]
     }
 
     // MARK: - Text
@@ -501,7 +625,8 @@ public enum SetupDoctor {
     static func list(_ names: [String]) -> String { names.map { "\"\($0)\"" }.joined(separator: ", ") }
 
     static func quoteIdentifier(_ name: String) -> String {
-        let plain = name.first.map { $0 == "_" || ($0.isLetter && $0.isLowercase) } == true
+        let plain =
+            name.first.map { $0 == "_" || ($0.isLetter && $0.isLowercase) } == true
             && name.allSatisfy { $0 == "_" || $0.isNumber || ($0.isLetter && $0.isLowercase && $0.isASCII) }
         return plain ? name : "\"" + name.replacingOccurrences(of: "\"", with: "\"\"") + "\""
     }
@@ -554,7 +679,8 @@ public struct SetupFacts: Sendable, Equatable {
         /// PostgreSQL 18's `publish_generated_columns = stored` on the publication.
         public var generatedColumnsPublished: Bool
         public init(
-            columns: [String: Column], replicaIdentity: Character = "d", hasPrimaryKey: Bool = true, selectable: Bool = true,
+            columns: [String: Column], replicaIdentity: Character = "d", hasPrimaryKey: Bool = true,
+            selectable: Bool = true,
             generatedColumnsPublished: Bool = false
         ) {
             self.columns = columns
@@ -574,7 +700,8 @@ public struct SetupFacts: Sendable, Equatable {
         public var includesTable: Bool
         public var otherTables: Int
         public init(
-            allTables: Bool = false, insert: Bool = true, update: Bool = false, delete: Bool = false, truncate: Bool = false,
+            allTables: Bool = false, insert: Bool = true, update: Bool = false, delete: Bool = false,
+            truncate: Bool = false,
             includesTable: Bool = true, otherTables: Int = 0
         ) {
             self.allTables = allTables
@@ -599,8 +726,10 @@ public struct SetupFacts: Sendable, Equatable {
         public var failover: Bool
         public var synced: Bool
         public init(
-            slotType: String = "logical", plugin: String? = "pgoutput", database: String?, active: Bool = false, activePID: Int? = nil,
-            walStatus: String? = "reserved", lagBytes: Int64? = 0, invalidation: String? = nil, failover: Bool = false, synced: Bool = false
+            slotType: String = "logical", plugin: String? = "pgoutput", database: String?, active: Bool = false,
+            activePID: Int? = nil,
+            walStatus: String? = "reserved", lagBytes: Int64? = 0, invalidation: String? = nil, failover: Bool = false,
+            synced: Bool = false
         ) {
             self.slotType = slotType
             self.plugin = plugin

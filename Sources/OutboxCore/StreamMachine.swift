@@ -549,13 +549,20 @@ public struct StreamMachine: Sendable {
                 return end(
                     .poison(
                         PoisonEvent(
-                            id: nil, source: "\(configuration.routing.schema).\(configuration.routing.table)", lsn: open.finalLSN,
-                            reason: "an UPDATE of an outbox row (rows are inserted, never updated; table.op.invalid.behavior=fatal)")))
+                            id: nil, source: "\(configuration.routing.schema).\(configuration.routing.table)",
+                            lsn: open.finalLSN,
+                            reason:
+                                "an UPDATE of an outbox row (rows are inserted, never updated; table.op.invalid.behavior=fatal)"
+                        )))
             }
             return .none
         case .delete(let delete):
             guard transaction != nil else { return end(.protocolViolation("Delete outside a transaction at \(lsn)")) }
-            if router.isOutbox(delete.relationOID) { counters.suppressedDeletes += 1 } else { counters.otherTableChanges += 1 }
+            if router.isOutbox(delete.relationOID) {
+                counters.suppressedDeletes += 1
+            } else {
+                counters.otherTableChanges += 1
+            }
             return .none
         case .truncate(let truncate):
             guard transaction != nil else { return end(.protocolViolation("Truncate outside a transaction at \(lsn)")) }

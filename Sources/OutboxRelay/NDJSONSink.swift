@@ -53,16 +53,22 @@ public final class NDJSONSink: EventSink {
             let start = max(0, end - chunk.count)
             let count = end - start
             let read = chunk.withUnsafeMutableBytes { pread(fd, $0.baseAddress, count, off_t(start)) }
-            guard read == count else { throw SinkError("cannot read sink file \(path): \(String(cString: strerror(errno)))") }
+            guard read == count else {
+                throw SinkError("cannot read sink file \(path): \(String(cString: strerror(errno)))")
+            }
             if let newline = chunk[0..<count].lastIndex(of: 10) {
                 let keep = start + newline + 1
                 if keep == size { return 0 }
-                guard ftruncate(fd, off_t(keep)) == 0 else { throw SinkError("cannot repair sink file \(path): \(String(cString: strerror(errno)))") }
+                guard ftruncate(fd, off_t(keep)) == 0 else {
+                    throw SinkError("cannot repair sink file \(path): \(String(cString: strerror(errno)))")
+                }
                 return size - keep
             }
             end = start
         }
-        guard ftruncate(fd, 0) == 0 else { throw SinkError("cannot repair sink file \(path): \(String(cString: strerror(errno)))") }
+        guard ftruncate(fd, 0) == 0 else {
+            throw SinkError("cannot repair sink file \(path): \(String(cString: strerror(errno)))")
+        }
         return size
     }
 

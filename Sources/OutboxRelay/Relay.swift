@@ -2,10 +2,10 @@ import Foundation
 import Glibc
 import Logging
 import OutboxCore
-import RelayIO
 import PGOutput
 import PostgresClient
 import PostgresReplication
+import RelayIO
 import Synchronization
 
 /// Everything the relay needs to run.
@@ -182,7 +182,8 @@ public final class Relay: RelayService, @unchecked Sendable {
     /// Told each event's latencies as it is acknowledged (metrics).
     private let latencyObserver: (any LatencyObserver)?
 
-    public init(config: RelayConfig, sink: any EventSink, logger: Logger, latencyObserver: (any LatencyObserver)? = nil) {
+    public init(config: RelayConfig, sink: any EventSink, logger: Logger, latencyObserver: (any LatencyObserver)? = nil)
+    {
         self.config = config
         self.latencyObserver = latencyObserver
         self.sink = sink
@@ -352,14 +353,17 @@ public final class Relay: RelayService, @unchecked Sendable {
         } catch {
             machine.sessionLost()
             if case .sinkInterrupted(let reason) = error {
-                logger.warning("sink dropped undelivered events; they are read again", metadata: ["reason": "\(reason)"])
+                logger.warning(
+                    "sink dropped undelivered events; they are read again", metadata: ["reason": "\(reason)"])
             } else if case .session(let end) = error, end.sessionMayBeStale {
                 // What this session read and the sink has not delivered may be older
                 // than what another relay has published since: drop it (rule 10).
                 let discarded = sink.discardUnacknowledged()
                 logger.warning(
                     "session may be stale; unacknowledged events discarded, to be read again",
-                    metadata: ["reason": "\(end)", "discarded": "\(discarded)", "in_flight": "\(machine.inFlightEvents)"])
+                    metadata: [
+                        "reason": "\(end)", "discarded": "\(discarded)", "in_flight": "\(machine.inFlightEvents)",
+                    ])
             } else {
                 // Confirm what the sink has acknowledged (bounded), then let the caller decide.
                 confirmAfterError(session)
@@ -415,7 +419,8 @@ public final class Relay: RelayService, @unchecked Sendable {
         return .poisonInLog(
             poison,
             skipCommand:
-                "outbox-relay skip --slot \(config.replication.slot) --publication \(config.replication.publication) --lsn \(poison.lsn)")
+                "outbox-relay skip --slot \(config.replication.slot) --publication \(config.replication.publication) --lsn \(poison.lsn)"
+        )
     }
 
     /// One `poll(2)` on the PostgreSQL socket (when reading), the sink's wake-up
@@ -466,7 +471,8 @@ public final class Relay: RelayService, @unchecked Sendable {
 
     private func send(_ report: StatusReport, _ session: ReplicationSession) throws(RelayError) {
         do {
-            try session.sendStatus(written: report.written, flushed: report.flushed, replyRequested: report.replyRequested)
+            try session.sendStatus(
+                written: report.written, flushed: report.flushed, replyRequested: report.replyRequested)
         } catch { throw .replication(error) }
     }
 
@@ -497,7 +503,10 @@ public final class Relay: RelayService, @unchecked Sendable {
             logger.log(
                 level: level,
                 "ignored UPDATEs of outbox rows: rows are inserted (and may be deleted), never updated; no event was made of them",
-                metadata: ["count": "\(machine.stats.suppressedUpdates - loggedUpdates)", "table": "\(config.routing.schema).\(config.routing.table)"])
+                metadata: [
+                    "count": "\(machine.stats.suppressedUpdates - loggedUpdates)",
+                    "table": "\(config.routing.schema).\(config.routing.table)",
+                ])
             loggedUpdates = machine.stats.suppressedUpdates
         }
         if !warnedNonTransactional && machine.stats.nonTransactionalMessages > 0 {
@@ -595,7 +604,8 @@ public final class Relay: RelayService, @unchecked Sendable {
         if let latencyObserver {
             latencyObserver.acknowledged(
                 publishSeconds: Double(now &- timings[low].sentAt) / 1e9,
-                commitToAcknowledgedSeconds: timings[low].commitMicros > 0 ? Double(Self.wallClockMicros() - timings[low].commitMicros) / 1e6 : nil)
+                commitToAcknowledgedSeconds: timings[low].commitMicros > 0
+                    ? Double(Self.wallClockMicros() - timings[low].commitMicros) / 1e6 : nil)
         }
         while timingsHead < timings.count && timings[timingsHead].remaining <= 0 { timingsHead += 1 }
         if timingsHead > 1024 && timingsHead * 2 > timings.count {

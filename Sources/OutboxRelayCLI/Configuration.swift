@@ -43,14 +43,17 @@ struct ConfigurationSources {
     /// an empty list: environment and file configuration must not stop silently.
     static func options(of name: String, root: any ParsableCommand.Type) throws -> [Option] {
         var dump = ""
-        do { _ = try root.parseAsRoot([name, "--experimental-dump-help"]) } catch { dump = root.fullMessage(for: error) }
+        do { _ = try root.parseAsRoot([name, "--experimental-dump-help"]) } catch {
+            dump = root.fullMessage(for: error)
+        }
         guard
             let json = try? JSONSerialization.jsonObject(with: Data(dump.utf8)) as? [String: Any],
             let info = json["command"] as? [String: Any], let arguments = info["arguments"] as? [[String: Any]]
         else {
             throw Problem(
                 description:
-                    "cannot read the options of `\(name)` from ArgumentParser's --experimental-dump-help; environment and config-file settings would be ignored")
+                    "cannot read the options of `\(name)` from ArgumentParser's --experimental-dump-help; environment and config-file settings would be ignored"
+            )
         }
         return arguments.compactMap { argument in
             let names = (argument["names"] as? [[String: Any]]) ?? []
@@ -59,7 +62,8 @@ struct ConfigurationSources {
             guard let name = long ?? (short == "X" ? "kafka-property" : nil), name != "help" else { return nil }
             switch argument["kind"] as? String {
             case "flag": return Option(name: name, kind: .flag)
-            case "option": return Option(name: name, kind: argument["isRepeating"] as? Bool == true ? .repeated : .value)
+            case "option":
+                return Option(name: name, kind: argument["isRepeating"] as? Bool == true ? .repeated : .value)
             default: return nil
             }
         }
@@ -74,7 +78,9 @@ struct ConfigurationSources {
         var describe: (String) throws -> [Option]
 
         init(of root: any ParsableCommand.Type) {
-            names = root.configuration.subcommands.map { $0.configuration.commandName ?? String(describing: $0).lowercased() }
+            names = root.configuration.subcommands.map {
+                $0.configuration.commandName ?? String(describing: $0).lowercased()
+            }
             describe = { try ConfigurationSources.options(of: $0, root: root) }
         }
 
@@ -111,7 +117,8 @@ struct ConfigurationSources {
         }
         // --debezium-config PATH likewise: a Debezium connector configuration, the lowest source.
         var debeziumPath = environment["OUTBOX_RELAY_DEBEZIUM_CONFIG"]
-        if let index = arguments.firstIndex(where: { $0 == "--debezium-config" || $0.hasPrefix("--debezium-config=") }) {
+        if let index = arguments.firstIndex(where: { $0 == "--debezium-config" || $0.hasPrefix("--debezium-config=") })
+        {
             if arguments[index] == "--debezium-config" {
                 guard index + 1 < arguments.count else { throw Problem(description: "--debezium-config needs a path") }
                 debeziumPath = arguments[index + 1]
@@ -129,7 +136,9 @@ struct ConfigurationSources {
         var debezium: [String: [String]] = [:]
         if let debeziumPath {
             let text: String
-            do { text = try readFile(debeziumPath) } catch { throw Problem(description: "cannot read Debezium configuration \(debeziumPath): \(error)") }
+            do { text = try readFile(debeziumPath) } catch {
+                throw Problem(description: "cannot read Debezium configuration \(debeziumPath): \(error)")
+            }
             let translated: DebeziumConfig
             do { translated = DebeziumConfig.translate(try DebeziumConfig.pairs(text)) } catch {
                 throw Problem(description: "Debezium configuration \(debeziumPath): \(error)")
@@ -146,7 +155,9 @@ struct ConfigurationSources {
         var file: [(key: String, value: String, line: Int)] = []
         if let configPath {
             let text: String
-            do { text = try readFile(configPath) } catch { throw Problem(description: "cannot read config file \(configPath): \(error)") }
+            do { text = try readFile(configPath) } catch {
+                throw Problem(description: "cannot read config file \(configPath): \(error)")
+            }
             file = try Self.parse(text, path: configPath)
             let all = everyCommand?.values.flatMap { $0 } ?? []
             let known = Set(all.map(\.name) + ["kafka-properties"])
@@ -154,11 +165,16 @@ struct ConfigurationSources {
             var firstLine: [String: Int] = [:]
             for entry in file {
                 let key = entry.key.hasSuffix("-file") ? String(entry.key.dropLast(5)) : entry.key
-                if !known.contains(key) { throw Problem(description: "config file \(configPath) line \(entry.line): unknown option \"\(entry.key)\"") }
+                if !known.contains(key) {
+                    throw Problem(
+                        description: "config file \(configPath) line \(entry.line): unknown option \"\(entry.key)\"")
+                }
                 // A repeated key of a single-valued option is a mistake, not "the last one wins".
                 if !repeatable.contains(key), let earlier = firstLine[key] {
                     throw Problem(
-                        description: "config file \(configPath) lines \(earlier) and \(entry.line) both set \"\(key)\", which takes one value")
+                        description:
+                            "config file \(configPath) lines \(earlier) and \(entry.line) both set \"\(key)\", which takes one value"
+                    )
                 }
                 firstLine[key] = firstLine[key] ?? entry.line
             }
@@ -180,7 +196,10 @@ struct ConfigurationSources {
                 origin = "environment variable OUTBOX_RELAY_KAFKA_PROPERTIES_FILE"
             } else if let configPath {
                 let direct = file.filter { $0.key == option.name }
-                let fromFile = file.filter { $0.key == option.name + "-file" || (option.name == "kafka-property" && $0.key == "kafka-properties-file") }
+                let fromFile = file.filter {
+                    $0.key == option.name + "-file"
+                        || (option.name == "kafka-property" && $0.key == "kafka-properties-file")
+                }
                 if !direct.isEmpty {
                     values = option.kind == .repeated ? direct.map(\.value) : [direct.last!.value]
                     origin = "config file \(configPath) line \(direct.last!.line)"
@@ -232,9 +251,13 @@ struct ConfigurationSources {
     /// for repeatable options (and properties files) one value per non-comment line.
     static func fileValues(_ path: String, option: Option, readFile: (String) throws -> String) throws -> [String] {
         let text: String
-        do { text = try readFile(path) } catch { throw Problem(description: "cannot read \(path) for \(option.flag): \(error)") }
+        do { text = try readFile(path) } catch {
+            throw Problem(description: "cannot read \(path) for \(option.flag): \(error)")
+        }
         if option.kind == .repeated {
-            return text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty && !$0.hasPrefix("#") }
+            return text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.filter {
+                !$0.isEmpty && !$0.hasPrefix("#")
+            }
         }
         var value = Substring(text)
         while let last = value.unicodeScalars.last, last == "\n" || last == "\r" {
@@ -244,7 +267,9 @@ struct ConfigurationSources {
     }
 
     static func given(_ option: Option, in arguments: [String]) -> Bool {
-        if option.kind == .repeated { return arguments.contains(option.flag) || arguments.contains { $0.hasPrefix(option.flag + "=") } }
+        if option.kind == .repeated {
+            return arguments.contains(option.flag) || arguments.contains { $0.hasPrefix(option.flag + "=") }
+        }
         return arguments.contains { $0 == option.flag || $0.hasPrefix(option.flag + "=") }
     }
 
@@ -252,7 +277,8 @@ struct ConfigurationSources {
     static func parse(_ text: String, path: String) throws -> [(key: String, value: String, line: Int)] {
         var entries: [(key: String, value: String, line: Int)] = []
         // A byte order mark and CRLF line ends (files written on Windows) are accepted.
-        let text = (text.hasPrefix("\u{FEFF}") ? String(text.dropFirst()) : text).replacingOccurrences(of: "\r\n", with: "\n")
+        let text = (text.hasPrefix("\u{FEFF}") ? String(text.dropFirst()) : text).replacingOccurrences(
+            of: "\r\n", with: "\n")
         for (number, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             let line = raw.trimmingCharacters(in: .whitespaces)
             if line.isEmpty || line.hasPrefix("#") { continue }
@@ -261,7 +287,9 @@ struct ConfigurationSources {
             }
             let key = line[..<equals].trimmingCharacters(in: .whitespaces).replacingOccurrences(of: "_", with: "-")
             var value = line[line.index(after: equals)...].trimmingCharacters(in: .whitespaces)
-            if value.count >= 2 && value.hasPrefix("\"") && value.hasSuffix("\"") { value = String(value.dropFirst().dropLast()) }
+            if value.count >= 2 && value.hasPrefix("\"") && value.hasSuffix("\"") {
+                value = String(value.dropFirst().dropLast())
+            }
             try checkControlCharacters(value, origin: "config file \(path) line \(number + 1)")
             entries.append((key, value, number + 1))
         }

@@ -9,7 +9,8 @@ import PostgresReplication
 /// (warnings allowed), 1 something must be fixed, 64 bad usage.
 struct Doctor: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Check a database before the relay's first run: print a checklist, each problem with its fix; exit 1 when something must be fixed.",
+        abstract:
+            "Check a database before the relay's first run: print a checklist, each problem with its fix; exit 1 when something must be fixed.",
         discussion: """
             Checks wal_level, free replication slots and WAL senders, max_slot_wal_keep_size, \
             idle_replication_slot_timeout (18), the role's REPLICATION attribute, a replication connection (by \
@@ -48,7 +49,8 @@ struct Doctor: ParsableCommand {
             optional.append(headers)
         }
         let expected = SetupDoctor.Expectations(
-            schema: routing.schema, table: routing.table, requiredColumns: required, optionalColumns: optional, slot: slot,
+            schema: routing.schema, table: routing.table, requiredColumns: required, optionalColumns: optional,
+            slot: slot,
             publication: publication)
         let facts = SetupProbe.read(conninfo: database.resolved()!, expected)
         let checks = SetupDoctor.diagnose(facts, expected)
@@ -72,7 +74,8 @@ struct Doctor: ParsableCommand {
                 case .failure: "FIX "
                 case .skipped: "skip"
                 }
-            lines.append("\(mark)  \(check.name.padding(toLength: width, withPad: " ", startingAt: 0))  \(check.detail)")
+            lines.append(
+                "\(mark)  \(check.name.padding(toLength: width, withPad: " ", startingAt: 0))  \(check.detail)")
             if let fix = check.fix { lines.append(String(repeating: " ", count: width + 8) + "→ " + fix) }
         }
         let failures = checks.filter { $0.status == .failure }.count
@@ -81,7 +84,8 @@ struct Doctor: ParsableCommand {
         lines.append(
             ready
                 ? "ready\(warnings > 0 ? " (\(warnings) warning\(warnings == 1 ? "" : "s"))" : "")"
-                : "not ready: \(failures) to fix\(warnings > 0 ? ", \(warnings) warning\(warnings == 1 ? "" : "s")" : "")")
+                : "not ready: \(failures) to fix\(warnings > 0 ? ", \(warnings) warning\(warnings == 1 ? "" : "s")" : "")"
+        )
         return lines.joined(separator: "\n")
     }
 
@@ -89,7 +93,8 @@ struct Doctor: ParsableCommand {
         func string(_ value: String) -> String { StructuredLogHandler.jsonString(value) }
         let items = checks.map { check in
             var members = [
-                "\"check\":\(string(check.name))", "\"status\":\(string(check.status.rawValue))", "\"detail\":\(string(check.detail))",
+                "\"check\":\(string(check.name))", "\"status\":\(string(check.status.rawValue))",
+                "\"detail\":\(string(check.detail))",
             ]
             if let fix = check.fix { members.append("\"fix\":\(string(fix))") }
             return "{" + members.joined(separator: ",") + "}"
@@ -105,7 +110,9 @@ struct Doctor: ParsableCommand {
 enum SetupProbe {
     static func read(conninfo: String, _ expected: SetupDoctor.Expectations) -> SetupFacts {
         let c: PGConnection
-        do { c = try PGConnection(conninfo: conninfo, replication: false, applicationName: "outbox-relay-doctor") } catch {
+        do {
+            c = try PGConnection(conninfo: conninfo, replication: false, applicationName: "outbox-relay-doctor")
+        } catch {
             return SetupFacts(server: nil, connectionError: "\(error)")
         }
         c.queryTimeoutMilliseconds = 15_000
@@ -126,17 +133,22 @@ enum SetupProbe {
             return SetupFacts(server: nil, connectionError: "\(error)")
         }
         let names = [
-            "wal_level", "max_replication_slots", "max_wal_senders", "max_slot_wal_keep_size", "idle_replication_slot_timeout",
+            "wal_level", "max_replication_slots", "max_wal_senders", "max_slot_wal_keep_size",
+            "idle_replication_slot_timeout",
             "hot_standby_feedback", "primary_slot_name", "sync_replication_slots", "synchronized_standby_slots",
         ]
         if let rows = try? c.query(
             "SELECT name, current_setting(name) AS value FROM pg_settings WHERE name IN (\(names.map { c.literal($0) }.joined(separator: ", ")))",
             label: "reading settings")
         {
-            for row in 0..<rows.count { if let name = rows[row, "name"], let value = rows[row, "value"] { facts.settings[name] = value } }
+            for row in 0..<rows.count {
+                if let name = rows[row, "name"], let value = rows[row, "value"] { facts.settings[name] = value }
+            }
         }
         facts.primaryConninfoNamesDatabase =
-            (try? c.query("SELECT position('dbname' in setting) > 0 AS named FROM pg_settings WHERE name = 'primary_conninfo'"))?[0, "named"] == "t"
+            (try? c.query(
+                "SELECT position('dbname' in setting) > 0 AS named FROM pg_settings WHERE name = 'primary_conninfo'"))?[
+                0, "named"] == "t"
         if let counts = try? c.query(
             """
             SELECT (SELECT count(*) FROM pg_replication_slots) AS slots,
@@ -160,9 +172,11 @@ enum SetupProbe {
     /// pg_hba.conf, the REPLICATION attribute and max_wal_senders say to it.
     static func readReplication(_ conninfo: String, into facts: inout SetupFacts) {
         do {
-            let replication = try PGConnection(conninfo: conninfo, replication: true, applicationName: "outbox-relay-doctor")
+            let replication = try PGConnection(
+                conninfo: conninfo, replication: true, applicationName: "outbox-relay-doctor")
             let identity = try replication.query("IDENTIFY_SYSTEM")
-            facts.replication = .opened(systemIdentifier: identity[0, "systemid"] ?? "?", timeline: Int(identity[0, "timeline"] ?? "") ?? 0)
+            facts.replication = .opened(
+                systemIdentifier: identity[0, "systemid"] ?? "?", timeline: Int(identity[0, "timeline"] ?? "") ?? 0)
         } catch {
             facts.replication = .refused("\(error)")
         }
@@ -191,13 +205,16 @@ enum SetupProbe {
         {
             for row in 0..<columns.count {
                 if let name = columns[row, "attname"] {
-                    table.columns[name] = SetupFacts.Column(type: columns[row, "type"] ?? "?", generated: columns[row, "generated"] == "t")
+                    table.columns[name] = SetupFacts.Column(
+                        type: columns[row, "type"] ?? "?", generated: columns[row, "generated"] == "t")
                 }
             }
         }
         if c.serverVersion >= 180_000 {
             table.generatedColumnsPublished =
-                (try? c.query("SELECT pubgencols = 's' AS published FROM pg_publication WHERE pubname = \(c.literal(expected.publication))"))?[0, "published"]
+                (try? c.query(
+                    "SELECT pubgencols = 's' AS published FROM pg_publication WHERE pubname = \(c.literal(expected.publication))"
+                ))?[0, "published"]
                 == "t"
         }
         facts.table = table
@@ -216,8 +233,10 @@ enum SetupProbe {
             rows.count == 1
         else { return }
         facts.publication = SetupFacts.Publication(
-            allTables: rows[0, "puballtables"] == "t", insert: rows[0, "pubinsert"] == "t", update: rows[0, "pubupdate"] == "t",
-            delete: rows[0, "pubdelete"] == "t", truncate: rows[0, "pubtruncate"] == "t", includesTable: rows[0, "has_table"] == "t",
+            allTables: rows[0, "puballtables"] == "t", insert: rows[0, "pubinsert"] == "t",
+            update: rows[0, "pubupdate"] == "t",
+            delete: rows[0, "pubdelete"] == "t", truncate: rows[0, "pubtruncate"] == "t",
+            includesTable: rows[0, "has_table"] == "t",
             otherTables: Int(rows[0, "others"] ?? "") ?? 0)
     }
 
@@ -234,9 +253,11 @@ enum SetupProbe {
             rows.count == 1
         else { return }
         facts.slot = SetupFacts.Slot(
-            slotType: rows[0, "slot_type"] ?? "?", plugin: rows[0, "plugin"], database: rows[0, "database"], active: rows[0, "active"] == "t",
+            slotType: rows[0, "slot_type"] ?? "?", plugin: rows[0, "plugin"], database: rows[0, "database"],
+            active: rows[0, "active"] == "t",
             activePID: rows[0, "active_pid"].flatMap { Int($0) }, walStatus: rows[0, "wal_status"],
-            lagBytes: rows[0, "lag_bytes"].flatMap { Int64($0) }, invalidation: rows[0, "invalidation"], failover: rows[0, "failover"] == "t",
+            lagBytes: rows[0, "lag_bytes"].flatMap { Int64($0) }, invalidation: rows[0, "invalidation"],
+            failover: rows[0, "failover"] == "t",
             synced: rows[0, "synced"] == "t")
     }
 

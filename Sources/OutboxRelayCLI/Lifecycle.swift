@@ -84,7 +84,8 @@ final class StartupSignals: @unchecked Sendable {
 /// `signals` (installed when the command started) stops the relay if a signal
 /// came before the group took over.
 func runServices(
-    relay: any RelayService, metrics: MetricsExporter?, http: HTTPOptions.Address?, signals: StartupSignals, logger: Logger
+    relay: any RelayService, metrics: MetricsExporter?, http: HTTPOptions.Address?, signals: StartupSignals,
+    logger: Logger
 ) async throws {
     signals.forward(to: { relay.stop() })
     var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
@@ -98,7 +99,9 @@ func runServices(
             case "/readyz":
                 let ready = stats.isReady(nowMilliseconds: Relay.nowMilliseconds())
                 var reason = "state \(stats.state.rawValue)"
-                if stats.state == .streaming && !ready { reason = stats.sinkReachable ? "sink not acknowledging" : "sink unreachable" }
+                if stats.state == .streaming && !ready {
+                    reason = stats.sinkReachable ? "sink not acknowledging" : "sink unreachable"
+                }
                 return .init(status: ready ? 200 : 503, body: ready ? "ready\n" : "not ready: \(reason)\n")
             case "/metrics":
                 let text = metrics.map { String(decoding: $0.render(stats), as: UTF8.self) } ?? ""
@@ -110,7 +113,10 @@ func runServices(
         services.append(.init(service: HTTPRunner(server: server, logger: logger)))
     }
     services.append(
-        .init(service: RelayRunner(relay: relay, logger: logger), successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup))
-    let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        .init(
+            service: RelayRunner(relay: relay, logger: logger), successTerminationBehavior: .gracefullyShutdownGroup,
+            failureTerminationBehavior: .gracefullyShutdownGroup))
+    let group = ServiceGroup(
+        configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
     try await group.run()
 }

@@ -39,12 +39,17 @@ struct Status: ParsableCommand {
     func validate() throws {
         if let problem = ReplicationOptions.validateSlotName(slot) { throw ValidationError("--slot: \(problem)") }
         if format != "text" && format != "json" { throw ValidationError("--format must be text or json") }
-        if maxInactiveSeconds < 0 || maxRetainedBytes < 0 { throw ValidationError("--max-inactive-seconds and --max-retained-bytes must not be negative") }
+        if maxInactiveSeconds < 0 || maxRetainedBytes < 0 {
+            throw ValidationError("--max-inactive-seconds and --max-retained-bytes must not be negative")
+        }
     }
 
     func run() throws {
         let connection: PGConnection
-        do { connection = try PGConnection(conninfo: database.resolved()!, replication: false, applicationName: "outbox-relay-status") } catch {
+        do {
+            connection = try PGConnection(
+                conninfo: database.resolved()!, replication: false, applicationName: "outbox-relay-status")
+        } catch {
             FileHandle.standardError.write(Data("Error: \(error)\n".utf8))
             throw ExitCode(1)
         }
@@ -80,7 +85,9 @@ struct Status: ParsableCommand {
                 problems.append("wal_status is lost: WAL the slot needs was removed")
             }
             if !active {
-                if retained > maxRetainedBytes { problems.append("inactive and retaining \(retained) bytes of WAL (limit \(maxRetainedBytes))") }
+                if retained > maxRetainedBytes {
+                    problems.append("inactive and retaining \(retained) bytes of WAL (limit \(maxRetainedBytes))")
+                }
                 if let seconds = rows[0, "inactive_seconds"].flatMap({ Int($0) }), seconds > maxInactiveSeconds {
                     problems.append("inactive for \(seconds) s (limit \(maxInactiveSeconds))")
                 }
@@ -89,11 +96,15 @@ struct Status: ParsableCommand {
         fields.append(("healthy", problems.isEmpty ? "true" : "false"))
         if !problems.isEmpty { fields.append(("problems", problems.joined(separator: "; "))) }
         if format == "json" {
-            let members = fields.map { "\(StructuredLogHandler.jsonString($0.0)):\(StructuredLogHandler.jsonString($0.1))" }
+            let members = fields.map {
+                "\(StructuredLogHandler.jsonString($0.0)):\(StructuredLogHandler.jsonString($0.1))"
+            }
             print("{" + members.joined(separator: ",") + "}")
         } else {
             let width = fields.map(\.0.count).max() ?? 0
-            for (key, value) in fields { print(key.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + value) }
+            for (key, value) in fields {
+                print(key.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + value)
+            }
         }
         if !problems.isEmpty { throw ExitCode(2) }
     }
@@ -105,7 +116,8 @@ struct Status: ParsableCommand {
 struct RecreateSlot: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "recreate-slot",
-        abstract: "Create a lost replication slot again, accepting that events committed while it was gone are not relayed.",
+        abstract:
+            "Create a lost replication slot again, accepting that events committed while it was gone are not relayed.",
         discussion: """
             A slot that existed (recorded in public.outbox_relay_slots) and is gone — dropped, or a failover to a \
             server that never had it — is never created again by `run`. Recover the events committed since its last \
@@ -130,7 +142,8 @@ struct RecreateSlot: ParsableCommand {
         if let problem = ReplicationOptions.validateSlotName(slot) { throw ValidationError("--slot: \(problem)") }
         guard acceptGap else {
             throw ValidationError(
-                "recreate-slot starts a new slot at the current WAL position: events committed since the lost slot's last position are skipped. Recover them first, then pass --accept-gap")
+                "recreate-slot starts a new slot at the current WAL position: events committed since the lost slot's last position are skipped. Recover them first, then pass --accept-gap"
+            )
         }
     }
 
@@ -138,25 +151,32 @@ struct RecreateSlot: ParsableCommand {
         let logger = logOptions.bootstrap()
         let source = database.resolved()!
         do {
-            let replication = try PGConnection(conninfo: source, replication: true, applicationName: "outbox-relay-recreate-slot")
+            let replication = try PGConnection(
+                conninfo: source, replication: true, applicationName: "outbox-relay-recreate-slot")
             let identity = try replication.query("IDENTIFY_SYSTEM")
             let system = identity[0, "systemid"] ?? "?"
             let timeline = Int(identity[0, "timeline"] ?? "") ?? 0
-            let exists = try replication.query(
-                "SELECT 1 FROM pg_replication_slots WHERE slot_name = \(replication.literal(slot))").count == 1
+            let exists =
+                try replication.query(
+                    "SELECT 1 FROM pg_replication_slots WHERE slot_name = \(replication.literal(slot))"
+                ).count == 1
             if exists {
                 logger.notice("the slot exists; nothing to do", metadata: ["slot": "\(slot)"])
                 return
             }
-            let registry = try PGConnection(conninfo: source, replication: false, applicationName: "outbox-relay-recreate-slot")
+            let registry = try PGConnection(
+                conninfo: source, replication: false, applicationName: "outbox-relay-recreate-slot")
             let record = try SlotRegistry.lookup(registry, slot: slot)
             let failover = replication.serverVersion >= 170_000 && !noFailoverSlot
-            guard let point = try ReplicationSession.createSlot(replication, slot, failover: failover, logger: logger) else {
-                logger.notice("another process created the slot meanwhile; nothing to do", metadata: ["slot": "\(slot)"])
+            guard let point = try ReplicationSession.createSlot(replication, slot, failover: failover, logger: logger)
+            else {
+                logger.notice(
+                    "another process created the slot meanwhile; nothing to do", metadata: ["slot": "\(slot)"])
                 return
             }
             try SlotRegistry.record(
-                registry, slot: slot, systemIdentifier: system, timeline: timeline, createdLSN: point, confirmedLSN: point)
+                registry, slot: slot, systemIdentifier: system, timeline: timeline, createdLSN: point,
+                confirmedLSN: point)
             logger.warning(
                 "recreated a lost replication slot: events committed in the gap are not relayed by it",
                 metadata: [
@@ -177,7 +197,8 @@ struct RecreateSlot: ParsableCommand {
 /// Exit codes: 0 skipped; 1 refused (not the next transaction, slot in use, …); 64 bad usage.
 struct Skip: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Skip exactly one transaction of a slot — the one whose commit LSN the relay's poison-row error named — dropping its events on purpose.",
+        abstract:
+            "Skip exactly one transaction of a slot — the one whose commit LSN the relay's poison-row error named — dropping its events on purpose.",
         discussion: """
             Refuses when the next transaction waiting in the slot does not commit at --lsn (so a typo or a \
             stale LSN skips nothing), or when a relay holds the slot. Logs the commit and end LSN and every \
@@ -192,7 +213,8 @@ struct Skip: ParsableCommand {
     @Option(help: "Publication the relay streams.")
     var publication = "outbox_pub"
 
-    @Option(help: ArgumentHelp("Commit LSN of the transaction to skip, as the relay's error printed it.", valueName: "X/Y"))
+    @Option(
+        help: ArgumentHelp("Commit LSN of the transaction to skip, as the relay's error printed it.", valueName: "X/Y"))
     var lsn: String
 
     @OptionGroup(title: "Routing") var routingOptions: RoutingOptions
@@ -207,10 +229,14 @@ struct Skip: ParsableCommand {
         let logger = logOptions.bootstrap()
         let target = LSN(string: lsn)!
         do {
-            let connection = try PGConnection(conninfo: database.resolved()!, replication: false, applicationName: "outbox-relay-skip")
-            let state = try connection.query("SELECT active FROM pg_replication_slots WHERE slot_name = \(connection.literal(slot))")
+            let connection = try PGConnection(
+                conninfo: database.resolved()!, replication: false, applicationName: "outbox-relay-skip")
+            let state = try connection.query(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = \(connection.literal(slot))")
             guard state.count == 1 else { throw SkipRefused("slot \"\(slot)\" does not exist") }
-            guard state[0, "active"] != "t" else { throw SkipRefused("slot \"\(slot)\" is in use: stop the relay first") }
+            guard state[0, "active"] != "t" else {
+                throw SkipRefused("slot \"\(slot)\" is in use: stop the relay first")
+            }
             // The next transaction only (upto_nchanges 1 still returns it whole), without consuming it.
             let rows = try connection.query(
                 """
@@ -223,7 +249,8 @@ struct Skip: ParsableCommand {
             var endLSN: LSN?
             var dropped: [String] = []
             for index in 0..<rows.count {
-                guard let hex = rows[index, "data"], let bytes = OutboxRouter.decodeByteaHex(Array(hex.utf8)[...]) else { continue }
+                guard let hex = rows[index, "data"], let bytes = OutboxRouter.decodeByteaHex(Array(hex.utf8)[...])
+                else { continue }
                 switch try decoder.decode(bytes) {
                 case .begin(let begin): commitLSN = begin.finalLSN
                 case .relation(let relation): router.relationChanged(relation)
@@ -249,14 +276,17 @@ struct Skip: ParsableCommand {
             }
             guard commitLSN == target else {
                 throw SkipRefused(
-                    "the next transaction in slot \"\(slot)\" commits at \(commitLSN), not \(target); nothing skipped (it may have been skipped or relayed already)")
+                    "the next transaction in slot \"\(slot)\" commits at \(commitLSN), not \(target); nothing skipped (it may have been skipped or relayed already)"
+                )
             }
             try connection.query(
-                "SELECT pg_replication_slot_advance(\(connection.literal(slot)), '\(endLSN)'::pg_lsn)", label: "advancing the slot")
+                "SELECT pg_replication_slot_advance(\(connection.literal(slot)), '\(endLSN)'::pg_lsn)",
+                label: "advancing the slot")
             logger.warning(
                 "skipped one transaction on purpose: its events are not relayed",
                 metadata: [
-                    "slot": "\(slot)", "commit_lsn": "\(commitLSN)", "end_lsn": "\(endLSN)", "events": "\(dropped.count)",
+                    "slot": "\(slot)", "commit_lsn": "\(commitLSN)", "end_lsn": "\(endLSN)",
+                    "events": "\(dropped.count)",
                     "dropped": "\(dropped.prefix(50).joined(separator: "; "))\(dropped.count > 50 ? "; …" : "")",
                 ])
         } catch let refused as SkipRefused {
@@ -279,7 +309,8 @@ struct Skip: ParsableCommand {
 struct Tail: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Print the events waiting in a slot (and new ones as they commit) without confirming anything.",
-        discussion: "A debugging aid: the slot's confirmed position stays where it was. Stop with Ctrl-C, or with --limit."
+        discussion:
+            "A debugging aid: the slot's confirmed position stays where it was. Stop with Ctrl-C, or with --limit."
     )
 
     @OptionGroup(title: "Database") var database: SourceOptions
@@ -306,7 +337,9 @@ struct Tail: AsyncParsableCommand {
         let signals = StartupSignals(logger: logger)
         var config = RelayConfig(
             replication: {
-                var options = ReplicationOptions(conninfo: database.resolved()!, slot: slot, publication: publication, table: routingOptions.splitTable(), createSlot: false)
+                var options = ReplicationOptions(
+                    conninfo: database.resolved()!, slot: slot, publication: publication,
+                    table: routingOptions.splitTable(), createSlot: false)
                 options.recordsSlot = false  // a read-only look writes nothing
                 return options
             }(),
@@ -357,16 +390,21 @@ struct Init: ParsableCommand {
 
     func validate() throws {
         let parts = table.split(separator: ".")
-        if parts.count != 2 || parts.contains(where: { $0.isEmpty }) { throw ValidationError("--table must be schema.table, got \"\(table)\"") }
+        if parts.count != 2 || parts.contains(where: { $0.isEmpty }) {
+            throw ValidationError("--table must be schema.table, got \"\(table)\"")
+        }
         if publication.isEmpty { throw ValidationError("--publication must not be empty") }
     }
 
     func directory() -> String? {
-        let binary = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
-        let candidates = [sqlDir, ProcessInfo.processInfo.environment["OUTBOX_RELAY_SQL_DIR"]].compactMap { $0 } + [
-            binary.appendingPathComponent("../share/outbox-relay/sql").path, binary.appendingPathComponent("../../sql").path,
-            binary.appendingPathComponent("../../../sql").path, "/usr/share/outbox-relay/sql",
-        ]
+        let binary = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+            .deletingLastPathComponent()
+        let candidates =
+            [sqlDir, ProcessInfo.processInfo.environment["OUTBOX_RELAY_SQL_DIR"]].compactMap { $0 } + [
+                binary.appendingPathComponent("../share/outbox-relay/sql").path,
+                binary.appendingPathComponent("../../sql").path,
+                binary.appendingPathComponent("../../../sql").path, "/usr/share/outbox-relay/sql",
+            ]
         return candidates.first { FileManager.default.fileExists(atPath: $0 + "/01-outbox-table.sql") }
     }
 
@@ -382,7 +420,10 @@ struct Init: ParsableCommand {
         files.append("06-slot-registry.sql")
         if withPolling { files.append("05-polling.sql") }
         let connection: PGConnection
-        do { connection = try PGConnection(conninfo: database.resolved()!, replication: false, applicationName: "outbox-relay-init") } catch {
+        do {
+            connection = try PGConnection(
+                conninfo: database.resolved()!, replication: false, applicationName: "outbox-relay-init")
+        } catch {
             logger.critical("\(error)")
             throw ExitCode(1)
         }
@@ -397,7 +438,9 @@ struct Init: ParsableCommand {
                 .replacingOccurrences(of: "outbox_pub", with: publication)
                 .replacingOccurrences(of: "SCHEMA public", with: "SCHEMA \(schema)")
             do {
-                if schema != "public" { try connection.query("CREATE SCHEMA IF NOT EXISTS \(connection.identifier(schema))") }
+                if schema != "public" {
+                    try connection.query("CREATE SCHEMA IF NOT EXISTS \(connection.identifier(schema))")
+                }
                 try connection.query(sql, label: file)
                 logger.notice("applied", metadata: ["file": "\(file)"])
             } catch {

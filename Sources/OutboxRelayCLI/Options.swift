@@ -6,12 +6,12 @@ import KafkaSink
 import Logging
 import NATSSink
 import OutboxCore
-import RelayIO
 import OutboxRelay
 import PostgresClient
 import PostgresReplication
 import RabbitMQSink
 import RedisSink
+import RelayIO
 
 /// The database connection, shared by every command.
 struct SourceOptions: ParsableArguments {
@@ -67,14 +67,16 @@ struct SinkOptions: ParsableArguments {
     func validate() throws {
         let names = destinations.map { type(of: $0).sinkName }
         if !names.contains(sink) && !["stdout"].contains(sink) && !(sink.hasPrefix("file:") && sink.count > 5) {
-            throw ValidationError("--sink must be \(names.joined(separator: ", ")), stdout or file:PATH, got \"\(sink)\"")
+            throw ValidationError(
+                "--sink must be \(names.joined(separator: ", ")), stdout or file:PATH, got \"\(sink)\"")
         }
         do {
             for other in destinations {
                 try other.checkAlways()
                 let given = other.givenOptions
                 if type(of: other).sinkName != sink && !given.isEmpty {
-                    let list = given.count == 1 ? given[0] : given.dropLast().joined(separator: ", ") + " and " + given.last!
+                    let list =
+                        given.count == 1 ? given[0] : given.dropLast().joined(separator: ", ") + " and " + given.last!
                     throw ValidationError("\(list) apply only to --sink \(type(of: other).sinkName)")
                 }
             }
@@ -136,10 +138,16 @@ struct RoutingOptions: ParsableArguments {
             "Also send this column as a header (repeatable).", valueName: "column[:header]"))
     var headerColumns: [String] = []
 
-    @Option(help: "Topic template; {aggregatetype} and {type} are replaced by the row's values (unused when --route-topic-regex or --route-topic-replacement is set).")
+    @Option(
+        help:
+            "Topic template; {aggregatetype} and {type} are replaced by the row's values (unused when --route-topic-regex or --route-topic-replacement is set)."
+    )
     var topicTemplate = "outbox.event.{aggregatetype}"
 
-    @Option(help: ArgumentHelp("Debezium's route.topic.regex, applied to the routing column's value (Java syntax; default (?<routedByValue>.*)).", valueName: "regex"))
+    @Option(
+        help: ArgumentHelp(
+            "Debezium's route.topic.regex, applied to the routing column's value (Java syntax; default (?<routedByValue>.*)).",
+            valueName: "regex"))
     var routeTopicRegex: String?
 
     @Option(
@@ -150,19 +158,29 @@ struct RoutingOptions: ParsableArguments {
 
     @Option(
         help: ArgumentHelp(
-            "What a NULL payload becomes: tombstone (a record with a null value, as Debezium) or json-null (the 4-byte value null).", valueName: "tombstone|json-null"))
+            "What a NULL payload becomes: tombstone (a record with a null value, as Debezium) or json-null (the 4-byte value null).",
+            valueName: "tombstone|json-null"))
     var nullPayload = "tombstone"
 
-    @Flag(help: ArgumentHelp("Accepted for compatibility: NULL payloads are tombstones by default (--null-payload).", visibility: .hidden))
+    @Flag(
+        help: ArgumentHelp(
+            "Accepted for compatibility: NULL payloads are tombstones by default (--null-payload).", visibility: .hidden
+        ))
     var tombstones = false
 
     @Flag(help: "An empty or blank payload is a tombstone too (Debezium's route.tombstone.on.empty.payload).")
     var tombstoneOnEmptyPayload = false
 
-    @Option(help: ArgumentHelp("string (Kafka Connect's StringConverter: the payload as stored) or json (JsonConverter with schemas.enable=false).", valueName: "string|json"))
+    @Option(
+        help: ArgumentHelp(
+            "string (Kafka Connect's StringConverter: the payload as stored) or json (JsonConverter with schemas.enable=false).",
+            valueName: "string|json"))
     var valueEncoding = "string"
 
-    @Flag(help: "With --value-encoding json, write a JSON payload as JSON rather than as a string holding it (Debezium's table.expand.json.payload).")
+    @Flag(
+        help:
+            "With --value-encoding json, write a JSON payload as JSON rather than as a string holding it (Debezium's table.expand.json.payload)."
+    )
     var expandJsonPayload = false
 
     @Option(
@@ -193,27 +211,39 @@ struct RoutingOptions: ParsableArguments {
     func validate() throws {
         if splitTable() == nil {
             throw ValidationError(
-                "--table must be schema.table or table, either part double-quoted when it holds dots, capitals or quotes (\"Sales\".\"Outbox\"), got \"\(table)\"")
+                "--table must be schema.table or table, either part double-quoted when it holds dots, capitals or quotes (\"Sales\".\"Outbox\"), got \"\(table)\""
+            )
         }
         for spec in headerColumns where spec.isEmpty || spec.hasPrefix(":") || spec.hasSuffix(":") {
             throw ValidationError("--header-column must be column or column:header, got \"\(spec)\"")
         }
-        if !["tombstone", "json-null"].contains(nullPayload) { throw ValidationError("--null-payload must be tombstone or json-null, got \"\(nullPayload)\"") }
-        if RoutingConfig.ValueEncoding(rawValue: valueEncoding) == nil { throw ValidationError("--value-encoding must be string or json, got \"\(valueEncoding)\"") }
-        if !["ignore", "optional_bytes"].contains(jsonPayloadNullBehavior) {
-            throw ValidationError("--json-payload-null-behavior must be ignore or optional_bytes, got \"\(jsonPayloadNullBehavior)\"")
+        if !["tombstone", "json-null"].contains(nullPayload) {
+            throw ValidationError("--null-payload must be tombstone or json-null, got \"\(nullPayload)\"")
         }
-        if RoutingConfig.InvalidOperation(rawValue: updateBehavior) == nil { throw ValidationError("--update-behavior must be warn, error or fatal, got \"\(updateBehavior)\"") }
+        if RoutingConfig.ValueEncoding(rawValue: valueEncoding) == nil {
+            throw ValidationError("--value-encoding must be string or json, got \"\(valueEncoding)\"")
+        }
+        if !["ignore", "optional_bytes"].contains(jsonPayloadNullBehavior) {
+            throw ValidationError(
+                "--json-payload-null-behavior must be ignore or optional_bytes, got \"\(jsonPayloadNullBehavior)\"")
+        }
+        if RoutingConfig.InvalidOperation(rawValue: updateBehavior) == nil {
+            throw ValidationError("--update-behavior must be warn, error or fatal, got \"\(updateBehavior)\"")
+        }
         for spec in additionalFields {
             let parts = spec.split(separator: ":", omittingEmptySubsequences: false)
             guard (2...3).contains(parts.count), !parts.contains(where: \.isEmpty) else {
-                throw ValidationError("--additional-field must be column:header, column:envelope or either with :alias, got \"\(spec)\"")
+                throw ValidationError(
+                    "--additional-field must be column:header, column:envelope or either with :alias, got \"\(spec)\"")
             }
             if parts[1] == "partition" {
-                throw ValidationError("--additional-field \"\(spec)\": partition placement is not supported (the key chooses the partition; the relay never sets one)")
+                throw ValidationError(
+                    "--additional-field \"\(spec)\": partition placement is not supported (the key chooses the partition; the relay never sets one)"
+                )
             }
             guard parts[1] == "header" || parts[1] == "envelope" else {
-                throw ValidationError("--additional-field \"\(spec)\": the placement must be header or envelope, got \"\(parts[1])\"")
+                throw ValidationError(
+                    "--additional-field \"\(spec)\": the placement must be header or envelope, got \"\(parts[1])\"")
             }
         }
         for problem in routing().validate() { throw ValidationError(problem) }
@@ -239,12 +269,17 @@ struct RoutingOptions: ParsableArguments {
             let parts = spec.split(separator: ":").map(String.init)
             guard parts.count >= 2 else { continue }
             let field = RoutingConfig.HeaderColumn(column: parts[0], header: parts.count > 2 ? parts[2] : parts[0])
-            if parts[1] == "envelope" { routing.envelopeColumns.append(field) } else { routing.headerColumns.append(field) }
+            if parts[1] == "envelope" {
+                routing.envelopeColumns.append(field)
+            } else {
+                routing.headerColumns.append(field)
+            }
         }
         routing.topicTemplate = topicTemplate
         if routeTopicRegex != nil || routeTopicReplacement != nil {
             routing.topicRoute = TopicRoute(
-                regex: routeTopicRegex ?? TopicRoute.debeziumDefault.regex, replacement: routeTopicReplacement ?? TopicRoute.debeziumDefault.replacement)
+                regex: routeTopicRegex ?? TopicRoute.debeziumDefault.regex,
+                replacement: routeTopicReplacement ?? TopicRoute.debeziumDefault.replacement)
         }
         routing.tombstones = nullPayload != "json-null"
         routing.tombstoneOnEmptyPayload = tombstoneOnEmptyPayload
@@ -265,8 +300,12 @@ struct LogOptions: ParsableArguments {
     var logFormat = "logfmt"
 
     func validate() throws {
-        if Logger.Level(rawValue: logLevel) == nil { throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical") }
-        if StructuredLogHandler.Format(rawValue: logFormat) == nil { throw ValidationError("--log-format must be logfmt, json or text") }
+        if Logger.Level(rawValue: logLevel) == nil {
+            throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
+        }
+        if StructuredLogHandler.Format(rawValue: logFormat) == nil {
+            throw ValidationError("--log-format must be logfmt, json or text")
+        }
     }
 
     func bootstrap() -> Logger {
@@ -279,13 +318,19 @@ struct LogOptions: ParsableArguments {
 
 /// The health and metrics endpoints.
 struct HTTPOptions: ParsableArguments {
-    @Option(help: ArgumentHelp("Serve /healthz, /readyz and /metrics on this address (off unless set; e.g. 127.0.0.1:9187, or 0.0.0.0:9187 in a pod).", valueName: "host:port"))
+    @Option(
+        help: ArgumentHelp(
+            "Serve /healthz, /readyz and /metrics on this address (off unless set; e.g. 127.0.0.1:9187, or 0.0.0.0:9187 in a pod).",
+            valueName: "host:port"))
     var httpAddress: String?
 
     typealias Address = (host: String, port: Int)
 
     func validate() throws {
-        if let httpAddress, Self.split(httpAddress) == nil { throw ValidationError("--http-address must be host:port with a port from 0 to 65535, got \"\(httpAddress)\"") }
+        if let httpAddress, Self.split(httpAddress) == nil {
+            throw ValidationError(
+                "--http-address must be host:port with a port from 0 to 65535, got \"\(httpAddress)\"")
+        }
     }
 
     /// The validated address, if the endpoints are on.
@@ -295,7 +340,9 @@ struct HTTPOptions: ParsableArguments {
         guard let colon = value.lastIndex(of: ":") else { return nil }
         var host = String(value[..<colon])
         if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        guard !host.isEmpty, let port = Int(value[value.index(after: colon)...]), (0...65535).contains(port) else { return nil }
+        guard !host.isEmpty, let port = Int(value[value.index(after: colon)...]), (0...65535).contains(port) else {
+            return nil
+        }
         return (host, port)
     }
 }

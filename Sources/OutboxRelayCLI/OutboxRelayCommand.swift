@@ -21,9 +21,12 @@ let configurationHelp = """
 struct OutboxRelayCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "outbox-relay",
-        abstract: "Relays transactional-outbox events from PostgreSQL's log to a broker, confirming only what the broker acknowledged.",
+        abstract:
+            "Relays transactional-outbox events from PostgreSQL's log to a broker, confirming only what the broker acknowledged.",
         discussion: configurationHelp,
-        subcommands: [Run.self, Poll.self, Doctor.self, Status.self, Tail.self, Init.self, RecreateSlot.self, Skip.self]
+        subcommands: [
+            Run.self, Poll.self, Doctor.self, Status.self, Tail.self, Init.self, RecreateSlot.self, Skip.self,
+        ]
     )
 
     /// Merges environment and config file into the arguments, then parses and runs.
@@ -88,7 +91,9 @@ struct Run: AsyncParsableCommand {
     var createSlot = false
 
     @Flag(
-        help: "On PostgreSQL 17+, keep the slot an ordinary slot: by default it is created as (or turned into) a failover slot, which standbys with sync_replication_slots keep in step.")
+        help:
+            "On PostgreSQL 17+, keep the slot an ordinary slot: by default it is created as (or turned into) a failover slot, which standbys with sync_replication_slots keep in step."
+    )
     var noFailoverSlot = false
 
     @OptionGroup(title: "Sink") var sinkOptions: SinkOptions
@@ -180,9 +185,13 @@ struct Run: AsyncParsableCommand {
         let relay = Relay(config: config, sink: eventSink, logger: logger, latencyObserver: metrics)
         logger.info(
             "starting",
-            metadata: ["source": "\(Conninfo.redacted(source))", "slot": "\(slot)", "publication": "\(publication)", "sink": "\(eventSink.name)"])
+            metadata: [
+                "source": "\(Conninfo.redacted(source))", "slot": "\(slot)", "publication": "\(publication)",
+                "sink": "\(eventSink.name)",
+            ])
         do {
-            try await runServices(relay: relay, metrics: metrics, http: httpOptions.address, signals: signals, logger: logger)
+            try await runServices(
+                relay: relay, metrics: metrics, http: httpOptions.address, signals: signals, logger: logger)
         } catch {
             logger.critical("relay stopped: \(error)")
             throw ExitCode(1)

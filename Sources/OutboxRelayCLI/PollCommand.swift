@@ -98,9 +98,13 @@ struct Poll: AsyncParsableCommand {
             throw ExitCode(error is KafkaConfigurationError ? 64 : 1)
         }
         let relay = PollingRelay(config: config, sink: eventSink, logger: logger)
-        logger.info("starting", metadata: ["source": "\(Conninfo.redacted(config.conninfo))", "mode": "poll", "sink": "\(eventSink.name)"])
+        logger.info(
+            "starting",
+            metadata: ["source": "\(Conninfo.redacted(config.conninfo))", "mode": "poll", "sink": "\(eventSink.name)"])
         do {
-            try await runServices(relay: relay, metrics: MetricsExporter(mode: "poll", slot: nil), http: httpOptions.address, signals: signals, logger: logger)
+            try await runServices(
+                relay: relay, metrics: MetricsExporter(mode: "poll", slot: nil), http: httpOptions.address,
+                signals: signals, logger: logger)
         } catch {
             logger.critical("relay stopped: \(error)")
             throw ExitCode(1)

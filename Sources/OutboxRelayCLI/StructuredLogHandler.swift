@@ -37,14 +37,22 @@ struct StructuredLogHandler: LogHandler {
         switch format {
         case .logfmt:
             out = "ts=\(timestamp) level=\(level.rawValue) msg=\(Self.logfmtValue(message.description))"
-            for (key, value) in fields.sorted(by: { $0.key < $1.key }) { out += " \(key)=\(Self.logfmtValue("\(value)"))" }
+            for (key, value) in fields.sorted(by: { $0.key < $1.key }) {
+                out += " \(key)=\(Self.logfmtValue("\(value)"))"
+            }
         case .json:
-            out = "{\"ts\":\"\(timestamp)\",\"level\":\"\(level.rawValue)\",\"msg\":\(Self.jsonString(message.description))"
-            for (key, value) in fields.sorted(by: { $0.key < $1.key }) { out += ",\(Self.jsonString(key)):\(Self.jsonString("\(value)"))" }
+            out =
+                "{\"ts\":\"\(timestamp)\",\"level\":\"\(level.rawValue)\",\"msg\":\(Self.jsonString(message.description))"
+            for (key, value) in fields.sorted(by: { $0.key < $1.key }) {
+                out += ",\(Self.jsonString(key)):\(Self.jsonString("\(value)"))"
+            }
             out += "}"
         case .text:
             out = "\(timestamp) \(level.rawValue) \(message)"
-            if !fields.isEmpty { out += " " + fields.sorted(by: { $0.key < $1.key }).map { "\($0.key)=\($0.value)" }.joined(separator: " ") }
+            if !fields.isEmpty {
+                out +=
+                    " " + fields.sorted(by: { $0.key < $1.key }).map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+            }
         }
         out += "\n"
         FileHandle.standardError.write(Data(out.utf8))
@@ -57,12 +65,17 @@ struct StructuredLogHandler: LogHandler {
         var seconds = ts.tv_sec
         gmtime_r(&seconds, &tm)
         return String(
-            format: "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", Int(tm.tm_year) + 1900, Int(tm.tm_mon) + 1, Int(tm.tm_mday), Int(tm.tm_hour), Int(tm.tm_min), Int(tm.tm_sec),
+            format: "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", Int(tm.tm_year) + 1900, Int(tm.tm_mon) + 1, Int(tm.tm_mday),
+            Int(tm.tm_hour), Int(tm.tm_min), Int(tm.tm_sec),
             ts.tv_nsec / 1_000_000)
     }
 
     static func logfmtValue(_ value: String) -> String {
-        let plain = !value.isEmpty && value.unicodeScalars.allSatisfy { $0.value > 32 && $0 != "\"" && $0 != "=" && $0 != "\\" && $0.value != 127 }
+        let plain =
+            !value.isEmpty
+            && value.unicodeScalars.allSatisfy {
+                $0.value > 32 && $0 != "\"" && $0 != "=" && $0 != "\\" && $0.value != 127
+            }
         return plain ? value : jsonString(value)
     }
 
@@ -76,7 +89,11 @@ struct StructuredLogHandler: LogHandler {
             case "\r": out += "\\r"
             case "\t": out += "\\t"
             default:
-                if scalar.value < 0x20 { out += String(format: "\\u%04x", scalar.value) } else { out.unicodeScalars.append(scalar) }
+                if scalar.value < 0x20 {
+                    out += String(format: "\\u%04x", scalar.value)
+                } else {
+                    out.unicodeScalars.append(scalar)
+                }
             }
         }
         return out + "\""

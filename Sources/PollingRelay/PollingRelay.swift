@@ -2,11 +2,11 @@ import Foundation
 import Glibc
 import Logging
 import OutboxCore
-import RelayIO
 import OutboxRelay
 import PGOutput
 import PostgresClient
 import PostgresReplication
+import RelayIO
 import Synchronization
 
 /// Everything the polling relay needs.
@@ -205,12 +205,15 @@ public final class PollingRelay: RelayService, @unchecked Sendable {
             // The claim's FOR UPDATE needs UPDATE (it passed above); completing needs DELETE, or UPDATE of the mark column.
             if config.markColumn == nil {
                 let rows = try connection.query(
-                    "SELECT has_table_privilege(\(connection.literal(qualifiedTable)), 'DELETE') AS ok", label: "checking privileges")
+                    "SELECT has_table_privilege(\(connection.literal(qualifiedTable)), 'DELETE') AS ok",
+                    label: "checking privileges")
                 if rows[0, "ok"] != "t" {
                     throw RelayError.database(
                         .serverError(
                             command: "checking privileges", sqlState: "42501",
-                            message: "the role may not DELETE rows of \(qualifiedTable) (\(Self.privilegeHint(config, qualifiedTable)))"))
+                            message:
+                                "the role may not DELETE rows of \(qualifiedTable) (\(Self.privilegeHint(config, qualifiedTable)))"
+                        ))
                 }
             }
             if let channel = config.notifyChannel {
@@ -258,7 +261,8 @@ public final class PollingRelay: RelayService, @unchecked Sendable {
                 command: command, sqlState: state,
                 message: "\(message) (check --order-by and --mark-column against \(table))")
         case "42501":
-            return .serverError(command: command, sqlState: state, message: "\(message) (\(privilegeHint(config, table)))")
+            return .serverError(
+                command: command, sqlState: state, message: "\(message) (\(privilegeHint(config, table)))")
         default: return error
         }
     }
@@ -422,7 +426,9 @@ public final class PollingRelay: RelayService, @unchecked Sendable {
             // The sink's own deadline (a reconnect, an overdue acknowledgement) ends the wait too.
             let sinkLeft = sink.nextDeadline.map { Instant.now().millisecondsRoundedUp(until: $0) } ?? left
             var fds = [pollfd(fd: wakeup.descriptor, events: Int16(POLLIN), revents: 0)]
-            if config.notifyChannel != nil { fds.append(pollfd(fd: connection.socket, events: Int16(POLLIN), revents: 0)) }
+            if config.notifyChannel != nil {
+                fds.append(pollfd(fd: connection.socket, events: Int16(POLLIN), revents: 0))
+            }
             if let fd = sink.wakeupDescriptor { fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0)) }
             _ = poll(&fds, nfds_t(fds.count), max(min(left, sinkLeft), sinkLeft == 0 ? 1 : 0))
             // Keep the sink's own events (logs, errors) moving while idle.

@@ -39,7 +39,8 @@ public enum Conninfo {
         guard let options = PQconninfoParse(conninfo, &error) else {
             let libpq = error.map { String(cString: $0) } ?? ""
             if let error { PQfreemem(error) }
-            return describe(parseError: libpq, uri: conninfo.hasPrefix("postgres://") || conninfo.hasPrefix("postgresql://"))
+            return describe(
+                parseError: libpq, uri: conninfo.hasPrefix("postgres://") || conninfo.hasPrefix("postgresql://"))
         }
         defer { PQconninfoFree(options) }
         var option = options
@@ -55,16 +56,24 @@ public enum Conninfo {
 
     /// libpq's parse error (which quotes the input) as a message that quotes nothing.
     static func describe(parseError: String, uri: Bool) -> String {
-        let quoting = uri ? "percent-encode special characters in values (@ as %40, space as %20)" : "quote values that contain spaces or quotes: password='a b', and escape ' and \\ inside them with a backslash"
+        let quoting =
+            uri
+            ? "percent-encode special characters in values (@ as %40, space as %20)"
+            : "quote values that contain spaces or quotes: password='a b', and escape ' and \\ inside them with a backslash"
         if parseError.contains("missing \"=\"") {
             return "a value is missing \"=\" or has an unquoted space (\(quoting))"
         }
         if parseError.contains("unterminated quoted string") { return "a quoted value is not closed" }
         if parseError.contains("invalid connection option") || parseError.contains("invalid URI query parameter") {
-            return "it names an option libpq does not know (a value with an unquoted space or \"=\" can look like one; \(quoting))"
+            return
+                "it names an option libpq does not know (a value with an unquoted space or \"=\" can look like one; \(quoting))"
         }
-        if parseError.contains("percent-encoded") { return "a % in the URI is not followed by two hexadecimal digits (write % as %25)" }
-        if parseError.contains("IPv6") || parseError.contains("\"]\"") { return "an IPv6 host address in [brackets] is not closed" }
+        if parseError.contains("percent-encoded") {
+            return "a % in the URI is not followed by two hexadecimal digits (write % as %25)"
+        }
+        if parseError.contains("IPv6") || parseError.contains("\"]\"") {
+            return "an IPv6 host address in [brackets] is not closed"
+        }
         if parseError.contains("out of memory") { return "out of memory while parsing it" }
         return "libpq cannot parse it (\(quoting))"
     }

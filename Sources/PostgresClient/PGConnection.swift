@@ -26,9 +26,10 @@ public final class PGConnection {
         if let problem = Conninfo.validate(conninfo) {
             throw .invalidConfiguration("invalid PostgreSQL connection string: \(problem)")
         }
-        var pairs = Self.defaultParameters.map { ($0.key, $0.value) } + [
-            ("fallback_application_name", applicationName), ("dbname", conninfo),
-        ]
+        var pairs =
+            Self.defaultParameters.map { ($0.key, $0.value) } + [
+                ("fallback_application_name", applicationName), ("dbname", conninfo),
+            ]
         if replication { pairs.append(("replication", "database")) }
         let keys = pairs.map { strdup($0.0) }
         let values = pairs.map { strdup($0.1) }
@@ -72,7 +73,10 @@ public final class PGConnection {
             if deadline != Int.max && left <= 0 {
                 return .connectionFailed("timeout expired (connect_timeout=\(timeout) s)")
             }
-            var fds = [pollfd(fd: PQsocket(conn), events: Int16(status == PGRES_POLLING_READING ? POLLIN : POLLOUT), revents: 0)]
+            var fds = [
+                pollfd(
+                    fd: PQsocket(conn), events: Int16(status == PGRES_POLLING_READING ? POLLIN : POLLOUT), revents: 0)
+            ]
             if let interrupt { fds.append(pollfd(fd: interrupt, events: Int16(POLLIN), revents: 0)) }
             let ready = poll(&fds, nfds_t(fds.count), Int32(clamping: left))
             if ready < 0 && errno != EINTR {
@@ -158,10 +162,13 @@ public final class PGConnection {
             if left <= 0 {
                 if let last { PQclear(last) }
                 throw .connectionLost(
-                    "no answer from PostgreSQL within \(interrupted ? stopGraceMilliseconds : timeout) ms (\(label)); the connection is treated as dead")
+                    "no answer from PostgreSQL within \(interrupted ? stopGraceMilliseconds : timeout) ms (\(label)); the connection is treated as dead"
+                )
             }
             var fds = [pollfd(fd: PQsocket(conn), events: Int16(POLLIN), revents: 0)]
-            if let fd = interruptDescriptor, !interrupted { fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0)) }
+            if let fd = interruptDescriptor, !interrupted {
+                fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0))
+            }
             if poll(&fds, nfds_t(fds.count), Int32(clamping: left)) < 0 && errno != EINTR {
                 if let last { PQclear(last) }
                 throw .connectionLost("poll: \(String(cString: strerror(errno)))")

@@ -57,7 +57,10 @@ public enum ReplicationError: Error, Sendable, CustomStringConvertible {
             "could not translate host name")
         if transient { return .connectionFailed(message) }
         let fix: String? =
-            if any("password authentication failed", "password is required", "no password supplied", "SASL authentication failed") {
+            if any(
+                "password authentication failed", "password is required", "no password supplied",
+                "SASL authentication failed")
+            {
                 "Fix the password (SQLSTATE 28P01); it comes from the connection string, OUTBOX_RELAY_SOURCE_FILE or ~/.pgpass"
             } else if any("database \"") && any("does not exist") {
                 "Create the database or fix dbname (SQLSTATE 3D000)"
@@ -69,7 +72,10 @@ public enum ReplicationError: Error, Sendable, CustomStringConvertible {
                 "Give the role REPLICATION: ALTER ROLE … REPLICATION, see sql/03-relay-role.sql (SQLSTATE 42501)"
             } else if any("certificate verify failed", "certificate", "server does not support SSL", "SSL error") {
                 "Fix the TLS settings: sslmode, sslrootcert, the server's certificate"
-            } else if any("invalid connection option", "invalid sslmode", "invalid integer value", "invalid port", "invalid value for parameter") {
+            } else if any(
+                "invalid connection option", "invalid sslmode", "invalid integer value", "invalid port",
+                "invalid value for parameter")
+            {
                 "Fix the connection string's options"
             } else {
                 nil
@@ -83,7 +89,9 @@ public enum ReplicationError: Error, Sendable, CustomStringConvertible {
         switch reason {
         case "wal_removed": return "wal_removed: PostgreSQL removed WAL it still needed, max_slot_wal_keep_size"
         case "idle_timeout": return "idle_timeout: inactive longer than idle_replication_slot_timeout"
-        case "rows_removed": return "rows_removed: a standby's recovery conflict, the primary removed rows it needed (hot_standby_feedback off?)"
+        case "rows_removed":
+            return
+                "rows_removed: a standby's recovery conflict, the primary removed rows it needed (hot_standby_feedback off?)"
         case "wal_level_insufficient": return "wal_level_insufficient: the primary's wal_level is below logical"
         default: return reason
         }

@@ -82,7 +82,8 @@ public final class PublicationWatch: @unchecked Sendable {
     func check(_ connection: inout PGConnection?) -> Result<SlotStatus?, ReplicationError> {
         do {
             if connection == nil {
-                connection = try PGConnection(conninfo: options.conninfo, replication: false, applicationName: "outbox-relay-watch")
+                connection = try PGConnection(
+                    conninfo: options.conninfo, replication: false, applicationName: "outbox-relay-watch")
             }
             let c = connection!
             if options.table != nil {

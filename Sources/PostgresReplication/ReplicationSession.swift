@@ -134,7 +134,8 @@ public final class ReplicationSession {
         serverVersion = connection.serverVersion
         guard serverVersion >= 140_000 else {
             throw .invalidConfiguration(
-                "PostgreSQL \(serverVersion / 10_000) is not supported: the relay needs 14 or later (13's pgoutput has no logical decoding messages, and 13 is past its end of life). Nothing was created on the server")
+                "PostgreSQL \(serverVersion / 10_000) is not supported: the relay needs 14 or later (13's pgoutput has no logical decoding messages, and 13 is past its end of life). Nothing was created on the server"
+            )
         }
         inRecovery = (try? connection.query("SELECT pg_is_in_recovery() AS r"))?[0, "r"] == "t"
 
@@ -148,7 +149,8 @@ public final class ReplicationSession {
             {
                 throw .slotVanished(
                     slot: options.slot,
-                    detail: SlotRegistry.lossDescription(record, slot: options.slot, systemIdentifier: systemID, timeline: timeline))
+                    detail: SlotRegistry.lossDescription(
+                        record, slot: options.slot, systemIdentifier: systemID, timeline: timeline))
             }
             guard options.createSlot && mayCreate else {
                 throw .slotMissing(
@@ -164,12 +166,15 @@ public final class ReplicationSession {
                     logger: logger)
             {
                 created = true
-                Self.record(registry, options.slot, systemID, timeline, created: point, confirmed: point, logger: logger)
+                Self.record(
+                    registry, options.slot, systemID, timeline, created: point, confirmed: point, logger: logger)
             }
             slot = try Self.slotInfo(connection, options.slot)
         } else if options.recordsSlot {
             if let registry = try? PGConnection(conninfo: options.conninfo, replication: false, interrupt: interrupt) {
-                Self.record(registry, options.slot, systemID, timeline, created: nil, confirmed: slot?.confirmedFlush, logger: logger)
+                Self.record(
+                    registry, options.slot, systemID, timeline, created: nil, confirmed: slot?.confirmedFlush,
+                    logger: logger)
             }
         }
         guard let slot else {
@@ -206,10 +211,12 @@ public final class ReplicationSession {
         if options.failoverSlot && serverVersion >= 170_000 && !inRecovery && !slot.failover && options.recordsSlot {
             do {
                 try connection.query(
-                    "ALTER_REPLICATION_SLOT \(connection.identifier(options.slot)) (FAILOVER true)", label: "ALTER_REPLICATION_SLOT")
+                    "ALTER_REPLICATION_SLOT \(connection.identifier(options.slot)) (FAILOVER true)",
+                    label: "ALTER_REPLICATION_SLOT")
                 logger.notice("made the slot a failover slot (PostgreSQL 17+)", metadata: ["slot": "\(options.slot)"])
             } catch {
-                logger.warning("cannot make the slot a failover slot", metadata: ["slot": "\(options.slot)", "error": "\(error)"])
+                logger.warning(
+                    "cannot make the slot a failover slot", metadata: ["slot": "\(options.slot)", "error": "\(error)"])
             }
         }
         slotFailover = slot.failover
@@ -217,7 +224,8 @@ public final class ReplicationSession {
         // The session's own value (it may be set per role or database); pg_settings gives milliseconds.
         walSenderTimeoutMilliseconds =
             (try? connection.query(
-                "SELECT setting FROM pg_settings WHERE name = 'wal_sender_timeout'", label: "reading wal_sender_timeout"))
+                "SELECT setting FROM pg_settings WHERE name = 'wal_sender_timeout'", label: "reading wal_sender_timeout"
+            ))
             .flatMap { $0[0, "setting"] }.flatMap { Int($0) }
 
         try Self.checkPublication(connection, options, mayCreate: mayCreate, logger: logger)
@@ -267,7 +275,8 @@ public final class ReplicationSession {
         case 170_000...:
             return "invalidation_reason AS invalidation, failover, synced"
         case 160_000..<170_000:
-            return "CASE WHEN conflicting THEN 'conflicting (recovery conflict on a standby)' END AS invalidation, false AS failover, false AS synced"
+            return
+                "CASE WHEN conflicting THEN 'conflicting (recovery conflict on a standby)' END AS invalidation, false AS failover, false AS synced"
         default:
             return "NULL::text AS invalidation, false AS failover, false AS synced"
         }
@@ -279,7 +288,8 @@ public final class ReplicationSession {
             label: "reading pg_replication_slots")
         guard rows.count == 1 else { return nil }
         return SlotInfo(
-            invalidation: rows[0, "invalidation"], failover: rows[0, "failover"] == "t", synced: rows[0, "synced"] == "t",
+            invalidation: rows[0, "invalidation"], failover: rows[0, "failover"] == "t",
+            synced: rows[0, "synced"] == "t",
             plugin: rows[0, "plugin"], slotType: rows[0, "slot_type"] ?? "?",
             database: rows[0, "database"], active: rows[0, "active"] == "t",
             activePID: rows[0, "active_pid"].flatMap { Int($0) }, walStatus: rows[0, "wal_status"],
@@ -358,7 +368,8 @@ public final class ReplicationSession {
         let names = options.columns.map { c.literal($0) }.joined(separator: ", ")
         let published =
             serverVersion >= 180_000
-            ? "(SELECT pubgencols = 's' FROM pg_publication WHERE pubname = \(c.literal(options.publication)))" : "false"
+            ? "(SELECT pubgencols = 's' FROM pg_publication WHERE pubname = \(c.literal(options.publication)))"
+            : "false"
         let rows = try c.query(
             """
             SELECT a.attname, \(published) AS published FROM pg_attribute a
@@ -370,7 +381,8 @@ public final class ReplicationSession {
             publication: options.publication,
             reason: serverVersion >= 180_000
                 ? "column \(columns) of \(table.schema).\(table.name) is a generated column, which the publication does not publish: ALTER PUBLICATION \(options.publication) SET (publish_generated_columns = stored), or make it an ordinary column"
-                : "column \(columns) of \(table.schema).\(table.name) is a generated column: PostgreSQL \(serverVersion / 10_000) does not publish generated columns to logical replication (18 can, with publish_generated_columns = stored); make it an ordinary column")
+                : "column \(columns) of \(table.schema).\(table.name) is a generated column: PostgreSQL \(serverVersion / 10_000) does not publish generated columns to logical replication (18 can, with publish_generated_columns = stored); make it an ordinary column"
+        )
     }
 
     /// `START_REPLICATION SLOT … LOGICAL <lsn> (…)`. The server starts at

@@ -73,7 +73,8 @@ public enum SlotRegistry {
         confirmedLSN: LSN?
     ) throws(ReplicationError) {
         func lsn(_ value: LSN?) -> String { value.map { "'\($0)'::pg_lsn" } ?? "NULL" }
-        let values = "\(connection.literal(slot)), \(connection.literal(systemIdentifier)), \(timeline), \(lsn(createdLSN)), \(lsn(confirmedLSN))"
+        let values =
+            "\(connection.literal(slot)), \(connection.literal(systemIdentifier)), \(timeline), \(lsn(createdLSN)), \(lsn(confirmedLSN))"
         let update =
             createdLSN == nil
             ? "confirmed_lsn = EXCLUDED.confirmed_lsn, seen_at = now()"
@@ -93,14 +94,19 @@ public enum SlotRegistry {
     }
 
     /// What to tell the operator about a slot that is gone.
-    public static func lossDescription(_ record: SlotRecord, slot: String, systemIdentifier: String, timeline: Int) -> String {
+    public static func lossDescription(
+        _ record: SlotRecord, slot: String, systemIdentifier: String, timeline: Int
+    ) -> String {
         let cause: String
         if record.systemIdentifier != systemIdentifier {
-            cause = "the record comes from another cluster (system identifier \(record.systemIdentifier), this one is \(systemIdentifier)): the database was restored or copied"
+            cause =
+                "the record comes from another cluster (system identifier \(record.systemIdentifier), this one is \(systemIdentifier)): the database was restored or copied"
         } else if timeline != record.timeline {
-            cause = "the server is on timeline \(timeline), the slot was recorded on timeline \(record.timeline): a standby was promoted (failover) that never had the slot — PostgreSQL before 17 does not copy logical slots to standbys, 17+ only failover slots"
+            cause =
+                "the server is on timeline \(timeline), the slot was recorded on timeline \(record.timeline): a standby was promoted (failover) that never had the slot — PostgreSQL before 17 does not copy logical slots to standbys, 17+ only failover slots"
         } else {
-            cause = "it was dropped (for example by a DBA removing an inactive slot that held WAL), or the server was restored or failed over to a standby without it"
+            cause =
+                "it was dropped (for example by a DBA removing an inactive slot that held WAL), or the server was restored or failed over to a standby without it"
         }
         let position = record.confirmedLSN.map { "\($0) (when a relay last connected, \(record.seenAt))" } ?? "unknown"
         return

@@ -19,7 +19,9 @@ public enum AMQPMessage {
     /// Why `name` cannot be an exchange to publish to, or nil ("" is the default exchange).
     public static func exchangeProblem(_ name: String) -> String? {
         if let problem = shortStringProblem("the exchange name", name) { return problem }
-        if name.hasPrefix("amq.") && !["amq.direct", "amq.topic", "amq.fanout", "amq.headers", "amq.match"].contains(name) {
+        if name.hasPrefix("amq.")
+            && !["amq.direct", "amq.topic", "amq.fanout", "amq.headers", "amq.match"].contains(name)
+        {
             return "\"\(name)\" is reserved (amq.*)"
         }
         return nil
@@ -30,7 +32,9 @@ public enum AMQPMessage {
         if let problem = shortStringProblem("the event id (message_id)", id) { return problem }
         for header in headers {
             if header.name.isEmpty { return "a header has an empty name" }
-            if let problem = shortStringProblem("header name \"\(header.name.prefix(60))\"", header.name) { return problem }
+            if let problem = shortStringProblem("header name \"\(header.name.prefix(60))\"", header.name) {
+                return problem
+            }
             if header.value.utf8.contains(0) { return "header \(header.name) contains a NUL character" }
         }
         return nil
@@ -71,6 +75,7 @@ public enum AMQPMessage {
         guard error.contains("vhost"), let scheme = url.range(of: "://") else { return nil }
         let rest = url[scheme.upperBound...]
         guard let slash = rest.firstIndex(of: "/"), rest[slash...] == "/" else { return nil }
-        return "the URL ends in \"/\", which names the empty vhost; for the default vhost \"/\" leave the path out or write %2f"
+        return
+            "the URL ends in \"/\", which names the empty vhost; for the default vhost \"/\" leave the path out or write %2f"
     }
 }

@@ -4,7 +4,6 @@ import Glibc
 import Logging
 import OutboxCore
 import RelayIO
-import RelayIO
 
 /// How the RabbitMQ sink connects and publishes.
 public struct RabbitMQSinkConfig: Sendable {
@@ -60,9 +59,15 @@ public final class RabbitMQSink: EventSink {
 
     public var name: String { driver.name }
     public func send(_ event: OutboxEvent, ticket: UInt64) throws { try driver.send(event, ticket: ticket) }
-    public func deadLetter(_ poison: PoisonEvent, ticket: UInt64) throws -> Bool { try driver.deadLetter(poison, ticket: ticket) }
-    public func poll(timeoutMilliseconds: Int) throws -> [Acknowledgement] { try driver.poll(timeoutMilliseconds: timeoutMilliseconds) }
-    public func flush(timeoutMilliseconds: Int) throws -> [Acknowledgement] { try driver.flush(timeoutMilliseconds: timeoutMilliseconds) }
+    public func deadLetter(_ poison: PoisonEvent, ticket: UInt64) throws -> Bool {
+        try driver.deadLetter(poison, ticket: ticket)
+    }
+    public func poll(timeoutMilliseconds: Int) throws -> [Acknowledgement] {
+        try driver.poll(timeoutMilliseconds: timeoutMilliseconds)
+    }
+    public func flush(timeoutMilliseconds: Int) throws -> [Acknowledgement] {
+        try driver.flush(timeoutMilliseconds: timeoutMilliseconds)
+    }
     public func discardUnacknowledged() -> Int { driver.discardUnacknowledged() }
     public var isReachable: Bool { driver.isReachable }
     public var wakeupDescriptor: Int32? { driver.wakeupDescriptor }
@@ -109,8 +114,12 @@ public final class RabbitMQTransport: DeliveryTransport {
 
     public func message(for event: OutboxEvent) -> (Message, problem: String?) {
         let key = config.routingKey.render(event)
-        let message = Message(routingKey: key, eventID: event.id, headers: event.messageHeaders, body: event.messageBody)
-        return (message, AMQPMessage.routingKeyProblem(key) ?? AMQPMessage.messageProblem(id: event.id, headers: message.headers))
+        let message = Message(
+            routingKey: key, eventID: event.id, headers: event.messageHeaders, body: event.messageBody)
+        return (
+            message,
+            AMQPMessage.routingKeyProblem(key) ?? AMQPMessage.messageProblem(id: event.id, headers: message.headers)
+        )
     }
 
     public func poisonMessage(_ poison: PoisonEvent) -> Message? {
@@ -119,7 +128,8 @@ public final class RabbitMQTransport: DeliveryTransport {
             ("id", poison.id ?? ""), ("lsn", poison.lsn.description),
             ("dlq.reason", poison.reason), ("dlq.source", poison.source),
         ]
-        return Message(routingKey: key, eventID: poison.id ?? "", headers: Self.printable(headers), body: poison.payload ?? [])
+        return Message(
+            routingKey: key, eventID: poison.id ?? "", headers: Self.printable(headers), body: poison.payload ?? [])
     }
 
     public func deadLetterMessage(_ message: Message, because why: String) -> Message {
@@ -152,7 +162,9 @@ public final class RabbitMQTransport: DeliveryTransport {
 
     public func close(_ link: RabbitLink) { outbox_amqp_close(link.connection, link.broken ? 0 : 1) }
 
-    public func descriptor(of link: RabbitLink) -> (fd: Int32, writable: Bool)? { (outbox_amqp_fd(link.connection), false) }
+    public func descriptor(of link: RabbitLink) -> (fd: Int32, writable: Bool)? {
+        (outbox_amqp_fd(link.connection), false)
+    }
 
     public func publish(_ message: Message, on link: RabbitLink) -> PublishOutcome<UInt64> {
         let status = Self.publish(link.connection, exchange: config.exchange, message)
@@ -217,7 +229,9 @@ public final class RabbitMQTransport: DeliveryTransport {
                     // that one is refused for good; the others go again.
                     for (tag, sent) in link.published.sorted(by: { $0.key < $1.key }) where sent.bytes > limit {
                         out.append(
-                            .refused(tag, "the message is larger than RabbitMQ's max_message_size (\(limit) bytes): \(text)"))
+                            .refused(
+                                tag, "the message is larger than RabbitMQ's max_message_size (\(limit) bytes): \(text)")
+                        )
                     }
                 }
                 out.append(.lost("RabbitMQ closed the connection: \(frame.code) \(text)"))
@@ -242,7 +256,8 @@ public final class RabbitMQTransport: DeliveryTransport {
             if let why = link.returned.removeValue(forKey: current) {
                 out.append(.refused(current, why))
             } else if nacked {
-                guard case .refused(let why) = AMQPMessage.nacked(exchange: config.exchange, routingKey: sent.routingKey)
+                guard
+                    case .refused(let why) = AMQPMessage.nacked(exchange: config.exchange, routingKey: sent.routingKey)
                 else { continue }
                 out.append(.refused(current, why))
             } else {
@@ -253,15 +268,17 @@ public final class RabbitMQTransport: DeliveryTransport {
     }
 
     /// A returned message is the oldest unconfirmed one with its id and routing key not returned yet.
-    private func markReturned(_ link: RabbitLink, messageID: String, _ returned: (code: Int, text: String, routingKey: String)) {
+    private func markReturned(
+        _ link: RabbitLink, messageID: String, _ returned: (code: Int, text: String, routingKey: String)
+    ) {
         var tag = link.lowestTag
         while tag < link.nextTag {
             if let sent = link.published[tag], link.returned[tag] == nil, sent.eventID == messageID,
                 sent.routingKey == returned.routingKey
             {
                 if case .refused(let why) = AMQPMessage.returned(
-                    code: returned.code, text: returned.text, exchange: config.exchange, routingKey: returned.routingKey)
-                {
+                    code: returned.code, text: returned.text, exchange: config.exchange, routingKey: returned.routingKey
+                ) {
                     link.returned[tag] = why
                 }
                 return

@@ -93,7 +93,9 @@ public struct RESPParser: Sendable {
         let type = buffer[position]
         guard let line = self.line(from: position + 1) else {
             // A header line has no business being long: a stream that is not RESP.
-            if buffer.count - position > 64 * 1024 { throw RESPProtocolError(description: "a reply line longer than 64 KiB") }
+            if buffer.count - position > 64 * 1024 {
+                throw RESPProtocolError(description: "a reply line longer than 64 KiB")
+            }
             return nil
         }
         let text = String(decoding: buffer[(position + 1)..<line], as: UTF8.self)
@@ -106,7 +108,9 @@ public struct RESPParser: Sendable {
             position = afterLine
             return .error(text)
         case UInt8(ascii: ":"):
-            guard let number = Int64(text) else { throw RESPProtocolError(description: "integer reply \"\(text.prefix(40))\"") }
+            guard let number = Int64(text) else {
+                throw RESPProtocolError(description: "integer reply \"\(text.prefix(40))\"")
+            }
             position = afterLine
             return .integer(number)
         case UInt8(ascii: "$"):
@@ -131,7 +135,9 @@ public struct RESPParser: Sendable {
                 position = afterLine
                 return .array(nil)
             }
-            guard depth < Self.maxDepth else { throw RESPProtocolError(description: "arrays nested deeper than \(Self.maxDepth)") }
+            guard depth < Self.maxDepth else {
+                throw RESPProtocolError(description: "arrays nested deeper than \(Self.maxDepth)")
+            }
             var cursor = afterLine
             var elements: [RESPValue] = []
             elements.reserveCapacity(min(count, 1024))

@@ -22,7 +22,9 @@ public struct RedisEndpoint: Sendable, Equatable {
     public static func parse(_ url: String) throws(RedisConfigurationError) -> RedisEndpoint {
         if url.hasPrefix("rediss://") {
             throw RedisConfigurationError(
-                description: "--redis-url \(redactedURL(url)): TLS (rediss://) is not supported by this sink; reach Redis over a private network or a local TLS tunnel")
+                description:
+                    "--redis-url \(redactedURL(url)): TLS (rediss://) is not supported by this sink; reach Redis over a private network or a local TLS tunnel"
+            )
         }
         guard url.hasPrefix("redis://") else {
             throw RedisConfigurationError(description: "--redis-url \(redactedURL(url)) must start with redis://")
@@ -46,7 +48,8 @@ public struct RedisEndpoint: Sendable, Equatable {
             rest = rest[..<slash]
             if !path.isEmpty {
                 guard let db = Int(path), db >= 0 else {
-                    throw RedisConfigurationError(description: "--redis-url \(redactedURL(url)): the database \"\(path)\" is not a number")
+                    throw RedisConfigurationError(
+                        description: "--redis-url \(redactedURL(url)): the database \"\(path)\" is not a number")
                 }
                 endpoint.database = db
             }
@@ -64,11 +67,14 @@ public struct RedisEndpoint: Sendable, Equatable {
             hostPart = rest[..<colon]
             portPart = rest[rest.index(after: colon)...]
         }
-        guard !hostPart.isEmpty else { throw RedisConfigurationError(description: "--redis-url \(redactedURL(url)) names no host") }
+        guard !hostPart.isEmpty else {
+            throw RedisConfigurationError(description: "--redis-url \(redactedURL(url)) names no host")
+        }
         endpoint.host = String(hostPart)
         if let portPart {
             guard let port = Int(portPart), (1...65535).contains(port) else {
-                throw RedisConfigurationError(description: "--redis-url \(redactedURL(url)): the port \"\(portPart)\" is not 1 to 65535")
+                throw RedisConfigurationError(
+                    description: "--redis-url \(redactedURL(url)): the port \"\(portPart)\" is not 1 to 65535")
             }
             endpoint.port = port
         }
@@ -166,7 +172,8 @@ public enum RedisMessage {
             "NOAUTH", "WRONGPASS":
             return .transient(error)
         case "MOVED", "ASK", "CROSSSLOT", "CLUSTERDOWN":
-            return .fatal("\(error): Redis Cluster is not supported; point --redis-url at a standalone server or a primary")
+            return .fatal(
+                "\(error): Redis Cluster is not supported; point --redis-url at a standalone server or a primary")
         default:
             if error.hasPrefix("ERR max number of clients") { return .transient(error) }
             return .fatal(error)
@@ -196,7 +203,9 @@ public enum RedisMessage {
     /// Reads the replies to a batch (exactly `replyCount` of them).
     public static func outcome(of replies: [RESPValue], commands: Int, wait: Bool) -> BatchOutcome {
         guard replies.count == replyCount(commands: commands, wait: wait) else {
-            return .aborted(index: nil, .fatal("expected \(replyCount(commands: commands, wait: wait)) replies, got \(replies.count)"))
+            return .aborted(
+                index: nil,
+                .fatal("expected \(replyCount(commands: commands, wait: wait)) replies, got \(replies.count)"))
         }
         if case .error(let e) = replies[0] { return .aborted(index: nil, classify(e)) }
         var refusedAt: (Int, Refusal)?

@@ -17,7 +17,8 @@ public struct RedisOptions: ParsableArguments, DestinationOptions {
 
     @Option(
         help: ArgumentHelp(
-            "The stream each event is added to, from {topic}, {key} and {type} (with --sink redis).", valueName: "template"))
+            "The stream each event is added to, from {topic}, {key} and {type} (with --sink redis).",
+            valueName: "template"))
     public var redisStream = "{topic}"
 
     @Option(
@@ -49,12 +50,16 @@ public struct RedisOptions: ParsableArguments, DestinationOptions {
     public init() {}
 
     public var givenOptions: [String] {
-        (redisUrl != nil || redisStream != "{topic}" || redisMaxlen != 0 || redisDedupeWindowS != 0 || redisWaitReplicas != 0)
-            ? ["--redis-url", "--redis-stream", "--redis-maxlen", "--redis-dedupe-window-s", "--redis-wait-replicas"] : []
+        (redisUrl != nil || redisStream != "{topic}" || redisMaxlen != 0 || redisDedupeWindowS != 0
+            || redisWaitReplicas != 0)
+            ? ["--redis-url", "--redis-stream", "--redis-maxlen", "--redis-dedupe-window-s", "--redis-wait-replicas"]
+            : []
     }
 
     public func checkAlways() throws {
-        do { _ = try DestinationTemplate(redisStream) } catch { throw DestinationOptionError("--redis-stream: \(error)") }
+        do { _ = try DestinationTemplate(redisStream) } catch {
+            throw DestinationOptionError("--redis-stream: \(error)")
+        }
         if redisMaxlen < 0 { throw DestinationOptionError("--redis-maxlen must be 0 or more") }
         if redisDedupeWindowS < 0 { throw DestinationOptionError("--redis-dedupe-window-s must be 0 or more") }
         if redisWaitReplicas < 0 { throw DestinationOptionError("--redis-wait-replicas must be 0 or more") }

@@ -4,7 +4,6 @@ import Logging
 import OutboxCore
 import RelayIO
 import Synchronization
-import RelayIO
 
 /// How the Redis sink connects and adds entries.
 public struct RedisSinkConfig: Sendable {
@@ -50,14 +49,21 @@ public final class RedisSink: EventSink {
         if let dlq = config.deadLetterStream, dlq.isEmpty {
             throw RedisConfigurationError(description: "--dlq-topic must not be empty")
         }
-        driver = try DeliveryDriver(transport: RedisTransport(config: config, endpoint: endpoint, logger: logger), logger: logger)
+        driver = try DeliveryDriver(
+            transport: RedisTransport(config: config, endpoint: endpoint, logger: logger), logger: logger)
     }
 
     public var name: String { driver.name }
     public func send(_ event: OutboxEvent, ticket: UInt64) throws { try driver.send(event, ticket: ticket) }
-    public func deadLetter(_ poison: PoisonEvent, ticket: UInt64) throws -> Bool { try driver.deadLetter(poison, ticket: ticket) }
-    public func poll(timeoutMilliseconds: Int) throws -> [Acknowledgement] { try driver.poll(timeoutMilliseconds: timeoutMilliseconds) }
-    public func flush(timeoutMilliseconds: Int) throws -> [Acknowledgement] { try driver.flush(timeoutMilliseconds: timeoutMilliseconds) }
+    public func deadLetter(_ poison: PoisonEvent, ticket: UInt64) throws -> Bool {
+        try driver.deadLetter(poison, ticket: ticket)
+    }
+    public func poll(timeoutMilliseconds: Int) throws -> [Acknowledgement] {
+        try driver.poll(timeoutMilliseconds: timeoutMilliseconds)
+    }
+    public func flush(timeoutMilliseconds: Int) throws -> [Acknowledgement] {
+        try driver.flush(timeoutMilliseconds: timeoutMilliseconds)
+    }
     public func discardUnacknowledged() -> Int { driver.discardUnacknowledged() }
     public var isReachable: Bool { driver.isReachable }
     public var wakeupDescriptor: Int32? { driver.wakeupDescriptor }
@@ -130,7 +136,8 @@ public final class RedisTransport: DeliveryTransport {
 
     public func message(for event: OutboxEvent) -> (Message, problem: String?) {
         let stream = config.stream.render(event)
-        let message = Message(stream: stream, fields: RedisMessage.fields(for: event), isDeadLetter: false, eventID: event.id)
+        let message = Message(
+            stream: stream, fields: RedisMessage.fields(for: event), isDeadLetter: false, eventID: event.id)
         return (message, stream.isEmpty ? "the stream name (from --redis-stream \(config.stream)) is empty" : nil)
     }
 
@@ -138,7 +145,8 @@ public final class RedisTransport: DeliveryTransport {
         guard let stream = config.deadLetterStream else { return nil }
         let fields: [[UInt8]] =
             [
-                "id", poison.id ?? "", "lsn", poison.lsn.description, "dlq.reason", poison.reason, "dlq.source", poison.source,
+                "id", poison.id ?? "", "lsn", poison.lsn.description, "dlq.reason", poison.reason, "dlq.source",
+                poison.source,
             ].map { Array($0.utf8) } + [Array("payload".utf8), poison.payload ?? []]
         return Message(stream: stream, fields: fields, isDeadLetter: true, eventID: poison.id ?? "")
     }
@@ -146,7 +154,8 @@ public final class RedisTransport: DeliveryTransport {
     public func deadLetterMessage(_ message: Message, because why: String) -> Message {
         let extra: [[UInt8]] = ["dlq.error", why, "dlq.original.stream", message.stream].map { Array($0.utf8) }
         return Message(
-            stream: config.deadLetterStream ?? "", fields: extra + message.fields, isDeadLetter: true, eventID: message.eventID)
+            stream: config.deadLetterStream ?? "", fields: extra + message.fields, isDeadLetter: true,
+            eventID: message.eventID)
     }
 
     // MARK: The link
@@ -183,7 +192,9 @@ public final class RedisTransport: DeliveryTransport {
             }
         }
         let link = RedisLink(connection: connection)
-        if dedupe, case .bulk(let sha?)? = replies.dropLast().last { link.script = String(decoding: sha, as: UTF8.self) }
+        if dedupe, case .bulk(let sha?)? = replies.dropLast().last {
+            link.script = String(decoding: sha, as: UTF8.self)
+        }
         if case .array(let pairs?)? = replies.last { warnAboutDurability(pairs) }
         return link
     }
@@ -286,7 +297,9 @@ public final class RedisTransport: DeliveryTransport {
         return out
     }
 
-    private func settle(_ finished: RedisLink.Batch, link: RedisLink, now: Instant, into out: inout [TransportResult<UInt64>]) {
+    private func settle(
+        _ finished: RedisLink.Batch, link: RedisLink, now: Instant, into out: inout [TransportResult<UInt64>]
+    ) {
         if finished.phase == .awaitingReplicas {
             switch finished.replies[0] {
             case .integer(let n) where n >= config.waitReplicas:
@@ -304,7 +317,9 @@ public final class RedisTransport: DeliveryTransport {
             }
             return
         }
-        switch RedisMessage.outcome(of: finished.replies, commands: finished.tokens.count, wait: config.waitReplicas > 0) {
+        switch RedisMessage.outcome(
+            of: finished.replies, commands: finished.tokens.count, wait: config.waitReplicas > 0)
+        {
         case .executed(let results, let replicas):
             var stored: [UInt64] = []
             for (index, result) in results.enumerated() {
@@ -363,7 +378,9 @@ public final class RedisTransport: DeliveryTransport {
         link.batch = RedisLink.Batch(tokens: tokens, phase: .awaitingReplicas, expected: 1)
         link.waitAgainAt = now + link.waitBackoff.next()
         out.append(
-            .hold("\(have) of \(config.waitReplicas) replicas acknowledged within \(config.waitTimeoutMilliseconds) ms (WAIT)"))
+            .hold(
+                "\(have) of \(config.waitReplicas) replicas acknowledged within \(config.waitTimeoutMilliseconds) ms (WAIT)"
+            ))
     }
 
     /// Redis refused a batch for now (OOM, LOADING, READONLY, NOSCRIPT, …): the
@@ -373,7 +390,9 @@ public final class RedisTransport: DeliveryTransport {
     /// primary) — sends it after the backoff. Unless replicas are awaited for an
     /// earlier batch on this connection (WAIT counts this connection's writes):
     /// then the refused ones go back in front and wait on it.
-    private func retryLater(_ tokens: [UInt64], _ why: String, link: RedisLink, into out: inout [TransportResult<UInt64>]) {
+    private func retryLater(
+        _ tokens: [UInt64], _ why: String, link: RedisLink, into out: inout [TransportResult<UInt64>]
+    ) {
         if link.batch == nil {
             out.append(.lost("Redis is not taking events now: \(why)"))
         } else {
@@ -418,7 +437,8 @@ public final class RedisLink {
     var buildingBytes = 0
     var nextToken: UInt64 = 1
     var waitAgainAt: Instant?
-    var waitBackoff = Backoff(policy: .init(initialMilliseconds: 250, capMilliseconds: 5_000), seed: UInt64.random(in: .min ... .max))
+    var waitBackoff = Backoff(
+        policy: .init(initialMilliseconds: 250, capMilliseconds: 5_000), seed: UInt64.random(in: .min ... .max))
 
     init(connection: RedisConnection) { self.connection = connection }
 }
@@ -444,7 +464,8 @@ final class RedisConnection {
         var list: UnsafeMutablePointer<addrinfo>?
         let resolved = getaddrinfo(endpoint.host, String(endpoint.port), &hints, &list)
         guard resolved == 0, let first = list else {
-            throw RedisUnreachable(description: "cannot resolve \(endpoint.host): \(String(cString: gai_strerror(resolved)))")
+            throw RedisUnreachable(
+                description: "cannot resolve \(endpoint.host): \(String(cString: gai_strerror(resolved)))")
         }
         defer { freeaddrinfo(list) }
         var lastError = "no address"
@@ -452,7 +473,9 @@ final class RedisConnection {
         let deadline = Instant.now() + timeoutMilliseconds
         while let address = candidate {
             candidate = address.pointee.ai_next
-            let fd = socket(address.pointee.ai_family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            let fd = socket(
+                address.pointee.ai_family,
+                Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             guard fd >= 0 else { continue }
             var one: Int32 = 1
             _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
@@ -495,7 +518,9 @@ final class RedisConnection {
     /// Writes what the socket takes now; an error's text when the connection is broken.
     func writeAvailable() -> String? {
         while written < output.count {
-            let n = output.withUnsafeBytes { send(descriptor, $0.baseAddress! + written, $0.count - written, Int32(MSG_NOSIGNAL)) }
+            let n = output.withUnsafeBytes {
+                send(descriptor, $0.baseAddress! + written, $0.count - written, Int32(MSG_NOSIGNAL))
+            }
             if n > 0 {
                 written += n
             } else if n < 0 && errno == EINTR {
@@ -549,4 +574,3 @@ final class RedisConnection {
         return replies
     }
 }
-

@@ -249,9 +249,12 @@ public final class DeliveryDriver<Transport: DeliveryTransport>: EventSink {
         case .failure(let failure):
             machine.connectFailed(failure.message, permanent: failure.permanent, now: now)
             if failure.permanent {
-                logger.error("\(transport.destination) refused the connection for good", metadata: ["error": "\(failure.message)"])
+                logger.error(
+                    "\(transport.destination) refused the connection for good",
+                    metadata: ["error": "\(failure.message)"])
             } else {
-                logger.debug("\(transport.destination) connection attempt failed", metadata: ["error": "\(failure.message)"])
+                logger.debug(
+                    "\(transport.destination) connection attempt failed", metadata: ["error": "\(failure.message)"])
             }
         }
         logNotices()
@@ -334,7 +337,8 @@ public final class DeliveryDriver<Transport: DeliveryTransport>: EventSink {
     private func handle(_ refusal: DeliveryMachine<Transport.Message, Transport.Token>.Refusal) throws {
         switch refusal {
         case .deadLetter(let record, let why):
-            machine.acceptDeadLetter(transport.deadLetterMessage(record.message, because: why), for: record, because: why)
+            machine.acceptDeadLetter(
+                transport.deadLetterMessage(record.message, because: why), for: record, because: why)
         case .stop(let error):
             logNotices()
             throw error
@@ -401,7 +405,8 @@ public final class DeliveryDriver<Transport: DeliveryTransport>: EventSink {
                     metadata: ["reason": "\(why)", "waiting": "\(waiting)"])
             case .deadLettered(let id, let lsn, let why):
                 logger.warning(
-                    "event sent to the dead-letter destination", metadata: ["id": "\(id)", "lsn": "\(lsn)", "error": "\(why)"])
+                    "event sent to the dead-letter destination",
+                    metadata: ["id": "\(id)", "lsn": "\(lsn)", "error": "\(why)"])
             }
         }
     }

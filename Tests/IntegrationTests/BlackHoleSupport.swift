@@ -36,7 +36,8 @@ func destinationBlackHole(
             $0.statusIntervalMilliseconds = 1_000
         }, sink: sink)
     try await running.waitFor("streaming") { $0.state == .streaming }
-    let writers = ContinuousWriters(conninfo: outbox.conninfo, table: "\(outbox.schema).outbox", writers: 2, pauseMicroseconds: 10_000)
+    let writers = ContinuousWriters(
+        conninfo: outbox.conninfo, table: "\(outbox.schema).outbox", writers: 2, pauseMicroseconds: 10_000)
     try await running.waitFor("first deliveries") { $0.eventsAcknowledged > 10 }
     proxy.pause()
     let atCut = try outbox.currentWAL
@@ -67,8 +68,11 @@ func destinationBlackHole(
     try await running.waitFor("caught up", within: 90) { _ in try outbox.confirmedFlush >= end }
     await running.stop()
     let report = BlackHoleReport(
-        written: written, longestReplyAgeSeconds: longestAge, longestTurnMilliseconds: longestTurn, walsenders: walsenders)
-    #expect(report.walsenders.count == 1 && !report.walsenders.contains("none"), "the replication session never ended: \(report)")
+        written: written, longestReplyAgeSeconds: longestAge, longestTurnMilliseconds: longestTurn,
+        walsenders: walsenders)
+    #expect(
+        report.walsenders.count == 1 && !report.walsenders.contains("none"),
+        "the replication session never ended: \(report)")
     #expect(report.longestReplyAgeSeconds < 3, "status updates kept coming at the 1 s interval: \(report)")
     #expect(report.longestTurnMilliseconds < 1_000, "the relay thread never blocked: \(report)")
     return report
@@ -81,7 +85,8 @@ func sigtermDuringBlackHole(_ outbox: TestOutbox, arguments: [String], proxy: TC
     let shutdownTimeout = 3_000
     let cli = try CLI.start(arguments + ["--shutdown-timeout-ms", String(shutdownTimeout)])
     try await cli.waitForStderr("msg=streaming", within: 20)
-    let writers = ContinuousWriters(conninfo: outbox.conninfo, table: "\(outbox.schema).outbox", writers: 2, pauseMicroseconds: 10_000)
+    let writers = ContinuousWriters(
+        conninfo: outbox.conninfo, table: "\(outbox.schema).outbox", writers: 2, pauseMicroseconds: 10_000)
     try await Task.sleep(for: .seconds(2))
     proxy.pause()
     let atCut = try outbox.currentWAL

@@ -11,7 +11,8 @@ import Testing
     "broker outage under load", .serialized,
     .enabled(
         if: TestKafka.available && TestKafka.tansu != nil && VersionIndependent.enabled,
-        "needs KAFKA_TEST_BROKERS, TANSU_BIN and OUTBOX_TEST_PG; runs with the default PostgreSQL"), .timeLimit(.minutes(6)))
+        "needs KAFKA_TEST_BROKERS, TANSU_BIN and OUTBOX_TEST_PG; runs with the default PostgreSQL"),
+    .timeLimit(.minutes(6)))
 struct BrokerOutageTests {
     static let outageSeconds = Int(ProcessInfo.processInfo.environment["OUTBOX_BROKER_OUTAGE_SECONDS"] ?? "") ?? 30
 
@@ -33,7 +34,8 @@ struct BrokerOutageTests {
             config: outbox.config { $0.routing.topicTemplate = "\(outbox.name).{aggregatetype}" },
             sink: try TestKafka.sink(brokers: broker.address, properties: [("reconnect.backoff.max.ms", "1000")]))
         try await running.waitFor("streaming") { $0.state == .streaming }
-        let writers = ContinuousWriters(conninfo: outbox.conninfo, table: "\(outbox.schema).outbox", writers: 2, pauseMicroseconds: 20_000)
+        let writers = ContinuousWriters(
+            conninfo: outbox.conninfo, table: "\(outbox.schema).outbox", writers: 2, pauseMicroseconds: 20_000)
         try await running.waitFor("first deliveries") { $0.eventsAcknowledged > 10 }
 
         if let edge { edge.stop() } else { broker.freeze() }
@@ -47,7 +49,9 @@ struct BrokerOutageTests {
         let stats = running.relay.currentStats
         #expect(stats.state == .streaming, "still streaming from PostgreSQL during the outage")
         #expect(stats.eventsAcknowledged == acknowledgedAtOutage)
-        #expect(try outbox.sql.query("SELECT active FROM pg_replication_slots WHERE slot_name = '\(outbox.slot)'")[0, "active"] == "t", "the slot is kept")
+        #expect(
+            try outbox.sql.query("SELECT active FROM pg_replication_slots WHERE slot_name = '\(outbox.slot)'")[
+                0, "active"] == "t", "the slot is kept")
 
         if let edge { try edge.start() } else { broker.thaw() }
         try await Task.sleep(for: .seconds(2))
@@ -58,7 +62,9 @@ struct BrokerOutageTests {
 
         let records = try TestKafka.read(topic, count: written.committed.count, brokers: broker.address, seconds: 30)
         let events = records.map { record in
-            let payload = record.value.flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+            let payload = record.value.flatMap {
+                try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+            }
             return (id: record.header("id") ?? "", key: record.key ?? "", seq: payload?["seq"] as? Int ?? -1)
         }
         let check = DeliveryCheck(events: events, written: written)
@@ -89,9 +95,12 @@ struct BrokerOutageTests {
             transactionalID: mode == "transactional" ? "outbox-relay-test-\(outbox.name)" : nil)
         let report = try await destinationBlackHole(
             outbox, sink: sink, topicTemplate: "\(outbox.name).{aggregatetype}", proxy: edge, seconds: seconds)
-        let records = try TestKafka.read("\(outbox.name).crash", count: report.written.committed.count, brokers: broker.address, seconds: 30)
+        let records = try TestKafka.read(
+            "\(outbox.name).crash", count: report.written.committed.count, brokers: broker.address, seconds: 30)
         let events = records.map { record in
-            let payload = record.value.flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+            let payload = record.value.flatMap {
+                try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+            }
             return (id: record.header("id") ?? "", key: record.key ?? "", seq: payload?["seq"] as? Int ?? -1)
         }
         let check = DeliveryCheck(events: events, written: report.written)

@@ -47,7 +47,8 @@ struct CLITests {
                 "connector.class": "io.debezium.connector.postgresql.PostgresConnector", "plugin.name": "pgoutput",
                 "topic.prefix": "shop", "slot.name": outbox.slot, "publication.name": outbox.publication,
                 "table.include.list": "\(outbox.schema).outbox",
-                "value.converter": "org.apache.kafka.connect.json.JsonConverter", "value.converter.schemas.enable": false,
+                "value.converter": "org.apache.kafka.connect.json.JsonConverter",
+                "value.converter.schemas.enable": false,
                 "transforms": "outbox", "transforms.outbox.type": "io.debezium.transforms.outbox.EventRouter",
                 "transforms.outbox.route.topic.replacement": "evt.${routedByValue}",
                 "transforms.outbox.table.fields.additional.placement": "type:envelope:eventType",
@@ -60,7 +61,8 @@ struct CLITests {
         try outbox.insert(payload: #"{"a": 1.50, "n": null}"#)
         try await cli.waitForStdoutLines(1)
         #expect(cli.terminate() == 0)
-        let event = try JSONSerialization.jsonObject(with: Data(cli.stdout.split(separator: "\n")[0].utf8)) as! [String: Any]
+        let event =
+            try JSONSerialization.jsonObject(with: Data(cli.stdout.split(separator: "\n")[0].utf8)) as! [String: Any]
         #expect(event["topic"] as? String == "evt.order")
         let value = try #require(event["payload"] as? [String: Any])
         #expect(value["payload"] as? [String: Double] == ["a": 1.5], "expanded, the null member left out")
@@ -68,17 +70,23 @@ struct CLITests {
 
         // What the relay cannot honour: one error naming every key, exit 64, no value shown.
         try JSONSerialization.data(withJSONObject: [
-            "plugin.name": "decoderbufs", "database.password": "${file:/run/secret-path:pw}", "table.include.list": "public.outbox",
+            "plugin.name": "decoderbufs", "database.password": "${file:/run/secret-path:pw}",
+            "table.include.list": "public.outbox",
             "transforms": "outbox", "transforms.outbox.type": "io.debezium.transforms.outbox.EventRouter",
             "transforms.outbox.table.field.event.timestamp": "created_at",
         ]).write(to: URL(fileURLWithPath: path))
         let refused = try CLI.start(["run", "--debezium-config", path])
         #expect(refused.wait() == 64)
-        #expect(refused.stderr.contains("plugin.name must be pgoutput") && refused.stderr.contains("table.field.event.timestamp has no counterpart"))
-        #expect(refused.stderr.contains("database.password uses a Kafka Connect config provider") && !refused.stderr.contains("secret-path"))
+        #expect(
+            refused.stderr.contains("plugin.name must be pgoutput")
+                && refused.stderr.contains("table.field.event.timestamp has no counterpart"))
+        #expect(
+            refused.stderr.contains("database.password uses a Kafka Connect config provider")
+                && !refused.stderr.contains("secret-path"))
     }
 
-    @Test(.enabled(if: VersionIndependent.enabled, "parsing only: runs with the default PostgreSQL")) func usageErrorsNameTheOption() throws {
+    @Test(.enabled(if: VersionIndependent.enabled, "parsing only: runs with the default PostgreSQL"))
+    func usageErrorsNameTheOption() throws {
         let cli = try CLI.start(["run", "--source", "host=127.0.0.1", "--slot", "Bad-Slot"])
         #expect(cli.wait() == 64)
         #expect(cli.stderr.contains("--slot: invalid slot name \"Bad-Slot\""))
@@ -89,7 +97,10 @@ struct CLITests {
             (["--sink", "nats"], "--sink nats needs --nats-url"),
             (["--sink", "rabbitmq"], "--sink rabbitmq needs --rabbitmq-url"),
             (["--sink", "stdout", "--rabbitmq-exchange", "x"], "apply only to --sink rabbitmq"),
-            (["--sink", "rabbitmq", "--rabbitmq-url", "amqp://h", "--rabbitmq-routing-key", "{aggregate}"], "--rabbitmq-routing-key"),
+            (
+                ["--sink", "rabbitmq", "--rabbitmq-url", "amqp://h", "--rabbitmq-routing-key", "{aggregate}"],
+                "--rabbitmq-routing-key"
+            ),
             (["--sink", "rabbitmq", "--rabbitmq-url", "amqp://h", "--rabbitmq-exchange", "amq.mine"], "reserved"),
             (["--sink", "nats", "--nats-url", "nats://h", "--dlq-topic", "dead.>"], "wildcard"),
         ] {
@@ -200,7 +211,8 @@ struct PollCLITests {
             try outbox.sql.query("SELECT count(*) AS n FROM \(outbox.schema).outbox")[0, "n"] == "0")
     }
 
-    @Test(.enabled(if: VersionIndependent.enabled, "parsing only: runs with the default PostgreSQL")) func pollUsageErrorsNameTheOption() throws {
+    @Test(.enabled(if: VersionIndependent.enabled, "parsing only: runs with the default PostgreSQL"))
+    func pollUsageErrorsNameTheOption() throws {
         let cli = try CLI.start(["poll", "--source", "host=127.0.0.1", "--batch-size", "0"])
         #expect(cli.wait() == 64)
         #expect(cli.stderr.contains("--batch-size must be between 1 and 100000"))

@@ -25,12 +25,14 @@ struct DoctorTests {
         let code = await MistakeTests.exitCode(cli) ?? -1
         let object = try JSONSerialization.jsonObject(with: Data(cli.stdout.utf8)) as? [String: Any]
         let checks = (object?["checks"] as? [[String: Any]] ?? []).map { $0.compactMapValues { $0 as? String } }
-        return Report(code: code, ready: object?["ready"] as? Bool ?? false, checks: checks, output: cli.stdout + cli.stderr)
+        return Report(
+            code: code, ready: object?["ready"] as? Bool ?? false, checks: checks, output: cli.stdout + cli.stderr)
     }
 
     /// Exactly `failing` fails (exit 1), and `check`'s fix says `fix`.
     static func expectBroken(
-        _ report: Report, _ failing: Set<String>, fix: String, in check: String? = nil, sourceLocation: SourceLocation = #_sourceLocation
+        _ report: Report, _ failing: Set<String>, fix: String, in check: String? = nil,
+        sourceLocation: SourceLocation = #_sourceLocation
     ) {
         #expect(report.code == 1 && !report.ready, "\(report.output)", sourceLocation: sourceLocation)
         #expect(report.failing == failing, "\(report.output)", sourceLocation: sourceLocation)
@@ -39,7 +41,9 @@ struct DoctorTests {
     }
 
     static func expectReady(_ report: Report, sourceLocation: SourceLocation = #_sourceLocation) {
-        #expect(report.code == 0 && report.ready && report.failing.isEmpty, "\(report.output)", sourceLocation: sourceLocation)
+        #expect(
+            report.code == 0 && report.ready && report.failing.isEmpty, "\(report.output)",
+            sourceLocation: sourceLocation)
     }
 
     @Test func theOutboxPublicationAndSlotBrokenOneWayAtATime() async throws {
@@ -64,7 +68,9 @@ struct DoctorTests {
         try sql.query("ALTER TABLE \(table) REPLICA IDENTITY NOTHING")
         Self.expectBroken(try await Self.doctor(arguments), ["replica identity"], fix: "SET (publish = 'insert')")
         #expect(throws: ReplicationError.self) {
-            try sql.query("BEGIN; INSERT INTO \(table) (aggregatetype, aggregateid, type, payload) VALUES ('a', 'k', 't', '{}'); DELETE FROM \(table); COMMIT")
+            try sql.query(
+                "BEGIN; INSERT INTO \(table) (aggregatetype, aggregateid, type, payload) VALUES ('a', 'k', 't', '{}'); DELETE FROM \(table); COMMIT"
+            )
         }
         _ = try? sql.query("ROLLBACK")
         try sql.query("ALTER PUBLICATION \(outbox.publication) SET (publish = 'insert')")
@@ -82,7 +88,8 @@ struct DoctorTests {
 
         // The table does not exist.
         Self.expectBroken(
-            try await Self.doctor(Array(arguments.dropLast(2)) + ["--table", "\(outbox.schema).no_such_table"]), ["outbox table", "publication"],
+            try await Self.doctor(Array(arguments.dropLast(2)) + ["--table", "\(outbox.schema).no_such_table"]),
+            ["outbox table", "publication"],
             fix: "outbox-relay init", in: "outbox table")
 
         // A physical slot under the name given.
@@ -108,13 +115,16 @@ struct DoctorTests {
         let role = outbox.name + "_role"
         try outbox.sql.query("CREATE ROLE \(role) LOGIN")
         defer { _ = try? outbox.sql.query("DROP OWNED BY \(role); DROP ROLE \(role)") }
-        try outbox.sql.query("GRANT USAGE ON SCHEMA \(outbox.schema) TO \(role); GRANT SELECT ON \(outbox.schema).outbox TO \(role)")
+        try outbox.sql.query(
+            "GRANT USAGE ON SCHEMA \(outbox.schema) TO \(role); GRANT SELECT ON \(outbox.schema).outbox TO \(role)")
         let source = TestDatabase.conninfo!.replacingOccurrences(of: "user=postgres", with: "user=\(role)")
         try #require(source.contains("user=\(role)"), "the suite's connection string names user=postgres")
         var arguments = outbox.sourceArguments
         arguments[1] = source
         let report = try await Self.doctor(arguments)
-        Self.expectBroken(report, ["role", "replication connection"], fix: "ALTER ROLE \(role) REPLICATION", in: "replication connection")
+        Self.expectBroken(
+            report, ["role", "replication connection"], fix: "ALTER ROLE \(role) REPLICATION",
+            in: "replication connection")
         #expect(report.line("slot registry")["status"] != "failure")
         try outbox.sql.query("ALTER ROLE \(role) REPLICATION")
         let fixed = try await Self.doctor(arguments)
@@ -135,19 +145,24 @@ struct DoctorTests {
         try await Self.initialize(small)
         let admin = try small.connect()
         try admin.query("SELECT pg_create_physical_replication_slot('taken')")
-        Self.expectBroken(try await Self.doctor(["--source", small.conninfo]), ["max_replication_slots"], fix: "max_replication_slots = 2")
+        Self.expectBroken(
+            try await Self.doctor(["--source", small.conninfo]), ["max_replication_slots"],
+            fix: "max_replication_slots = 2")
         try admin.query("SELECT pg_drop_replication_slot('taken')")
         let holder = try PGConnection(conninfo: small.conninfo, replication: true)
         _ = try holder.query("IDENTIFY_SYSTEM")
         let busy = try await Self.doctor(["--source", small.conninfo])
-        Self.expectBroken(busy, ["max_wal_senders", "replication connection"], fix: "max_wal_senders = 3", in: "max_wal_senders")
+        Self.expectBroken(
+            busy, ["max_wal_senders", "replication connection"], fix: "max_wal_senders = 3", in: "max_wal_senders")
         withExtendedLifetime(holder) {}
 
         // pg_hba.conf refuses the role: found by trying, with the line to add.
         try admin.query("CREATE ROLE hba_user LOGIN REPLICATION")
         try Shell.run("sed -i '1i host all hba_user 127.0.0.1/32 reject' '\(small.directory)/data/pg_hba.conf'")
         try admin.query("SELECT pg_reload_conf()")
-        let refused = try await Self.doctor(["--source", "host=127.0.0.1 port=\(small.port) user=hba_user dbname=postgres"])
+        let refused = try await Self.doctor([
+            "--source", "host=127.0.0.1 port=\(small.port) user=hba_user dbname=postgres",
+        ])
         Self.expectBroken(refused, ["connection"], fix: "pg_hba.conf")
         #expect(refused.checks.count == 1)
     }

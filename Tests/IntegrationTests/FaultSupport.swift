@@ -46,7 +46,9 @@ final class PrivateCluster: @unchecked Sendable {
     func waitForReplay(upTo end: LSN) async throws {
         let connection = try connect()
         for _ in 0..<200 {
-            let replayed = try connection.query("SELECT pg_last_wal_replay_lsn() AS l")[0, "l"].flatMap { LSN(string: $0) } ?? .zero
+            let replayed =
+                try connection.query("SELECT pg_last_wal_replay_lsn() AS l")[0, "l"].flatMap { LSN(string: $0) }
+                ?? .zero
             if replayed >= end { return }
             try await Task.sleep(for: .milliseconds(50))
         }
@@ -74,9 +76,13 @@ final class PrivateCluster: @unchecked Sendable {
         let quoted = settings.map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }.joined(separator: " ")
         let use = major.map { "source '\(versions)' && pg_use \($0) && " } ?? ""
         let wanted = port.map { "PGPORT_WANTED=\($0) " } ?? ""
-        let output = try Shell.run("\(use)source '\(script)' && unset PGPORT && \(wanted)pg_start \(quoted) && trap - EXIT && echo \"$PG_DIR $PGPORT $PG_BIN $PG_LIB\"")
+        let output = try Shell.run(
+            "\(use)source '\(script)' && unset PGPORT && \(wanted)pg_start \(quoted) && trap - EXIT && echo \"$PG_DIR $PGPORT $PG_BIN $PG_LIB\""
+        )
         let parts = output.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
-        guard parts.count >= 3, let port = Int(parts[1]) else { throw ShellError(message: "pg_start printed \(output)") }
+        guard parts.count >= 3, let port = Int(parts[1]) else {
+            throw ShellError(message: "pg_start printed \(output)")
+        }
         directory = parts[0]
         self.port = port
         pgBin = parts[2]
@@ -90,12 +96,15 @@ final class PrivateCluster: @unchecked Sendable {
     }
 
     deinit {
-        _ = try? Shell.run("\(owner("pg_ctl")) -D '\(directory)/data' -m immediate -w stop >/dev/null 2>&1; rm -rf '\(directory)'")
+        _ = try? Shell.run(
+            "\(owner("pg_ctl")) -D '\(directory)/data' -m immediate -w stop >/dev/null 2>&1; rm -rf '\(directory)'")
     }
 
     /// `pg_ctl restart -m fast|immediate`.
     func restart(mode: String) throws {
-        try Shell.run("\(owner("pg_ctl")) -D '\(directory)/data' -l '\(directory)/server.log' -m \(mode) -w -t 60 restart >/dev/null")
+        try Shell.run(
+            "\(owner("pg_ctl")) -D '\(directory)/data' -l '\(directory)/server.log' -m \(mode) -w -t 60 restart >/dev/null"
+        )
     }
 
     func connect() throws -> PGConnection { try PGConnection(conninfo: conninfo, replication: false) }
@@ -124,7 +133,8 @@ enum Shell {
         // running (pg_ctl start) inherits it too, so `waitUntilExit` waits for
         // ever. posix_spawn and waitpid on the one pid; bash also closes every
         // inherited descriptor above 2 so the server holds nothing of ours.
-        let closeInherited = #"for fd in /proc/self/fd/*; do n=${fd##*/}; [ "$n" -gt 2 ] 2>/dev/null && eval "exec $n>&-" 2>/dev/null; done"#
+        let closeInherited =
+            #"for fd in /proc/self/fd/*; do n=${fd##*/}; [ "$n" -gt 2 ] 2>/dev/null && eval "exec $n>&-" 2>/dev/null; done"#
         let script = "\(closeInherited); ( \(command) ) >'\(out)' 2>'\(err)' </dev/null"
         var pid: pid_t = 0
         let argv: [UnsafeMutablePointer<CChar>?] = [strdup("/bin/bash"), strdup("-c"), strdup(script), nil]
@@ -176,9 +186,12 @@ final class ContinuousWriters: @unchecked Sendable {
                             seq += 1
                             batch.append((UUID().uuidString.lowercased(), "w\(w)-k\(seq % 4)", seq))
                         }
-                        let values = batch.map { "('\($0.id)', 'crash', '\($0.key)', 'Written', '{\"w\": \(w), \"seq\": \($0.seq)}')" }.joined(separator: ",")
+                        let values = batch.map {
+                            "('\($0.id)', 'crash', '\($0.key)', 'Written', '{\"w\": \(w), \"seq\": \($0.seq)}')"
+                        }.joined(separator: ",")
                         try connection!.query("BEGIN")
-                        try connection!.query("INSERT INTO \(table) (id, aggregatetype, aggregateid, type, payload) VALUES \(values)")
+                        try connection!.query(
+                            "INSERT INTO \(table) (id, aggregatetype, aggregateid, type, payload) VALUES \(values)")
                         if rollback {
                             try connection!.query("ROLLBACK")
                             state.withLock { s in batch.forEach { s.rolledBack.insert($0.id) } }
@@ -216,7 +229,9 @@ final class ContinuousWriters: @unchecked Sendable {
 extension ContinuousWriters {
     /// Under these writers, starts the relay and SIGKILLs it after a random pause,
     /// `kills` times; starts it once more, lets it run briefly and stops the writers.
-    func sigkillLoop(_ arguments: [String], kills: Int, pauses: ClosedRange<Int>) async throws -> (written: Written, last: CLI) {
+    func sigkillLoop(
+        _ arguments: [String], kills: Int, pauses: ClosedRange<Int>
+    ) async throws -> (written: Written, last: CLI) {
         for _ in 0..<kills {
             let cli = try CLI.start(arguments)
             try await Task.sleep(for: .milliseconds(Int.random(in: pauses)))
@@ -236,9 +251,11 @@ func destinationOutage(
     _ outbox: TestOutbox, sink: any EventSink, topicTemplate: String? = nil, seconds: Int,
     stop: () -> Void, start: () throws -> Void
 ) async throws -> ContinuousWriters.Written {
-    let running = RunningRelay(config: outbox.config { if let topicTemplate { $0.routing.topicTemplate = topicTemplate } }, sink: sink)
+    let running = RunningRelay(
+        config: outbox.config { if let topicTemplate { $0.routing.topicTemplate = topicTemplate } }, sink: sink)
     try await running.waitFor("streaming") { $0.state == .streaming }
-    let writers = ContinuousWriters(conninfo: outbox.conninfo, table: "\(outbox.schema).outbox", writers: 2, pauseMicroseconds: 20_000)
+    let writers = ContinuousWriters(
+        conninfo: outbox.conninfo, table: "\(outbox.schema).outbox", writers: 2, pauseMicroseconds: 20_000)
     try await running.waitFor("first deliveries") { $0.eventsAcknowledged > 10 }
     stop()
     let atOutage = try outbox.currentWAL
@@ -271,7 +288,8 @@ extension TestOutbox {
             RETURNING id
             """
         ).values.map { $0[0]! }
-        let writers = ContinuousWriters(conninfo: conninfo, table: "\(schema).outbox", writers: 3, pauseMicroseconds: 5_000)
+        let writers = ContinuousWriters(
+            conninfo: conninfo, table: "\(schema).outbox", writers: 3, pauseMicroseconds: 5_000)
         try await Task.sleep(for: .seconds(3))
         let written = writers.stop()
         try await waitUntilConfirmed(try currentWAL)
@@ -325,7 +343,8 @@ struct DeliveryCheck: CustomStringConvertible {
 extension CLI {
     /// Peak resident set (VmHWM) of the running relay, in MiB; 0 once it exited.
     var peakRSSMiB: Double {
-        guard let text = try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8) else { return 0 }
+        guard let text = try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8)
+        else { return 0 }
         for line in text.split(separator: "\n") where line.hasPrefix("VmHWM:") {
             return (line.split(separator: " ").dropFirst().first.flatMap { Double($0) } ?? 0) / 1024
         }

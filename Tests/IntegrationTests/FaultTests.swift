@@ -25,7 +25,8 @@ struct FaultTests {
 
     static func relayArguments(_ outbox: TestOutbox, sink: [String]) -> [String] {
         [
-            "run", "--source", outbox.conninfo, "--slot", outbox.slot, "--publication", outbox.publication, "--table", "\(outbox.schema).outbox",
+            "run", "--source", outbox.conninfo, "--slot", outbox.slot, "--publication", outbox.publication, "--table",
+            "\(outbox.schema).outbox",
             "--message-prefix", outbox.name, "--max-in-flight", "\(maxInFlight)", "--status-interval-ms", "200",
         ] + sink
     }
@@ -42,7 +43,10 @@ struct FaultTests {
         let sinkArguments =
             sink == "file"
             ? ["--sink", "file:\(file.path)"]
-            : ["--sink", "kafka", "--kafka-brokers", TestKafka.brokers!, "--topic-template", "\(topicPrefix).{aggregatetype}"]
+            : [
+                "--sink", "kafka", "--kafka-brokers", TestKafka.brokers!, "--topic-template",
+                "\(topicPrefix).{aggregatetype}",
+            ]
         let arguments = Self.relayArguments(outbox, sink: sinkArguments)
         let writers = ContinuousWriters(conninfo: outbox.conninfo, table: "\(outbox.schema).outbox")
         let (written, last) = try await writers.sigkillLoop(arguments, kills: Self.kills, pauses: 100...900)
@@ -53,9 +57,12 @@ struct FaultTests {
         if sink == "file" {
             events = try crashEvents(fromFile: file.path)
         } else {
-            let records = try TestKafka.read("\(topicPrefix).crash", count: written.committed.count + Self.kills * Self.maxInFlight * 4, seconds: 15)
+            let records = try TestKafka.read(
+                "\(topicPrefix).crash", count: written.committed.count + Self.kills * Self.maxInFlight * 4, seconds: 15)
             events = records.map { record in
-                let payload = record.value.flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+                let payload = record.value.flatMap {
+                    try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+                }
                 return (record.header("id") ?? "", record.key ?? "", payload?["seq"] as? Int ?? -1)
             }
         }
@@ -76,7 +83,8 @@ struct FaultTests {
         let outbox = try TestOutbox()
         let file = SinkFile()
         defer { file.remove() }
-        let arguments = Self.relayArguments(outbox, sink: ["--sink", "file:\(file.path)", "--shutdown-timeout-ms", "3000"])
+        let arguments = Self.relayArguments(
+            outbox, sink: ["--sink", "file:\(file.path)", "--shutdown-timeout-ms", "3000"])
         let writers = ContinuousWriters(conninfo: outbox.conninfo, table: "\(outbox.schema).outbox")
         let first = try CLI.start(arguments)
         try await first.waitForStderr("streaming")
@@ -96,7 +104,9 @@ struct FaultTests {
         try await outbox.waitUntilConfirmed(try outbox.currentWAL)
         #expect(second.terminate() == 0)
         let check = DeliveryCheck(events: try crashEvents(fromFile: file.path), written: written)
-        print("graceful shutdown: stopped in \(String(format: "%.2f", stopSeconds)) s with \(before.count) events delivered; \(check)")
+        print(
+            "graceful shutdown: stopped in \(String(format: "%.2f", stopSeconds)) s with \(before.count) events delivered; \(check)"
+        )
         #expect(check.lost.count == 0 && check.phantoms.count == 0)
         #expect(check.duplicates == 0, "a graceful stop confirms everything it delivered")
     }
@@ -120,7 +130,10 @@ struct FaultTests {
         let sql = try cluster.connect()
         let end = LSN(string: try sql.query("SELECT pg_current_wal_lsn() AS l")[0, "l"]!)!
         let deadline = Date().addingTimeInterval(90)
-        while LSN(string: try sql.query("SELECT confirmed_flush_lsn AS l FROM pg_replication_slots WHERE slot_name = '\(outbox.slot)'")[0, "l"] ?? "0/0")! < end
+        while LSN(
+            string: try sql.query(
+                "SELECT confirmed_flush_lsn AS l FROM pg_replication_slots WHERE slot_name = '\(outbox.slot)'")[0, "l"]
+                ?? "0/0")! < end
             && Date() < deadline
         {
             try await Task.sleep(for: .milliseconds(100))
@@ -143,7 +156,9 @@ struct FaultTests {
         try await running.waitFor("streaming") { $0.state == .streaming }
         var dropped = false
         for _ in 0..<100 where !dropped {
-            _ = try? outbox.sql.query("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '\(outbox.slot)' AND active_pid IS NOT NULL")
+            _ = try? outbox.sql.query(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '\(outbox.slot)' AND active_pid IS NOT NULL"
+            )
             dropped = (try? outbox.sql.query("SELECT pg_drop_replication_slot('\(outbox.slot)')")) != nil
             if !dropped { try await Task.sleep(for: .milliseconds(10)) }
         }
@@ -152,8 +167,11 @@ struct FaultTests {
             Issue.record("the relay did not stop after its slot was dropped")
             return
         }
-        #expect("\(error)".contains("replication slot \"\(outbox.slot)\" existed here") && "\(error)".contains("is gone"))
-        #expect(try outbox.sql.query("SELECT count(*) AS n FROM pg_replication_slots WHERE slot_name = '\(outbox.slot)'")[0, "n"] == "0", "no silent new slot")
+        #expect(
+            "\(error)".contains("replication slot \"\(outbox.slot)\" existed here") && "\(error)".contains("is gone"))
+        #expect(
+            try outbox.sql.query("SELECT count(*) AS n FROM pg_replication_slots WHERE slot_name = '\(outbox.slot)'")[
+                0, "n"] == "0", "no silent new slot")
     }
 
     @Test func slotInvalidatedByMaxSlotWalKeepSizeIsFatal() async throws {
@@ -165,20 +183,26 @@ struct FaultTests {
             try outbox.sql.query("SELECT pg_switch_wal()")
         }
         try outbox.sql.query("CHECKPOINT")
-        let status = try outbox.sql.query("SELECT wal_status FROM pg_replication_slots WHERE slot_name = '\(outbox.slot)'")[0, "wal_status"]
+        let status = try outbox.sql.query(
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = '\(outbox.slot)'")[0, "wal_status"]
         try #require(status == "lost", "the slot was not invalidated (wal_status \(status ?? "nil"))")
         let cli = try CLI.start(Self.relayArguments(outbox, sink: ["--sink", "stdout", "--create-slot"]))
         #expect(cli.wait() == 1)
-        #expect(cli.stderr.contains("is invalidated (wal_removed: PostgreSQL removed WAL it still needed, max_slot_wal_keep_size)"))
+        #expect(
+            cli.stderr.contains(
+                "is invalidated (wal_removed: PostgreSQL removed WAL it still needed, max_slot_wal_keep_size)"))
         #expect(cli.stdout.isEmpty)
-        #expect(try outbox.sql.query("SELECT wal_status FROM pg_replication_slots WHERE slot_name = '\(outbox.slot)'")[0, "wal_status"] == "lost", "not replaced")
+        #expect(
+            try outbox.sql.query("SELECT wal_status FROM pg_replication_slots WHERE slot_name = '\(outbox.slot)'")[
+                0, "wal_status"] == "lost", "not replaced")
     }
 
     @Test func publicationAlteredToDropTheTableIsAClearError() async throws {
         let outbox = try TestOutbox()
         let file = SinkFile()
         defer { file.remove() }
-        let running = RunningRelay(config: outbox.config { $0.publicationCheckMilliseconds = 200 }, sink: try file.sink())
+        let running = RunningRelay(
+            config: outbox.config { $0.publicationCheckMilliseconds = 200 }, sink: try file.sink())
         try await running.waitFor("streaming") { $0.state == .streaming }
         try outbox.insert(1)
         _ = try await file.waitForEvents(1)
@@ -189,7 +213,9 @@ struct FaultTests {
             return
         }
         let text = "\(error)"
-        #expect(text.contains("does not include table \(outbox.schema).outbox") && text.contains("altered while the relay ran"))
+        #expect(
+            text.contains("does not include table \(outbox.schema).outbox")
+                && text.contains("altered while the relay ran"))
     }
 
     // MARK: 4. Hot standby
@@ -239,7 +265,8 @@ struct FaultTests {
             """)
         let end = try outbox.currentWAL
         let started = Date()
-        let cli = try CLI.start(Self.relayArguments(outbox, sink: ["--sink", "file:\(file.path)", "--end-lsn", "\(end)"]))
+        let cli = try CLI.start(
+            Self.relayArguments(outbox, sink: ["--sink", "file:\(file.path)", "--end-lsn", "\(end)"]))
         var peak = 0.0
         while cli.process.isRunning {
             peak = max(peak, cli.peakRSSMiB)
@@ -248,7 +275,9 @@ struct FaultTests {
         #expect(cli.wait() == 0, "\(cli.stderr)")
         let seconds = Date().timeIntervalSince(started)
         var lines = 0
-        if let data = FileManager.default.contents(atPath: file.path) { lines = data.reduce(0) { $0 + ($1 == 10 ? 1 : 0) } }
+        if let data = FileManager.default.contents(atPath: file.path) {
+            lines = data.reduce(0) { $0 + ($1 == 10 ? 1 : 0) }
+        }
         print(
             "large transactions: \(Self.largeRows) rows in one transaction and \(Self.largePayloadMB) MiB of payload in another, relayed in \(String(format: "%.1f", seconds)) s; peak RSS \(String(format: "%.0f", peak)) MiB"
         )

@@ -13,7 +13,9 @@ struct HTTPAbuseTests {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var address = TCPProxy.loopback(port: port)
         let ok = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
         }
         if ok != 0 {
             close(fd)
@@ -60,7 +62,8 @@ struct HTTPAbuseTests {
         let loris = Self.connect(port)
         let stopLoris = Atomic<Bool>(false)
         let lorisThread = Thread {
-            for byte in Array("GET /healthz HTTP/1.1\r\nHost: slow\r\n".utf8) where !stopLoris.load(ordering: .acquiring) {
+            for byte in Array("GET /healthz HTTP/1.1\r\nHost: slow\r\n".utf8)
+            where !stopLoris.load(ordering: .acquiring) {
                 var b = byte
                 _ = send(loris, &b, 1, Int32(MSG_NOSIGNAL))
                 usleep(1_500_000)

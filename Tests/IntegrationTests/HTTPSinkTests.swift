@@ -16,7 +16,9 @@ final class WebhookReceiver: @unchecked Sendable {
         var event: [String: Any] { (try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any]) ?? [:] }
     }
 
-    static let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../scripts/webhook-receiver.py").standardized.path
+    static let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent(
+        "../../scripts/webhook-receiver.py"
+    ).standardized.path
     let port: Int
     let log = NSTemporaryDirectory() + "webhooks-\(UUID().uuidString.prefix(8)).ndjson"
     let options: [String]
@@ -62,8 +64,12 @@ final class WebhookReceiver: @unchecked Sendable {
     var requests: [Request] {
         let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
         return text.split(separator: "\n").compactMap { line in
-            guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else { return nil }
-            return Request(status: object["status"] as? Int ?? 0, headers: object["headers"] as? [String: String] ?? [:], body: object["body"] as? String ?? "")
+            guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
+                return nil
+            }
+            return Request(
+                status: object["status"] as? Int ?? 0, headers: object["headers"] as? [String: String] ?? [:],
+                body: object["body"] as? String ?? "")
         }
     }
 }
@@ -71,7 +77,8 @@ final class WebhookReceiver: @unchecked Sendable {
 @Suite(
     "HTTP webhook sink", .serialized,
     .enabled(
-        if: CLI.available && VersionIndependent.enabled, "needs OUTBOX_TEST_PG and a built binary; runs with the default PostgreSQL"),
+        if: CLI.available && VersionIndependent.enabled,
+        "needs OUTBOX_TEST_PG and a built binary; runs with the default PostgreSQL"),
     .timeLimit(.minutes(6)))
 struct HTTPSinkTests {
     static func arguments(_ outbox: TestOutbox, _ receiver: WebhookReceiver, _ more: [String] = []) -> [String] {
@@ -97,7 +104,9 @@ struct HTTPSinkTests {
         try "k3y-s3cret\n".write(toFile: secretFile, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(atPath: secretFile) }
         let cli = try CLI.start(
-            Self.arguments(outbox, receiver, ["--webhook-secret-file", secretFile, "--webhook-header", "Authorization: Bearer t0ken-value"]))
+            Self.arguments(
+                outbox, receiver,
+                ["--webhook-secret-file", secretFile, "--webhook-header", "Authorization: Bearer t0ken-value"]))
         try await cli.waitForStderr("msg=streaming", within: 20)
         let shaped = try outbox.sql.query(
             """
@@ -105,7 +114,8 @@ struct HTTPSinkTests {
             VALUES ('order', 'o-1', 'OrderCreated', '{"total": 5}', '{"tenant": "t9"}') RETURNING id
             """
         ).values.map { $0[0]! }
-        let writers = ContinuousWriters(conninfo: outbox.conninfo, table: "\(outbox.schema).outbox", writers: 3, pauseMicroseconds: 5_000)
+        let writers = ContinuousWriters(
+            conninfo: outbox.conninfo, table: "\(outbox.schema).outbox", writers: 3, pauseMicroseconds: 5_000)
         try await Task.sleep(for: .seconds(3))
         let written = writers.stop()
         try await outbox.waitUntilConfirmed(try outbox.currentWAL)
@@ -121,10 +131,16 @@ struct HTTPSinkTests {
         #expect(created.headers["Content-Type"] == "application/json")
         #expect(created.headers["Idempotency-Key"] == shaped[0])
         #expect(created.headers["Authorization"] == "Bearer t0ken-value")
-        let expected = "sha256=" + HMACSHA256.hex(HMACSHA256.signature(key: Array("k3y-s3cret".utf8), message: Array(created.body.utf8)))
-        #expect(created.headers["X-Outbox-Signature-256"] == expected, "HMAC-SHA256 of the body, key without the file's newline")
+        let expected =
+            "sha256="
+            + HMACSHA256.hex(HMACSHA256.signature(key: Array("k3y-s3cret".utf8), message: Array(created.body.utf8)))
+        #expect(
+            created.headers["X-Outbox-Signature-256"] == expected,
+            "HMAC-SHA256 of the body, key without the file's newline")
 
-        let check = DeliveryCheck(events: Self.deliveries(requests.filter { $0.event["topic"] as? String == "outbox.event.crash" }), written: written)
+        let check = DeliveryCheck(
+            events: Self.deliveries(requests.filter { $0.event["topic"] as? String == "outbox.event.crash" }),
+            written: written)
         print("HTTP sink, 3 writers, 8 concurrent requests: \(check)")
         #expect(written.committed.count > 100)
         check.expectIntact(duplicates: false)
@@ -136,7 +152,8 @@ struct HTTPSinkTests {
         let receiver = try WebhookReceiver(["--flaky", "0.1", "--throttle", "0.01"])
         let cli = try CLI.start(Self.arguments(outbox, receiver))
         try await cli.waitForStderr("msg=streaming", within: 20)
-        let writers = ContinuousWriters(conninfo: outbox.conninfo, table: "\(outbox.schema).outbox", writers: 3, pauseMicroseconds: 5_000)
+        let writers = ContinuousWriters(
+            conninfo: outbox.conninfo, table: "\(outbox.schema).outbox", writers: 3, pauseMicroseconds: 5_000)
         try await Task.sleep(for: .seconds(3))
         let written = writers.stop()
         try await outbox.waitUntilConfirmed(try outbox.currentWAL)
@@ -173,7 +190,8 @@ struct HTTPSinkTests {
         var config = HTTPSinkConfig(url: "http://127.0.0.1:\(proxy.port)/hooks")
         config.timeoutMilliseconds = 2_000
         let sink = try HTTPSink(config: config, logger: RunningRelay.logger)
-        let report = try await destinationBlackHole(outbox, sink: sink, proxy: proxy, seconds: NATSSinkTests.blackHoleSeconds)
+        let report = try await destinationBlackHole(
+            outbox, sink: sink, proxy: proxy, seconds: NATSSinkTests.blackHoleSeconds)
         let check = DeliveryCheck(events: Self.deliveries(receiver.requests), written: report.written)
         print("HTTP endpoint black-holed for \(NATSSinkTests.blackHoleSeconds) s under load: \(report); \(check)")
         check.expectIntact(duplicates: true)
@@ -188,7 +206,11 @@ struct HTTPSinkTests {
         try proxy.start()
         defer { proxy.stop() }
         let arguments = FaultTests.relayArguments(
-            outbox, sink: ["--sink", "http", "--webhook-url", "http://127.0.0.1:\(proxy.port)/hooks", "--webhook-timeout-ms", "30000"])
+            outbox,
+            sink: [
+                "--sink", "http", "--webhook-url", "http://127.0.0.1:\(proxy.port)/hooks", "--webhook-timeout-ms",
+                "30000",
+            ])
         let took = try await sigtermDuringBlackHole(outbox, arguments: arguments, proxy: proxy)
         print("HTTP endpoint black-holed, SIGTERM: out after \(String(format: "%.2f", took)) s")
     }
@@ -198,7 +220,8 @@ struct HTTPSinkTests {
         let receiver = try WebhookReceiver()
         let writers = ContinuousWriters(conninfo: outbox.conninfo, table: "\(outbox.schema).outbox")
         let kills = 6
-        let (written, last) = try await writers.sigkillLoop(Self.arguments(outbox, receiver), kills: kills, pauses: 300...900)
+        let (written, last) = try await writers.sigkillLoop(
+            Self.arguments(outbox, receiver), kills: kills, pauses: 300...900)
         try await outbox.waitUntilConfirmed(try outbox.currentWAL)
         #expect(last.terminate() == 0)
         let check = DeliveryCheck(events: Self.deliveries(receiver.requests), written: written)
@@ -227,7 +250,10 @@ struct HTTPSinkTests {
             #expect((letters.first?.event["event"] as? [String: Any])?["id"] as? String == refused)
             #expect((letters.first?.event["error"] as? String)?.contains("HTTP 400") == true)
             #expect(letters.first?.headers["X-Outbox-Dead-Letter"] == "true")
-            #expect(Set(receiver.requests.filter { $0.status == 200 }.compactMap { $0.event["key"] as? String }) == ["a", "c"])
+            #expect(
+                Set(receiver.requests.filter { $0.status == 200 }.compactMap { $0.event["key"] as? String }) == [
+                    "a", "c",
+                ])
         } else {
             #expect(cli.wait() == 1)
             #expect(cli.stderr.contains("the HTTP endpoint refused event id=\(refused)"), "\(cli.stderr)")

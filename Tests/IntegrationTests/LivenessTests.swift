@@ -86,7 +86,8 @@ struct LivenessTests {
         try proxy.start()
         defer { proxy.stop() }
         let arguments = [
-            "poll", "--source", Self.through(proxy), "--table", "\(outbox.schema).outbox", "--sink", "file:\(file.path)",
+            "poll", "--source", Self.through(proxy), "--table", "\(outbox.schema).outbox", "--sink",
+            "file:\(file.path)",
             "--interval-ms", "200", "--receive-timeout-ms", "3000", "--order-by", "",
         ]
         let cli = try CLI.start(arguments)
@@ -104,11 +105,14 @@ struct LivenessTests {
         #expect(exit < 5)
         proxy.resume()
         // The rows committed during the cut are still in the table: a new poller publishes them.
-        let after = try CLI.start(arguments.map { $0 == Self.through(proxy) ? outbox.conninfo : $0 } + ["--until-empty"])
+        let after = try CLI.start(
+            arguments.map { $0 == Self.through(proxy) ? outbox.conninfo : $0 } + ["--until-empty"])
         #expect(after.wait() == 0)
         let ids = try Self.ids(file)
         #expect(Set(ids).count == 10)
-        print("silent cut (poll): noticed and reconnecting; SIGTERM during the cut exited in \(String(format: "%.1f", exit)) s; \(ids.count) events, 10 distinct")
+        print(
+            "silent cut (poll): noticed and reconnecting; SIGTERM during the cut exited in \(String(format: "%.1f", exit)) s; \(ids.count) events, 10 distinct"
+        )
     }
 
     /// Each relay publishes to a destination of its own (two files, or two
@@ -129,13 +133,18 @@ struct LivenessTests {
                 outbox,
                 sink: sink == "file"
                     ? ["--sink", "file:\(files[index].path)"]
-                    : ["--sink", "kafka", "--kafka-brokers", TestKafka.brokers!, "--topic-template", "\(topics[index]).{aggregatetype}"]
+                    : [
+                        "--sink", "kafka", "--kafka-brokers", TestKafka.brokers!, "--topic-template",
+                        "\(topics[index]).{aggregatetype}",
+                    ]
                         + (sink == "kafka-transactional" ? ["--kafka-transactional-id", "\(topics[index])"] : []))
         }
         func published(_ index: Int, seconds: Int = 3) throws -> [(id: String, key: String, seq: Int)] {
             if sink == "file" { return try crashEvents(fromFile: files[index].path) }
             return try TestKafka.read("\(topics[index]).crash", count: 10_000_000, seconds: seconds).map { record in
-                let payload = record.value.flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+                let payload = record.value.flatMap {
+                    try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+                }
                 return (record.header("id") ?? "", record.key ?? "", payload?["seq"] as? Int ?? -1)
             }
         }
@@ -170,7 +179,12 @@ struct LivenessTests {
         let discarded =
             active.stderr.split(separator: "\n").first { $0.contains("session may be stale") }
             .flatMap { $0.split(separator: " ").first { $0.hasPrefix("discarded=") } } ?? "?"
-        let outcome = sink == "kafka-transactional" ? (active.stderr.contains("stale session committed") ? " [stale transaction COMMITTED]" : active.stderr.contains("stale session aborted") ? " [stale transaction aborted]" : " [no open transaction]") : ""
+        let outcome =
+            sink == "kafka-transactional"
+            ? (active.stderr.contains("stale session committed")
+                ? " [stale transaction COMMITTED]"
+                : active.stderr.contains("stale session aborted")
+                    ? " [stale transaction aborted]" : " [no open transaction]") : ""
         print(
             "freeze (\(sink) sink)\(outcome): standby took over \(String(format: "%.1f", takeover)) s after SIGSTOP; the old relay published \(afterResume.count) records after SIGCONT, \(stale) of them stale (\(discarded)); \(check)"
         )

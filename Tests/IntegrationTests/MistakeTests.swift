@@ -20,7 +20,8 @@ struct MistakeTests {
         return cli.process.isRunning ? nil : cli.wait()
     }
 
-    @Test(.enabled(if: VersionIndependent.enabled, "parsing only: runs with the default PostgreSQL")) func malformedConnectionStringsNeverShowThePassword() async throws {
+    @Test(.enabled(if: VersionIndependent.enabled, "parsing only: runs with the default PostgreSQL"))
+    func malformedConnectionStringsNeverShowThePassword() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("mistakes-\(UUID())")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
@@ -45,8 +46,13 @@ struct MistakeTests {
                     let cli = try CLI.start([command, "--log-level", "trace"] + arguments, environment: environment)
                     let code = await Self.exitCode(cli)
                     let output = cli.stdout + cli.stderr
-                    #expect(code == 64, "\(command) with a malformed source (case \(index), \(way)) exited \(code.map(String.init) ?? "not at all"): \(output)")
-                    #expect(!output.contains(Self.secret) && !output.contains("Sekr3t"), "case \(index) via \(way) leaked the password: \(output)")
+                    #expect(
+                        code == 64,
+                        "\(command) with a malformed source (case \(index), \(way)) exited \(code.map(String.init) ?? "not at all"): \(output)"
+                    )
+                    #expect(
+                        !output.contains(Self.secret) && !output.contains("Sekr3t"),
+                        "case \(index) via \(way) leaked the password: \(output)")
                     #expect(output.contains("--source") || output.contains("source"), "the message names the option")
                 }
             }
@@ -64,14 +70,21 @@ struct MistakeTests {
             ("no role", ["run", "--source", "\(base) user=no_such_role_\(role) dbname=postgres"], "28000"),
             ("no REPLICATION", ["run", "--source", "\(base) user=\(role) dbname=postgres"], "REPLICATION"),
             ("no database, poll", ["poll", "--source", "\(base) user=postgres dbname=no_such_db_\(role)"], "3D000"),
-            ("bad option value", ["run", "--source", "\(base) user=postgres dbname=postgres sslmode=sometimes"], "options"),
+            (
+                "bad option value", ["run", "--source", "\(base) user=postgres dbname=postgres sslmode=sometimes"],
+                "options"
+            ),
         ]
         for (name, arguments, fix) in cases {
             let started = Date()
             let cli = try CLI.start(arguments)
             let code = await Self.exitCode(cli)
-            #expect(code == 1, "\(name) exited \(code.map(String.init) ?? "not at all") after \(Date().timeIntervalSince(started)) s: \(cli.stderr)")
-            #expect(cli.stderr.contains("rejected the connection") && cli.stderr.contains(fix), "\(name): \(cli.stderr)")
+            #expect(
+                code == 1,
+                "\(name) exited \(code.map(String.init) ?? "not at all") after \(Date().timeIntervalSince(started)) s: \(cli.stderr)"
+            )
+            #expect(
+                cli.stderr.contains("rejected the connection") && cli.stderr.contains(fix), "\(name): \(cli.stderr)")
         }
     }
 
@@ -81,9 +94,13 @@ struct MistakeTests {
         let admin = try cluster.connect()
         try admin.query("CREATE ROLE pw_user LOGIN REPLICATION PASSWORD 'right-one'")
         try Shell.run(
-            "sed -i '1i host all pw_user 127.0.0.1/32 scram-sha-256\\nhost replication pw_user 127.0.0.1/32 scram-sha-256' '\(cluster.directory)/data/pg_hba.conf'")
+            "sed -i '1i host all pw_user 127.0.0.1/32 scram-sha-256\\nhost replication pw_user 127.0.0.1/32 scram-sha-256' '\(cluster.directory)/data/pg_hba.conf'"
+        )
         try admin.query("SELECT pg_reload_conf()")
-        let wrong = try CLI.start(["run", "--source", "host=127.0.0.1 port=\(cluster.port) user=pw_user password=\(Self.secret) dbname=postgres"])
+        let wrong = try CLI.start([
+            "run", "--source",
+            "host=127.0.0.1 port=\(cluster.port) user=pw_user password=\(Self.secret) dbname=postgres",
+        ])
         #expect(await Self.exitCode(wrong) == 1)
         #expect(wrong.stderr.contains("28P01") && !wrong.stderr.contains(Self.secret), "\(wrong.stderr)")
 
@@ -100,22 +117,26 @@ struct MistakeTests {
         // permanent error, rightly): set up on another port, then reachable on this one.
         let late = try PrivateCluster()
         try late.connect().query(
-            try String(contentsOf: TestDatabase.repository.appendingPathComponent("sql/01-outbox-table.sql"), encoding: .utf8))
+            try String(
+                contentsOf: TestDatabase.repository.appendingPathComponent("sql/01-outbox-table.sql"), encoding: .utf8))
         let proxy = TCPProxy(port: port, targetPort: late.port)
         try proxy.start()
         defer { proxy.stop() }
         try await early.waitForStderr("msg=streaming", within: 40)
     }
 
-    @Test(.enabled(if: VersionIndependent.enabled, "parsing only: runs with the default PostgreSQL")) func invalidKafkaPropertyIsAUsageError() async throws {
+    @Test(.enabled(if: VersionIndependent.enabled, "parsing only: runs with the default PostgreSQL"))
+    func invalidKafkaPropertyIsAUsageError() async throws {
         let cli = try CLI.start([
-            "run", "--source", TestDatabase.conninfo!, "--sink", "kafka", "--kafka-brokers", "127.0.0.1:1", "-X", "linger.ms=soon",
+            "run", "--source", TestDatabase.conninfo!, "--sink", "kafka", "--kafka-brokers", "127.0.0.1:1", "-X",
+            "linger.ms=soon",
         ])
         #expect(await Self.exitCode(cli) == 64)
         #expect(cli.stderr.contains("linger.ms"))
     }
 
-    @Test(.enabled(if: VersionIndependent.enabled, "parsing only: runs with the default PostgreSQL")) func configFilesAcceptBOMAndCRLFAndRefuseRepeatsAndControlCharacters() async throws {
+    @Test(.enabled(if: VersionIndependent.enabled, "parsing only: runs with the default PostgreSQL"))
+    func configFilesAcceptBOMAndCRLFAndRefuseRepeatsAndControlCharacters() async throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("config-\(UUID())")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
@@ -125,10 +146,14 @@ struct MistakeTests {
             return path
         }
         let source = "source = \(TestDatabase.conninfo!)"
-        let windows = try write("windows.conf", [0xEF, 0xBB, 0xBF] + Array("\(source)\r\nslot = from_windows_file\r\nformat = json\r\n".utf8))
+        let windows = try write(
+            "windows.conf",
+            [0xEF, 0xBB, 0xBF] + Array("\(source)\r\nslot = from_windows_file\r\nformat = json\r\n".utf8))
         let ok = try CLI.start(["status", "--config", windows])
         _ = await Self.exitCode(ok)
-        #expect(ok.stdout.contains("from_windows_file") && ok.stdout.hasPrefix("{"), "BOM and CRLF accepted: \(ok.stdout) \(ok.stderr)")
+        #expect(
+            ok.stdout.contains("from_windows_file") && ok.stdout.hasPrefix("{"),
+            "BOM and CRLF accepted: \(ok.stdout) \(ok.stderr)")
 
         let repeated = try write("repeated.conf", Array("\(source)\nslot = a\n# later\nslot = b\n".utf8))
         let twice = try CLI.start(["status", "--config", repeated])
@@ -152,20 +177,27 @@ struct MistakeTests {
         try await relay.waitForStderr("msg=streaming")
         let good = try outbox.insert(1)
         let poisonID = try outbox.sql.query(
-            "INSERT INTO \(outbox.schema).outbox (aggregatetype, aggregateid, type, payload, headers) VALUES ('order', 'k', 'Bad', '{}', '[1]') RETURNING id::text")[0, "id"]!
+            "INSERT INTO \(outbox.schema).outbox (aggregatetype, aggregateid, type, payload, headers) VALUES ('order', 'k', 'Bad', '{}', '[1]') RETURNING id::text"
+        )[0, "id"]!
         let after = try outbox.insert(1)
         #expect(await Self.exitCode(relay) == 1)
         let pattern = try Regex(#"outbox-relay skip --slot \S+ --publication \S+ --lsn ([0-9A-F]+/[0-9A-F]+)"#)
-        let match = try #require(relay.stderr.firstMatch(of: pattern), "the error names the skip command: \(relay.stderr)")
+        let match = try #require(
+            relay.stderr.firstMatch(of: pattern), "the error names the skip command: \(relay.stderr)")
         let lsn = String(match.output[1].substring ?? "")
 
-        let source = ["--source", outbox.conninfo, "--slot", outbox.slot, "--publication", outbox.publication, "--table", "\(outbox.schema).outbox"]
+        let source = [
+            "--source", outbox.conninfo, "--slot", outbox.slot, "--publication", outbox.publication, "--table",
+            "\(outbox.schema).outbox",
+        ]
         let wrong = try CLI.start(["skip", "--lsn", "0/1"] + source)
         #expect(await Self.exitCode(wrong) == 1)
         #expect(wrong.stderr.contains("commits at \(lsn), not 0/1; nothing skipped"), "\(wrong.stderr)")
         let skip = try CLI.start(["skip", "--lsn", lsn] + source)
         #expect(await Self.exitCode(skip) == 0, "\(skip.stderr)")
-        #expect(skip.stderr.contains("skipped one transaction on purpose") && skip.stderr.contains(poisonID), "\(skip.stderr)")
+        #expect(
+            skip.stderr.contains("skipped one transaction on purpose") && skip.stderr.contains(poisonID),
+            "\(skip.stderr)")
 
         let resumed = try CLI.start(arguments)
         defer { _ = resumed.terminate() }
@@ -193,13 +225,16 @@ struct MistakeTests {
     @Test func aGeneratedColumnIsNamedAsSuch() async throws {
         let outbox = try TestOutbox()
         try outbox.sql.query(
-            "ALTER TABLE \(outbox.schema).outbox DROP COLUMN type, ADD COLUMN type text GENERATED ALWAYS AS ('Fixed') STORED")
+            "ALTER TABLE \(outbox.schema).outbox DROP COLUMN type, ADD COLUMN type text GENERATED ALWAYS AS ('Fixed') STORED"
+        )
         let file = SinkFile()
         defer { file.remove() }
         let relay = try CLI.start(SlotLossTests.runArguments(outbox, file: file))
         #expect(await Self.exitCode(relay) == 1)
         // logfmt escapes the quotes around the column name.
-        #expect(relay.stderr.contains(#"column \"type\" of \#(outbox.schema).outbox is a generated column"#), "\(relay.stderr)")
+        #expect(
+            relay.stderr.contains(#"column \"type\" of \#(outbox.schema).outbox is a generated column"#),
+            "\(relay.stderr)")
         #expect(!relay.stderr.contains("has no column"))
     }
 }

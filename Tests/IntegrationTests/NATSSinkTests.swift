@@ -18,7 +18,9 @@ struct NATSSinkTests {
     /// How long the black-hole tests keep the path silent (the issue asks for 60 s).
     static let blackHoleSeconds = Int(ProcessInfo.processInfo.environment["OUTBOX_BLACKHOLE_SECONDS"] ?? "") ?? 60
 
-    static func arguments(_ outbox: TestOutbox, _ server: NATSServer, url: String? = nil, _ more: [String] = []) -> [String] {
+    static func arguments(
+        _ outbox: TestOutbox, _ server: NATSServer, url: String? = nil, _ more: [String] = []
+    ) -> [String] {
         [
             "run", "--source", outbox.conninfo, "--slot", outbox.slot, "--publication", outbox.publication,
             "--table", "\(outbox.schema).outbox", "--status-interval-ms", "200", "--max-in-flight", "500",
@@ -57,7 +59,8 @@ struct NATSSinkTests {
         #expect(tombstone.body.isEmpty && tombstone.headers["tombstone"] == "true")
         #expect(tombstone.sequence > created.sequence)
 
-        let check = DeliveryCheck(events: Self.deliveries(messages.filter { $0.subject.hasSuffix(".crash") }), written: written)
+        let check = DeliveryCheck(
+            events: Self.deliveries(messages.filter { $0.subject.hasSuffix(".crash") }), written: written)
         print("NATS sink, 3 writers: \(check)")
         #expect(written.committed.count > 100)
         check.expectIntact(duplicates: false)
@@ -78,7 +81,9 @@ struct NATSSinkTests {
 
         let check = DeliveryCheck(
             events: Self.deliveries(try NATSClient(url: server.url).messages("OUTBOX")), written: written)
-        print("NATS stopped for \(Self.outageSeconds) s under load: \(check); duplicates dropped by JetStream: \(sink.duplicates)")
+        print(
+            "NATS stopped for \(Self.outageSeconds) s under load: \(check); duplicates dropped by JetStream: \(sink.duplicates)"
+        )
         check.expectIntact(duplicates: true)
     }
 
@@ -97,8 +102,10 @@ struct NATSSinkTests {
         config.acknowledgementTimeoutMilliseconds = 2_000
         let sink = try NATSSink(config: config, logger: RunningRelay.logger)
         let report = try await destinationBlackHole(
-            outbox, sink: sink, topicTemplate: "\(outbox.name).{aggregatetype}", proxy: proxy, seconds: Self.blackHoleSeconds)
-        let check = DeliveryCheck(events: Self.deliveries(try NATSClient(url: server.url).messages("OUTBOX")), written: report.written)
+            outbox, sink: sink, topicTemplate: "\(outbox.name).{aggregatetype}", proxy: proxy,
+            seconds: Self.blackHoleSeconds)
+        let check = DeliveryCheck(
+            events: Self.deliveries(try NATSClient(url: server.url).messages("OUTBOX")), written: report.written)
         print("NATS black-holed for \(Self.blackHoleSeconds) s under load: \(report); \(check)")
         check.expectIntact(duplicates: true)
     }
@@ -124,7 +131,8 @@ struct NATSSinkTests {
         let outbox = try TestOutbox()
         let server = try NATSServer()
         let client = try NATSClient(url: server.url)
-        try client.addStream("OUTBOX", subjects: ["\(outbox.name).>"], duplicateWindow: .milliseconds(windowMilliseconds))
+        try client.addStream(
+            "OUTBOX", subjects: ["\(outbox.name).>"], duplicateWindow: .milliseconds(windowMilliseconds))
         let arguments = Self.arguments(outbox, server)
         let writers = ContinuousWriters(conninfo: outbox.conninfo, table: "\(outbox.schema).outbox")
         let kills = 8

@@ -90,7 +90,9 @@ final class NATSClient {
     }
 
     /// A file-storage stream over `subjects`; `duplicateWindow` is JetStream's (default 2 minutes).
-    func addStream(_ name: String, subjects: [String], duplicateWindow: Duration? = nil, maxMessageSize: Int32? = nil) throws {
+    func addStream(
+        _ name: String, subjects: [String], duplicateWindow: Duration? = nil, maxMessageSize: Int32? = nil
+    ) throws {
         var config = jsStreamConfig()
         jsStreamConfig_Init(&config)
         let cSubjects = subjects.map { strdup($0) }
@@ -103,13 +105,19 @@ final class NATSClient {
                 config.Subjects = UnsafeMutablePointer(mutating: list.baseAddress)
                 config.SubjectsLen = Int32(list.count)
                 config.Storage = js_FileStorage
-                if let duplicateWindow { config.Duplicates = Int64(duplicateWindow.components.seconds) * 1_000_000_000 + duplicateWindow.components.attoseconds / 1_000_000_000 }
+                if let duplicateWindow {
+                    config.Duplicates =
+                        Int64(duplicateWindow.components.seconds) * 1_000_000_000 + duplicateWindow.components
+                        .attoseconds / 1_000_000_000
+                }
                 if let maxMessageSize { config.MaxMsgSize = maxMessageSize }
                 return js_AddStream(&info, js, &config, nil, &code)
             }
         }
         if let info { jsStreamInfo_Destroy(info) }
-        guard status == NATS_OK else { throw Failure(message: "js_AddStream \(name): status \(status.rawValue), code \(code.rawValue)") }
+        guard status == NATS_OK else {
+            throw Failure(message: "js_AddStream \(name): status \(status.rawValue), code \(code.rawValue)")
+        }
     }
 
     func messageCount(_ stream: String) throws -> (count: UInt64, first: UInt64, last: UInt64) {
@@ -146,8 +154,12 @@ final class NATSClient {
                 free(keys)
             }
             let length = Int(natsMsg_GetDataLength(msg))
-            let body = natsMsg_GetData(msg).map { Array(UnsafeRawBufferPointer(start: $0, count: length)).map { $0 } } ?? []
-            out.append(Message(sequence: sequence, subject: String(cString: natsMsg_GetSubject(msg)), headers: headers, body: body))
+            let body =
+                natsMsg_GetData(msg).map { Array(UnsafeRawBufferPointer(start: $0, count: length)).map { $0 } } ?? []
+            out.append(
+                Message(
+                    sequence: sequence, subject: String(cString: natsMsg_GetSubject(msg)), headers: headers, body: body)
+            )
         }
         return out
     }

@@ -20,14 +20,18 @@ struct OperationsTests {
 
     func slotShown(by cli: CLI) -> String? {
         _ = cli.wait()
-        return cli.stdout.split(separator: "\n").first { $0.hasPrefix("slot ") }.map { String($0.dropFirst(4)).trimmingCharacters(in: .whitespaces) }
+        return cli.stdout.split(separator: "\n").first { $0.hasPrefix("slot ") }.map {
+            String($0.dropFirst(4)).trimmingCharacters(in: .whitespaces)
+        }
     }
 
     @Test func flagsWinOverEnvironmentWhichWinsOverTheConfigFile() throws {
         let file = try temporaryFile("# comment\nslot = from_file\nsource = \(TestDatabase.conninfo!)\n")
         defer { try? FileManager.default.removeItem(atPath: file) }
         let environment = ["OUTBOX_RELAY_SLOT": "from_env"]
-        #expect(slotShown(by: try CLI.start(["status", "--config", file, "--slot", "from_flag"], environment: environment)) == "from_flag")
+        #expect(
+            slotShown(by: try CLI.start(["status", "--config", file, "--slot", "from_flag"], environment: environment))
+                == "from_flag")
         #expect(slotShown(by: try CLI.start(["status", "--config", file], environment: environment)) == "from_env")
         #expect(slotShown(by: try CLI.start(["status", "--config", file])) == "from_file")
         #expect(slotShown(by: try CLI.start(["status", "--source", TestDatabase.conninfo!])) == "outbox_slot")
@@ -35,7 +39,8 @@ struct OperationsTests {
         #expect(slotShown(by: try CLI.start(["status"], environment: ["OUTBOX_RELAY_CONFIG": file])) == "from_file")
     }
 
-    @Test(.enabled(if: VersionIndependent.enabled, "parsing only: runs with the default PostgreSQL")) func invalidValuesNameTheOptionAndWhereItWasSet() throws {
+    @Test(.enabled(if: VersionIndependent.enabled, "parsing only: runs with the default PostgreSQL"))
+    func invalidValuesNameTheOptionAndWhereItWasSet() throws {
         let env = try CLI.start(["run", "--source", "host=127.0.0.1"], environment: ["OUTBOX_RELAY_SLOT": "Bad-Slot"])
         #expect(env.wait() == 64)
         #expect(env.stderr.contains("--slot") && env.stderr.contains("OUTBOX_RELAY_SLOT"))
@@ -49,7 +54,8 @@ struct OperationsTests {
         let typo = try CLI.start(["run", "--config", unknown])
         #expect(typo.wait() == 64)
         #expect(typo.stderr.contains("line 1: unknown option \"slto\""))
-        let flag = try CLI.start(["run", "--source", "host=127.0.0.1"], environment: ["OUTBOX_RELAY_CREATE_SLOT": "maybe"])
+        let flag = try CLI.start(
+            ["run", "--source", "host=127.0.0.1"], environment: ["OUTBOX_RELAY_CREATE_SLOT": "maybe"])
         #expect(flag.wait() == 64)
         #expect(flag.stderr.contains("OUTBOX_RELAY_CREATE_SLOT") && flag.stderr.contains("true or false"))
     }
@@ -61,7 +67,10 @@ struct OperationsTests {
         let properties = try temporaryFile("# producer settings\nsasl.password=kafka-s3cret\n")
         defer { try? FileManager.default.removeItem(atPath: properties) }
         let cli = try CLI.start(
-            ["run", "--slot", outbox.slot, "--publication", outbox.publication, "--table", "\(outbox.schema).outbox", "--message-prefix", outbox.name, "--log-level", "debug"],
+            [
+                "run", "--slot", outbox.slot, "--publication", outbox.publication, "--table", "\(outbox.schema).outbox",
+                "--message-prefix", outbox.name, "--log-level", "debug",
+            ],
             environment: ["OUTBOX_RELAY_SOURCE_FILE": secret])
         try await cli.waitForStderr("streaming")
         try outbox.insert(1)
@@ -71,7 +80,10 @@ struct OperationsTests {
         #expect(!cli.stderr.contains("s3cret"))
         // A -X property from a properties file is validated like a flag and its secret value masked.
         let kafka = try CLI.start(
-            ["run", "--source", TestDatabase.conninfo!, "--slot", "nope_\(outbox.name)", "--sink", "kafka", "--kafka-brokers", "127.0.0.1:9", "--log-level", "debug"],
+            [
+                "run", "--source", TestDatabase.conninfo!, "--slot", "nope_\(outbox.name)", "--sink", "kafka",
+                "--kafka-brokers", "127.0.0.1:9", "--log-level", "debug",
+            ],
             environment: ["OUTBOX_RELAY_KAFKA_PROPERTIES_FILE": properties])
         _ = kafka.wait()
         #expect(!kafka.stderr.contains("kafka-s3cret"))
@@ -121,7 +133,9 @@ struct OperationsTests {
         #expect(try await Self.get(base + "/nope").status == 404)
 
         try outbox.insert(3, aggregate: "order")
-        try outbox.sql.query("INSERT INTO \(outbox.schema).outbox (aggregatetype, aggregateid, type, payload) VALUES ('order', 'k', 'Gone', NULL)")
+        try outbox.sql.query(
+            "INSERT INTO \(outbox.schema).outbox (aggregatetype, aggregateid, type, payload) VALUES ('order', 'k', 'Gone', NULL)"
+        )
         try outbox.sql.query("DELETE FROM \(outbox.schema).outbox")
         try await active.waitForStdoutLines(4)
         try await Task.sleep(for: .milliseconds(300))
@@ -156,11 +170,13 @@ struct OperationsTests {
     /// rules pass `promtool check rules` and their own `promtool test rules`;
     /// the metrics table in docs/operations.md lists exactly the exported families.
     @Test func dashboardAndAlertRulesNameOnlyExportedMetrics() async throws {
-        let deploy = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../deploy").standardized.path
+        let deploy = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../deploy")
+            .standardized.path
         let rules = deploy + "/prometheus/outbox-relay-rules.yml"
         let dashboard = deploy + "/grafana/outbox-relay-dashboard.json"
         let outbox = try TestOutbox()
-        let cli = try CLI.start(["run"] + outbox.sourceArguments + ["--message-prefix", outbox.name, "--http-address", "127.0.0.1:0"])
+        let cli = try CLI.start(
+            ["run"] + outbox.sourceArguments + ["--message-prefix", outbox.name, "--http-address", "127.0.0.1:0"])
         let base = try await Self.address(from: cli)
         try await cli.waitForStderr("streaming")
         try outbox.insert(2, aggregate: "order")
@@ -185,12 +201,18 @@ struct OperationsTests {
         let operations = try String(contentsOfFile: deploy + "/../docs/operations.md", encoding: .utf8)
         var documented: Set<String> = []
         for line in operations.split(separator: "\n") where line.hasPrefix("| `outbox_relay_") {
-            for match in line.matches(of: try Regex(#"outbox_relay_[a-z_]+"#)) { documented.insert(String(line[match.range])) }
+            for match in line.matches(of: try Regex(#"outbox_relay_[a-z_]+"#)) {
+                documented.insert(String(line[match.range]))
+            }
         }
         let families = Set(
-            exposition.split(separator: "\n").filter { $0.hasPrefix("# TYPE outbox_relay_") }.map { String($0.split(separator: " ")[2]) })
+            exposition.split(separator: "\n").filter { $0.hasPrefix("# TYPE outbox_relay_") }.map {
+                String($0.split(separator: " ")[2])
+            })
         let undocumented = families.subtracting(documented).sorted()
-        #expect(!families.isEmpty && undocumented.isEmpty, "exported but missing from the metrics table in docs/operations.md: \(undocumented)")
+        #expect(
+            !families.isEmpty && undocumented.isEmpty,
+            "exported but missing from the metrics table in docs/operations.md: \(undocumented)")
         // …and documents nothing the binary does not export (a renamed or removed metric). Some
         // families appear only in some states (an invalidated slot, a WAL size limit): those count
         // when Metrics.swift declares them.
@@ -198,13 +220,20 @@ struct OperationsTests {
         let declared = Set(
             source.matches(of: try Regex(#"(?:p \+ "|"outbox_relay_)([a-z_]+)""#)).map { match in
                 let text = String(source[match.range])
-                return "outbox_relay_" + text.split(separator: "\"").last!.replacingOccurrences(of: "outbox_relay_", with: "")
+                return "outbox_relay_"
+                    + text.split(separator: "\"").last!.replacingOccurrences(of: "outbox_relay_", with: "")
             })
-        #expect(families.isSubset(of: declared), "Metrics.swift declares every exported family: \(families.subtracting(declared).sorted())")
+        #expect(
+            families.isSubset(of: declared),
+            "Metrics.swift declares every exported family: \(families.subtracting(declared).sorted())")
         let stale = documented.filter { name in !declared.contains(name) && !exported.contains(name) }.sorted()
-        #expect(stale.isEmpty, "in the metrics table in docs/operations.md but neither exported nor declared by the binary: \(stale)")
+        #expect(
+            stale.isEmpty,
+            "in the metrics table in docs/operations.md but neither exported nor declared by the binary: \(stale)")
         let conditional = declared.subtracting(families).sorted()
-        print("metrics: \(families.count) families exported, \(conditional.count) only in some states (\(conditional.joined(separator: ", "))), all documented")
+        print(
+            "metrics: \(families.count) families exported, \(conditional.count) only in some states (\(conditional.joined(separator: ", "))), all documented"
+        )
         // promtool (Debian's prometheus package, installed by scripts/test.sh).
         let checked = try Shell.run("promtool check rules '\(rules)' 2>&1")
         #expect(checked.contains("SUCCESS"), "\(checked)")
@@ -219,7 +248,8 @@ struct OperationsTests {
         let outbox = try TestOutbox()
         let cli = try CLI.start(
             ["run"] + outbox.sourceArguments + [
-                "--message-prefix", outbox.name, "--http-address", "127.0.0.1:0", "--sink", "kafka", "--kafka-brokers", broker.address, "--shutdown-timeout-ms", "3000",
+                "--message-prefix", outbox.name, "--http-address", "127.0.0.1:0", "--sink", "kafka", "--kafka-brokers",
+                broker.address, "--shutdown-timeout-ms", "3000",
             ])
         let base = try await Self.address(from: cli)
         try await cli.waitForStderr("streaming")
@@ -254,7 +284,8 @@ struct OperationsTests {
         let before = try outbox.confirmedFlush
         let cli = try CLI.start(
             ["run"] + outbox.sourceArguments + [
-                "--sink", "kafka", "--kafka-brokers", "127.0.0.1:\(try TCPProxy.freePort())", "--kafka-transactional-id", "it-\(outbox.name)",
+                "--sink", "kafka", "--kafka-brokers", "127.0.0.1:\(try TCPProxy.freePort())",
+                "--kafka-transactional-id", "it-\(outbox.name)",
             ])
         try await cli.waitForStderr("Kafka producer created", within: 20)
         try await Task.sleep(for: .milliseconds(300))
@@ -277,7 +308,8 @@ struct OperationsTests {
         let outbox = try TestOutbox()
         let cli = try CLI.start(
             ["run"] + outbox.sourceArguments + [
-                "--message-prefix", outbox.name, "--http-address", "127.0.0.1:0", "--sink", "kafka", "--kafka-brokers", broker.address,
+                "--message-prefix", outbox.name, "--http-address", "127.0.0.1:0", "--sink", "kafka", "--kafka-brokers",
+                broker.address,
             ])
         let base = try await Self.address(from: cli)
         try await cli.waitForStderr("streaming", within: 20)
@@ -299,12 +331,16 @@ struct OperationsTests {
 
     @Test func statusIsAProbe() throws {
         let outbox = try TestOutbox()
-        let healthy = try CLI.start(["status", "--source", TestDatabase.conninfo!, "--slot", outbox.slot, "--format", "json"])
+        let healthy = try CLI.start([
+            "status", "--source", TestDatabase.conninfo!, "--slot", outbox.slot, "--format", "json",
+        ])
         #expect(healthy.wait() == 0)
         let json = try JSONSerialization.jsonObject(with: Data(healthy.stdout.utf8)) as? [String: String]
         #expect(json?["healthy"] == "true" && json?["wal_status"] == "reserved" && json?["active"] == "f")
         try outbox.insert(1)
-        let strict = try CLI.start(["status", "--source", TestDatabase.conninfo!, "--slot", outbox.slot, "--max-retained-bytes", "0"])
+        let strict = try CLI.start([
+            "status", "--source", TestDatabase.conninfo!, "--slot", outbox.slot, "--max-retained-bytes", "0",
+        ])
         #expect(strict.wait() == 2, "an inactive slot retaining WAL over the limit")
         #expect(strict.stdout.contains("inactive and retaining"))
         let missing = try CLI.start(["status", "--source", TestDatabase.conninfo!, "--slot", "missing_\(outbox.name)"])
@@ -341,10 +377,19 @@ struct OperationsTests {
             _ = try? admin.query("DROP SCHEMA IF EXISTS \(schema) CASCADE")
         }
         for _ in 0..<2 {
-            let cli = try CLI.start(["init", "--source", TestDatabase.conninfo!, "--table", "\(schema).outbox", "--publication", publication, "--with-polling"])
+            let cli = try CLI.start([
+                "init", "--source", TestDatabase.conninfo!, "--table", "\(schema).outbox", "--publication", publication,
+                "--with-polling",
+            ])
             #expect(cli.wait() == 0, "\(cli.stderr)")
         }
-        #expect(try admin.query("SELECT count(*) AS n FROM pg_publication_tables WHERE pubname = '\(publication)' AND schemaname = '\(schema)'")[0, "n"] == "1")
-        #expect(try admin.query("SELECT count(*) AS n FROM pg_indexes WHERE schemaname = '\(schema)' AND indexname = 'outbox_created_at_idx'")[0, "n"] == "1")
+        #expect(
+            try admin.query(
+                "SELECT count(*) AS n FROM pg_publication_tables WHERE pubname = '\(publication)' AND schemaname = '\(schema)'"
+            )[0, "n"] == "1")
+        #expect(
+            try admin.query(
+                "SELECT count(*) AS n FROM pg_indexes WHERE schemaname = '\(schema)' AND indexname = 'outbox_created_at_idx'"
+            )[0, "n"] == "1")
     }
 }

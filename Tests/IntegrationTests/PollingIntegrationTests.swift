@@ -71,7 +71,9 @@ struct PollingIntegrationTests {
         // occupy the cooperative threads this test would resume on.
         let writer = try TestDatabase.connect()
         try writer.query("BEGIN")
-        try writer.query("INSERT INTO \(outbox.schema).outbox (aggregatetype, aggregateid, type, payload) VALUES ('order', '42', 'Open', '{}')")
+        try writer.query(
+            "INSERT INTO \(outbox.schema).outbox (aggregatetype, aggregateid, type, payload) VALUES ('order', '42', 'Open', '{}')"
+        )
         usleep(300_000)
         #expect(try file.events.count == 2)
         try writer.query("ROLLBACK")

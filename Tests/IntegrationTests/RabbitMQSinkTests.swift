@@ -25,7 +25,9 @@ struct RabbitMQSinkTests {
     }
 
     /// A topic exchange and a durable queue `events` bound to everything of this outbox.
-    static func prepare(_ server: RabbitMQServer, _ outbox: TestOutbox, bindingKey: String? = nil) throws -> RabbitMQClient {
+    static func prepare(
+        _ server: RabbitMQServer, _ outbox: TestOutbox, bindingKey: String? = nil
+    ) throws -> RabbitMQClient {
         let client = try RabbitMQClient(url: server.url)
         try client.declareExchange(exchange)
         try client.declareQueue("events", boundTo: exchange, bindingKey: bindingKey ?? "\(outbox.name).#")
@@ -62,7 +64,8 @@ struct RabbitMQSinkTests {
         #expect(messages[tombstoneIndex].body.isEmpty && messages[tombstoneIndex].headers["tombstone"] == "true")
         #expect(messages.firstIndex { $0.messageID == shaped[0] }! < tombstoneIndex)
 
-        let check = DeliveryCheck(events: Self.deliveries(messages.filter { $0.routingKey.hasSuffix(".crash") }), written: written)
+        let check = DeliveryCheck(
+            events: Self.deliveries(messages.filter { $0.routingKey.hasSuffix(".crash") }), written: written)
         print("RabbitMQ sink, 3 writers: \(check)")
         #expect(written.committed.count > 100)
         check.expectIntact(duplicates: false)
@@ -74,7 +77,8 @@ struct RabbitMQSinkTests {
         let outbox = try TestOutbox()
         let server = try RabbitMQServer()
         _ = try Self.prepare(server, outbox)
-        var config = RabbitMQSinkConfig(url: server.url, exchange: Self.exchange, routingKey: try DestinationTemplate("{topic}"))
+        var config = RabbitMQSinkConfig(
+            url: server.url, exchange: Self.exchange, routingKey: try DestinationTemplate("{topic}"))
         config.acknowledgementTimeoutMilliseconds = 2_000
         let sink = try RabbitMQSink(config: config, logger: RunningRelay.logger)
         let written = try await destinationOutage(
@@ -97,13 +101,15 @@ struct RabbitMQSinkTests {
         try proxy.start()
         defer { proxy.stop() }
         var config = RabbitMQSinkConfig(
-            url: "amqp://guest:guest@127.0.0.1:\(proxy.port)", exchange: Self.exchange, routingKey: try DestinationTemplate("{topic}"))
+            url: "amqp://guest:guest@127.0.0.1:\(proxy.port)", exchange: Self.exchange,
+            routingKey: try DestinationTemplate("{topic}"))
         config.acknowledgementTimeoutMilliseconds = 2_000
         let sink = try RabbitMQSink(config: config, logger: RunningRelay.logger)
         let report = try await destinationBlackHole(
             outbox, sink: sink, topicTemplate: "\(outbox.name).{aggregatetype}", proxy: proxy,
             seconds: NATSSinkTests.blackHoleSeconds)
-        let check = DeliveryCheck(events: Self.deliveries(try RabbitMQClient(url: server.url).messages("events")), written: report.written)
+        let check = DeliveryCheck(
+            events: Self.deliveries(try RabbitMQClient(url: server.url).messages("events")), written: report.written)
         print("RabbitMQ black-holed for \(NATSSinkTests.blackHoleSeconds) s under load: \(report); \(check)")
         check.expectIntact(duplicates: true)
     }
@@ -129,7 +135,8 @@ struct RabbitMQSinkTests {
         let client = try Self.prepare(server, outbox)
         let writers = ContinuousWriters(conninfo: outbox.conninfo, table: "\(outbox.schema).outbox")
         let kills = 6
-        let (written, last) = try await writers.sigkillLoop(Self.arguments(outbox, url: server.url), kills: kills, pauses: 300...900)
+        let (written, last) = try await writers.sigkillLoop(
+            Self.arguments(outbox, url: server.url), kills: kills, pauses: 300...900)
         try await outbox.waitUntilConfirmed(try outbox.currentWAL)
         #expect(last.terminate() == 0)
 
@@ -148,7 +155,8 @@ struct RabbitMQSinkTests {
         let server = try RabbitMQServer()
         let client = try Self.prepare(server, outbox, bindingKey: "\(outbox.name).covered")
         try client.declareQueue("dead", boundTo: Self.exchange, bindingKey: "\(outbox.name)-dlq")
-        let cli = try CLI.start(Self.arguments(outbox, url: server.url, withDLQ ? ["--dlq-topic", "\(outbox.name)-dlq"] : []))
+        let cli = try CLI.start(
+            Self.arguments(outbox, url: server.url, withDLQ ? ["--dlq-topic", "\(outbox.name)-dlq"] : []))
         try await cli.waitForStderr("msg=streaming", within: 20)
         let before = try outbox.confirmedFlush
         try outbox.insert(aggregate: "covered", key: "a")
@@ -167,7 +175,8 @@ struct RabbitMQSinkTests {
             #expect(cli.wait() == 1)
             #expect(cli.stderr.contains("RabbitMQ refused event id=\(lost)"), "\(cli.stderr)")
             #expect(cli.stderr.contains("no queue is bound to exchange"))
-            #expect(cli.stderr.contains("for routing key \\\"\(outbox.name).uncovered\\\""), "logfmt escapes the quotes")
+            #expect(
+                cli.stderr.contains("for routing key \\\"\(outbox.name).uncovered\\\""), "logfmt escapes the quotes")
             #expect(try outbox.confirmedFlush < (try outbox.currentWAL))
             #expect(try outbox.confirmedFlush >= before)
         }
@@ -203,7 +212,9 @@ struct RabbitMQSinkTests {
         #expect(emptyVhost.stderr.contains("names the empty vhost"), "\(emptyVhost.stderr)")
         let missing = try CLI.start(Self.arguments(outbox, url: server.url))
         #expect(missing.wait() == 1)
-        #expect(missing.stderr.contains("exchange \\\"outbox\\\"") || missing.stderr.contains("exchange \"outbox\""), "\(missing.stderr)")
+        #expect(
+            missing.stderr.contains("exchange \\\"outbox\\\"") || missing.stderr.contains("exchange \"outbox\""),
+            "\(missing.stderr)")
         #expect(missing.stderr.contains("404"))
     }
 }

@@ -23,7 +23,8 @@ final class RabbitMQServer: @unchecked Sendable {
         directory = NSTemporaryDirectory() + "rabbitmq-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let conf = ["listeners.tcp.1 = 127.0.0.1:\(port)", "loopback_users = none"] + config
-        try conf.joined(separator: "\n").appending("\n").write(toFile: directory + "/rabbitmq.conf", atomically: true, encoding: .utf8)
+        try conf.joined(separator: "\n").appending("\n").write(
+            toFile: directory + "/rabbitmq.conf", atomically: true, encoding: .utf8)
         try "[].\n".write(toFile: directory + "/enabled_plugins", atomically: true, encoding: .utf8)
         try start()
     }
@@ -38,10 +39,12 @@ final class RabbitMQServer: @unchecked Sendable {
         let distPort = port + 20_000 <= 65_000 ? port + 20_000 : port - 20_000
         environment.merge(
             [
-                "HOME": directory, "RABBITMQ_NODENAME": "outbox\(port)@localhost", "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+                "HOME": directory, "RABBITMQ_NODENAME": "outbox\(port)@localhost",
+                "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
                 "RABBITMQ_NODE_PORT": "\(port)", "RABBITMQ_DIST_PORT": "\(distPort)",
                 "RABBITMQ_MNESIA_BASE": directory + "/mnesia", "RABBITMQ_LOG_BASE": directory + "/log",
-                "RABBITMQ_CONFIG_FILE": directory + "/rabbitmq.conf", "RABBITMQ_ENABLED_PLUGINS_FILE": directory + "/enabled_plugins",
+                "RABBITMQ_CONFIG_FILE": directory + "/rabbitmq.conf",
+                "RABBITMQ_ENABLED_PLUGINS_FILE": directory + "/enabled_plugins",
                 "RABBITMQ_PID_FILE": directory + "/pid", "ERL_EPMD_ADDRESS": "127.0.0.1",
                 "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
             ]
@@ -56,7 +59,8 @@ final class RabbitMQServer: @unchecked Sendable {
         // never sees the node exit.
         process.executableURL = URL(fileURLWithPath: "/usr/bin/perl")
         process.arguments = [
-            "-e", "use POSIX; sigprocmask(SIG_SETMASK, POSIX::SigSet->new); $SIG{$_} = 'DEFAULT' for qw(CHLD TERM INT PIPE); exec @ARGV or die",
+            "-e",
+            "use POSIX; sigprocmask(SIG_SETMASK, POSIX::SigSet->new); $SIG{$_} = 'DEFAULT' for qw(CHLD TERM INT PIPE); exec @ARGV or die",
             Self.binary,
         ]
         process.environment = environment
@@ -86,7 +90,9 @@ final class RabbitMQServer: @unchecked Sendable {
         let deadline = Date().addingTimeInterval(30)
         while process.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
         if process.isRunning {
-            if let pid = try? String(contentsOfFile: directory + "/pid", encoding: .utf8), let beam = Int32(pid.trimmingCharacters(in: .whitespacesAndNewlines)) {
+            if let pid = try? String(contentsOfFile: directory + "/pid", encoding: .utf8),
+                let beam = Int32(pid.trimmingCharacters(in: .whitespacesAndNewlines))
+            {
                 kill(beam, SIGKILL)
             }
             kill(process.processIdentifier, SIGKILL)
@@ -118,7 +124,9 @@ final class RabbitMQClient {
     init(url: String) throws {
         var result = outbox_amqp_result()
         guard let conn = outbox_amqp_connect(url, "", 0, 2_000, nil, &result) else {
-            throw Failure(message: withUnsafeBytes(of: &result.message) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) })
+            throw Failure(
+                message: withUnsafeBytes(of: &result.message) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            )
         }
         self.conn = conn
     }
@@ -143,7 +151,9 @@ final class RabbitMQClient {
         guard reply.reply_type == AMQP_RESPONSE_NORMAL else {
             var detail = outbox_amqp_result()
             outbox_amqp_reply_text(reply, what, &detail)
-            throw Failure(message: withUnsafeBytes(of: &detail.message) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) })
+            throw Failure(
+                message: withUnsafeBytes(of: &detail.message) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            )
         }
     }
 
@@ -154,7 +164,9 @@ final class RabbitMQClient {
 
     /// A durable queue bound to `exchange` with `bindingKey`; `maxLength` with
     /// `x-overflow: reject-publish`, so the broker nacks what does not fit.
-    func declareQueue(_ name: String, boundTo exchange: String? = nil, bindingKey: String = "#", maxLength: Int? = nil) throws {
+    func declareQueue(
+        _ name: String, boundTo exchange: String? = nil, bindingKey: String = "#", maxLength: Int? = nil
+    ) throws {
         if let maxLength {
             var entries = [amqp_table_entry_t(), amqp_table_entry_t()]
             entries[0].key = bytes("x-max-length")
@@ -184,7 +196,8 @@ final class RabbitMQClient {
             let reply = amqp_basic_get(conn, 1, bytes(queue), 1)
             guard reply.reply_type == AMQP_RESPONSE_NORMAL else { throw Failure(message: "basic.get \(queue) failed") }
             guard reply.reply.id == 0x003C_0047 else { return out }  // basic.get-ok; else basic.get-empty
-            let routingKey = Self.string(reply.reply.decoded.assumingMemoryBound(to: amqp_basic_get_ok_t.self).pointee.routing_key)
+            let routingKey = Self.string(
+                reply.reply.decoded.assumingMemoryBound(to: amqp_basic_get_ok_t.self).pointee.routing_key)
             var message = amqp_message_t()
             guard amqp_read_message(conn, 1, &message, 0).reply_type == AMQP_RESPONSE_NORMAL else {
                 throw Failure(message: "reading a message from \(queue) failed")
@@ -194,7 +207,9 @@ final class RabbitMQClient {
             let table = message.properties.headers
             for i in 0..<Int(table.num_entries) {
                 let entry = table.entries[i]
-                if entry.value.kind == UInt8(ascii: "S") { headers[Self.string(entry.key)] = Self.string(entry.value.value.bytes) }
+                if entry.value.kind == UInt8(ascii: "S") {
+                    headers[Self.string(entry.key)] = Self.string(entry.value.value.bytes)
+                }
             }
             out.append(
                 Message(

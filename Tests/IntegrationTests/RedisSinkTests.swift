@@ -114,7 +114,9 @@ struct RedisSinkTests {
         let replica = try RedisServer(durable: false, ["--replicaof", "127.0.0.1", "\(primary.port)"])
         // The replica has done its first sync.
         let deadline = Date().addingTimeInterval(20)
-        while try replica.command(["INFO", "replication"]).contains("master_link_status:up") == false && Date() < deadline {
+        while try replica.command(["INFO", "replication"]).contains("master_link_status:up") == false
+            && Date() < deadline
+        {
             try await Task.sleep(for: .milliseconds(100))
         }
         var config = RedisSinkConfig(url: primary.url, stream: try DestinationTemplate("{topic}"))
@@ -128,7 +130,9 @@ struct RedisSinkTests {
                 // The outage starts when the primary knows its replica is gone: until
                 // then a WAIT could still be answered from the replica's last ack.
                 let gone = Date().addingTimeInterval(10)
-                while (try? primary.command(["INFO", "replication"]))?.contains("connected_slaves:0") != true && Date() < gone {
+                while (try? primary.command(["INFO", "replication"]))?.contains("connected_slaves:0") != true
+                    && Date() < gone
+                {
                     Thread.sleep(forTimeInterval: 0.05)
                 }
                 if (try? primary.command(["INFO", "replication"]))?.contains("connected_slaves:0") != true {
@@ -170,7 +174,8 @@ struct RedisSinkTests {
         let outbox = try TestOutbox()
         let server = try RedisServer()
         try server.command(["SET", "\(outbox.name).taken", "not a stream"])
-        let cli = try CLI.start(Self.arguments(outbox, url: server.url, withDLQ ? ["--dlq-topic", "\(outbox.name)-dlq"] : []))
+        let cli = try CLI.start(
+            Self.arguments(outbox, url: server.url, withDLQ ? ["--dlq-topic", "\(outbox.name)-dlq"] : []))
         try await cli.waitForStderr("msg=streaming", within: 20)
         let before = try outbox.confirmedFlush
         try outbox.insert(aggregate: "free", key: "a")

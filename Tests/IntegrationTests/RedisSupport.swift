@@ -9,7 +9,9 @@ final class RedisServer: @unchecked Sendable {
     // @unchecked Sendable: `process` is touched only by the test's own task.
     /// Set by scripts/test.sh on the default PostgreSQL version only: the sink does not depend on it.
     static let binary = ProcessInfo.processInfo.environment["REDIS_SERVER_BIN"] ?? ""
-    static var available: Bool { FileManager.default.isExecutableFile(atPath: binary) && FileManager.default.isExecutableFile(atPath: cli) }
+    static var available: Bool {
+        FileManager.default.isExecutableFile(atPath: binary) && FileManager.default.isExecutableFile(atPath: cli)
+    }
     static let cli = "/usr/bin/redis-cli"
 
     let port: Int
@@ -26,7 +28,10 @@ final class RedisServer: @unchecked Sendable {
         directory = NSTemporaryDirectory() + "redis-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         self.arguments =
-            ["--port", "\(port)", "--bind", "127.0.0.1", "--dir", directory, "--save", "", "--logfile", directory + "/log"]
+            [
+                "--port", "\(port)", "--bind", "127.0.0.1", "--dir", directory, "--save", "", "--logfile",
+                directory + "/log",
+            ]
             + (durable ? ["--appendonly", "yes", "--appendfsync", "always"] : []) + arguments
         password = arguments.firstIndex(of: "--requirepass").map { arguments[$0 + 1] }
         try start()
@@ -68,7 +73,9 @@ final class RedisServer: @unchecked Sendable {
     func command(_ arguments: [String]) throws -> String {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.cli)
-        process.arguments = ["-h", "127.0.0.1", "-p", "\(port)", "-2"] + (password.map { ["--no-auth-warning", "-a", $0] } ?? []) + arguments
+        process.arguments =
+            ["-h", "127.0.0.1", "-p", "\(port)", "-2"] + (password.map { ["--no-auth-warning", "-a", $0] } ?? [])
+            + arguments
         let out = Pipe()
         process.standardOutput = out
         process.standardError = FileHandle.nullDevice

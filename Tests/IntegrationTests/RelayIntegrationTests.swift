@@ -356,7 +356,8 @@ struct ConfigurationErrorTests {
         config.replication.conninfo = "host=127.0.0.1 password=hunter2 bogus_option=1"
         let message = await failure(config)
         #expect(
-            message.contains("invalid PostgreSQL connection string") && message.contains("names an option libpq does not know"),
+            message.contains("invalid PostgreSQL connection string")
+                && message.contains("names an option libpq does not know"),
             "\(message)")
         #expect(!message.contains("hunter2") && !message.contains("bogus_option"))
         #expect(

@@ -20,7 +20,10 @@ struct SlotLossTests {
     }
 
     static func slotCount(_ outbox: TestOutbox, _ connection: PGConnection? = nil) throws -> Int {
-        Int(try (connection ?? outbox.sql).query("SELECT count(*) AS n FROM pg_replication_slots WHERE slot_name = '\(outbox.slot)'")[0, "n"] ?? "") ?? -1
+        Int(
+            try (connection ?? outbox.sql).query(
+                "SELECT count(*) AS n FROM pg_replication_slots WHERE slot_name = '\(outbox.slot)'")[0, "n"] ?? "")
+            ?? -1
     }
 
     @Test func slotDroppedWhileTheRelayIsDownIsLostNotRecreated() async throws {
@@ -46,7 +49,9 @@ struct SlotLossTests {
         let refused = try CLI.start(["recreate-slot", "--source", outbox.conninfo, "--slot", outbox.slot])
         #expect(refused.wait() == 64)
         #expect(refused.stderr.contains("--accept-gap"))
-        let accepted = try CLI.start(["recreate-slot", "--source", outbox.conninfo, "--slot", outbox.slot, "--accept-gap"])
+        let accepted = try CLI.start([
+            "recreate-slot", "--source", outbox.conninfo, "--slot", outbox.slot, "--accept-gap",
+        ])
         #expect(accepted.wait() == 0)
         #expect(accepted.stderr.contains("recreated a lost replication slot") && accepted.stderr.contains("gap_from="))
         #expect(try Self.slotCount(outbox) == 1)
@@ -57,7 +62,9 @@ struct SlotLossTests {
         let after = try outbox.insert(1)
         let events = try await file.waitForEvents(3)
         #expect(events.last?["id"] as? String == after.first)
-        print("slot dropped while down: restart with --create-slot exited 1 naming the loss; 4 events in the gap were reported, not skipped silently; recreate-slot --accept-gap logged the gap")
+        print(
+            "slot dropped while down: restart with --create-slot exited 1 naming the loss; 4 events in the gap were reported, not skipped silently; recreate-slot --accept-gap logged the gap"
+        )
     }
 
     @Test func failoverToAStandbyWithoutTheSlotIsReportedAsALoss() async throws {
@@ -80,10 +87,14 @@ struct SlotLossTests {
 
         let afterFailover = try CLI.start(Self.runArguments(outbox, conninfo: standby.conninfo, file: file))
         #expect(afterFailover.wait() == 1)
-        #expect(afterFailover.stderr.contains("existed here") && afterFailover.stderr.contains("failover"), "\(afterFailover.stderr)")
+        #expect(
+            afterFailover.stderr.contains("existed here") && afterFailover.stderr.contains("failover"),
+            "\(afterFailover.stderr)")
         let promoted = try PGConnection(conninfo: standby.conninfo, replication: false)
         #expect(try Self.slotCount(outbox, promoted) == 0, "no silent new slot on the promoted server")
-        print("failover (PostgreSQL \(try promoted.query("SHOW server_version")[0, "server_version"] ?? "?")): the promoted standby has no slot; the relay exits 1 naming the failover instead of skipping the 7 events committed after its last confirmed position")
+        print(
+            "failover (PostgreSQL \(try promoted.query("SHOW server_version")[0, "server_version"] ?? "?")): the promoted standby has no slot; the relay exits 1 naming the failover instead of skipping the 7 events committed after its last confirmed position"
+        )
     }
 
     @Test func twoReplicasStartingTogetherBothEndUpStreamingOrStandingBy() async throws {

@@ -1,11 +1,11 @@
 import Foundation
 import Logging
 import OutboxCore
-import RelayIO
 import OutboxRelay
 import PGOutput
 import PostgresClient
 import PostgresReplication
+import RelayIO
 import Synchronization
 import Testing
 
@@ -36,7 +36,9 @@ final class TestOutbox {
     let conninfo: String
 
     /// Where the binary reads this outbox from: `--source`, `--slot`, `--publication`, `--table`.
-    var sourceArguments: [String] { ["--source", conninfo, "--slot", slot, "--publication", publication, "--table", "\(schema).outbox"] }
+    var sourceArguments: [String] {
+        ["--source", conninfo, "--slot", slot, "--publication", publication, "--table", "\(schema).outbox"]
+    }
 
     init(publish: String = "insert", createSlot: Bool = true, conninfo: String = TestDatabase.conninfo!) throws {
         self.conninfo = conninfo

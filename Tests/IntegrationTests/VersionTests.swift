@@ -38,7 +38,9 @@ struct VersionTests {
         defer { file.remove() }
         let relay = try CLI.start(SlotLossTests.runArguments(outbox, file: file))
         #expect(relay.wait() == 1)
-        #expect(relay.stderr.contains("idle_timeout") && relay.stderr.contains("idle_replication_slot_timeout"), "\(relay.stderr)")
+        #expect(
+            relay.stderr.contains("idle_timeout") && relay.stderr.contains("idle_replication_slot_timeout"),
+            "\(relay.stderr)")
         let status = try CLI.start(["status", "--source", outbox.conninfo, "--slot", outbox.slot])
         #expect(status.wait() == 2)
         #expect(status.stdout.contains("idle_timeout"))
@@ -75,11 +77,13 @@ struct VersionTests {
         let outbox = try TestOutbox(createSlot: false, conninfo: primary.conninfo)
         let standby = try primary.makeStandby(["hot_standby_feedback = on"])
         // doctor on this standby: ready to decode, and it names what a failover setup still needs.
-        let checked = try await DoctorTests.doctor(outbox.sourceArguments.dropFirst(2) + ["--source", standby.conninfo])
+        let checked = try await DoctorTests.doctor(
+            outbox.sourceArguments.dropFirst(2) + ["--source", standby.conninfo])
         #expect(checked.code == 0 && checked.failing.isEmpty, "\(checked.output)")
         let needs = checked.line("standby")
-        #expect(needs["status"] == "warning" && needs["detail"]?.contains("primary_slot_name") == true
-            && needs["detail"]?.contains("sync_replication_slots") == true, "\(checked.output)")
+        #expect(
+            needs["status"] == "warning" && needs["detail"]?.contains("primary_slot_name") == true
+                && needs["detail"]?.contains("sync_replication_slots") == true, "\(checked.output)")
         let file = SinkFile()
         defer { file.remove() }
         let relay = try CLI.start(SlotLossTests.runArguments(outbox, conninfo: standby.conninfo, file: file))
@@ -101,16 +105,20 @@ struct VersionTests {
         try standby.promote()
         let promoted = try PGConnection(conninfo: standby.conninfo, replication: false)
         let later = try promoted.query(
-            "INSERT INTO \(outbox.schema).outbox (aggregatetype, aggregateid, type, payload) VALUES ('order', 'k', 'After', '{}') RETURNING id::text")[0, "id"]
+            "INSERT INTO \(outbox.schema).outbox (aggregatetype, aggregateid, type, payload) VALUES ('order', 'k', 'After', '{}') RETURNING id::text"
+        )[0, "id"]
         let events = try await file.waitForEvents(4, within: 30)
         #expect(events.last?["id"] as? String == later)
-        print("standby (PostgreSQL 18): streaming \(String(format: "%.1f", streamingAfter)) s after start; after the promotion the relay went on with the promoted server's writes")
+        print(
+            "standby (PostgreSQL 18): streaming \(String(format: "%.1f", streamingAfter)) s after start; after the promotion the relay went on with the promoted server's writes"
+        )
     }
 
     @Test func failoverSlotSurvivesPromotionWithNothingLostOrTwice() async throws {
         let primary = try PrivateCluster(major: 18)
         let outbox = try TestOutbox(createSlot: false, conninfo: primary.conninfo)
-        let standby = try primary.makeStandby(["sync_replication_slots = on", "hot_standby_feedback = on"], slot: "standby1")
+        let standby = try primary.makeStandby(
+            ["sync_replication_slots = on", "hot_standby_feedback = on"], slot: "standby1")
         try outbox.sql.query("ALTER SYSTEM SET synchronized_standby_slots = 'standby1'")
         try outbox.sql.query("SELECT pg_reload_conf()")
         let file = SinkFile()
@@ -142,7 +150,8 @@ struct VersionTests {
         // doctor on both ends of a working failover setup.
         let onPrimary = try await DoctorTests.doctor(Array(outbox.sourceArguments))
         #expect(onPrimary.code == 0 && onPrimary.line("failover")["status"] == "ok", "\(onPrimary.output)")
-        let onStandby = try await DoctorTests.doctor(outbox.sourceArguments.dropFirst(2) + ["--source", standby.conninfo])
+        let onStandby = try await DoctorTests.doctor(
+            outbox.sourceArguments.dropFirst(2) + ["--source", standby.conninfo])
         #expect(onStandby.code == 0 && onStandby.line("standby")["status"] == "ok", "\(onStandby.output)")
         #expect(onStandby.line("failover")["detail"]?.contains("synchronized copy") == true, "\(onStandby.output)")
         #expect(relay.terminate() == 0)
@@ -152,7 +161,9 @@ struct VersionTests {
         var synced = false
         for _ in 0..<600 where !synced {
             let rows = try Self.slots(replica, outbox.slot)
-            synced = rows.count == 1 && rows[0, "synced"] == "t" && (rows[0, "confirmed_flush_lsn"].flatMap { LSN(string: $0) } ?? .zero) >= confirmed
+            synced =
+                rows.count == 1 && rows[0, "synced"] == "t"
+                && (rows[0, "confirmed_flush_lsn"].flatMap { LSN(string: $0) } ?? .zero) >= confirmed
             if !synced { try await Task.sleep(for: .milliseconds(100)) }
         }
         if !synced {
@@ -161,7 +172,8 @@ struct VersionTests {
             let copy = try Self.slots(replica, outbox.slot)
             let original = try Self.slots(outbox.sql, outbox.slot)
             Issue.record(
-                "the standby never synchronized the failover slot; standby: \(copy.values), primary: \(original.values) \(original.columns); primary_conninfo: \(conf); log: \(log.suffix(3000))")
+                "the standby never synchronized the failover slot; standby: \(copy.values), primary: \(original.values) \(original.columns); primary_conninfo: \(conf); log: \(log.suffix(3000))"
+            )
             return
         }
         let end = try outbox.currentWAL
@@ -182,6 +194,8 @@ struct VersionTests {
         #expect(ids == before + missed, "exactly the 7 events after the failover, nothing twice")
         try await Task.sleep(for: .seconds(1))
         #expect(try crashEvents(fromFile: file.path).count == 10)
-        print("failover slot (PostgreSQL 18): a relay beside the standby waited while the slot was synced, took over at promotion and delivered the \(missed.count) events committed before the failover, 0 lost, 0 twice")
+        print(
+            "failover slot (PostgreSQL 18): a relay beside the standby waited while the slot was synced, took over at promotion and delivered the \(missed.count) events committed before the failover, 0 lost, 0 twice"
+        )
     }
 }

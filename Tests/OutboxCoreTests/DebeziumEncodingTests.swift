@@ -1,5 +1,6 @@
-@testable import OutboxCore
 import Testing
+
+@testable import OutboxCore
 
 @Suite("Debezium's value encodings and topic routing")
 struct DebeziumEncodingTests {
@@ -19,9 +20,13 @@ struct DebeziumEncodingTests {
 
     @Test func expandIsCompactKeepsOrderAndDropsNullMembers() {
         func expand(_ text: String, keepNull: Bool = false) -> String? {
-            DebeziumEncoding.expand(Array(text.utf8), dropNullMembers: !keepNull).map { String(decoding: $0, as: UTF8.self) }
+            DebeziumEncoding.expand(Array(text.utf8), dropNullMembers: !keepNull).map {
+                String(decoding: $0, as: UTF8.self)
+            }
         }
-        #expect(expand(#"{"b": 1, "a": [1.50, 2, "x \"y\""], "n": null, "o": {}}"#) == #"{"b":1,"a":[1.5,2,"x \"y\""],"o":{}}"#)
+        #expect(
+            expand(#"{"b": 1, "a": [1.50, 2, "x \"y\""], "n": null, "o": {}}"#)
+                == #"{"b":1,"a":[1.5,2,"x \"y\""],"o":{}}"#)
         #expect(expand(#"{"n": null}"#, keepNull: true) == #"{"n":null}"#)
         #expect(expand(#"[true, false, null]"#) == "[true,false,null]")
         #expect(expand(#"{"s": "Zoë 😀"}"#) == #"{"s":"Zoë \uD83D\uDE00"}"#)

@@ -22,7 +22,9 @@ struct DeliveryMachineTests {
     /// Accepts events e1…eN with keys from `keys` (cycled), tickets 1…N.
     static func accept(_ m: inout Machine, _ count: Int, keys: [String] = ["k"], from first: Int = 1) {
         for i in first..<(first + count) {
-            m.accept("e\(i)", ticket: UInt64(i), weight: 1, eventID: "e\(i)", lsn: LSN(UInt64(i)), key: keys[(i - 1) % keys.count])
+            m.accept(
+                "e\(i)", ticket: UInt64(i), weight: 1, eventID: "e\(i)", lsn: LSN(UInt64(i)),
+                key: keys[(i - 1) % keys.count])
         }
     }
 

@@ -1,8 +1,9 @@
 import Foundation
-@testable import OutboxCore
 import PGOutput
 import TestFixtures
 import Testing
+
+@testable import OutboxCore
 
 /// Feeds the captured `v1-router` stream (tables in schema `loose`) through
 /// the relay's own stream machine, and collects what each change becomes
@@ -84,17 +85,22 @@ struct RouterTests {
             $0.topicRoute = TopicRoute(regex: "(?<kind>ord)(er)", replacement: "${kind}s\\.$2")
         }.events
         #expect(routed.first { $0.id == "r1" }?.topic == "ords.er")
-        #expect(try routeFixture { $0.topicRoute = .debeziumDefault }.events.first { $0.id == "r1" }?.topic == "outbox.event.order")
+        #expect(
+            try routeFixture { $0.topicRoute = .debeziumDefault }.events.first { $0.id == "r1" }?.topic
+                == "outbox.event.order")
         // JsonConverter (schemas.enable=false): the payload as a JSON string, or expanded.
         let json = try routeFixture { $0.valueEncoding = .json }.events
-        #expect(json.first { $0.id == "r1" }.map { String(decoding: $0.payload ?? [], as: UTF8.self) } == #""{\"x\": 1}""#)
+        #expect(
+            json.first { $0.id == "r1" }.map { String(decoding: $0.payload ?? [], as: UTF8.self) } == #""{\"x\": 1}""#)
         let text = try routeFixture {
             $0.table = "text_outbox"
             $0.headersColumn = nil
             $0.valueEncoding = .json
             $0.expandJSONPayload = true  // not JSON: stays a string, as Debezium after its warning
         }.events
-        #expect(text.first { $0.id == "t1" }.map { String(decoding: $0.payload ?? [], as: UTF8.self) } == #""plain \"text\"""#)
+        #expect(
+            text.first { $0.id == "t1" }.map { String(decoding: $0.payload ?? [], as: UTF8.self) }
+                == #""plain \"text\"""#)
         let bytes = try routeFixture {
             $0.table = "bytes_outbox"
             $0.headersColumn = nil
@@ -107,15 +113,21 @@ struct RouterTests {
             $0.envelopeColumns = [.init(column: "tenant", header: "org"), .init(column: "type", header: "type")]
         }.events
         let r1 = try #require(expanded.first { $0.id == "r1" })
-        #expect(String(decoding: r1.payload ?? [], as: UTF8.self) == #"{"payload":{"x":1},"org":"acme","type":"Created"}"#)
+        #expect(
+            String(decoding: r1.payload ?? [], as: UTF8.self) == #"{"payload":{"x":1},"org":"acme","type":"Created"}"#)
         // In the envelope a NULL payload is {"payload":null,…}, not a tombstone (as Debezium).
         let r5 = try #require(expanded.first { $0.id == "r5" })
-        #expect(!r5.tombstone && String(decoding: r5.payload ?? [], as: UTF8.self) == #"{"payload":null,"org":null,"type":"Deleted"}"#)
+        #expect(
+            !r5.tombstone
+                && String(decoding: r5.payload ?? [], as: UTF8.self) == #"{"payload":null,"org":null,"type":"Deleted"}"#
+        )
         // Messages: members are already JSON; null members dropped from the expanded payload.
         let m1 = try #require(expanded.first { $0.id == "m1" })
-        #expect(String(decoding: m1.payload ?? [], as: UTF8.self) == #"{"payload":[1,{}],"org":"acme","type":"Issued"}"#)
+        #expect(
+            String(decoding: m1.payload ?? [], as: UTF8.self) == #"{"payload":[1,{}],"org":"acme","type":"Issued"}"#)
         // route.tombstone.on.empty.payload: blank payloads too.
-        #expect(try routeFixture { $0.tombstoneOnEmptyPayload = true }.events.first { $0.id == "r5" }?.tombstone == true)
+        #expect(
+            try routeFixture { $0.tombstoneOnEmptyPayload = true }.events.first { $0.id == "r5" }?.tombstone == true)
     }
 
     @Test func updatesEndTheSessionWhenFatal() throws {
@@ -184,20 +196,25 @@ struct RouterTests {
     @Test func headersMembersNeverSpoofTheRelaysOwnHeaders() {
         let reserved: Set<String> = ["id", "type", "lsn", "tenant"]
         let spoof = Array(#"{"id": "forged", "type": "Forged", "lsn": "0/1", "tenant": "x", "trace": "t-1"}"#.utf8)
-        guard case .success(let members) = OutboxRouter.headerMembers(spoof, column: "headers", reserved: reserved) else {
+        guard case .success(let members) = OutboxRouter.headerMembers(spoof, column: "headers", reserved: reserved)
+        else {
             Issue.record("a spoofing object is still an object")
             return
         }
         #expect(members.kept.map(\.name) == ["trace"] && members.dropped == 4)
         // null is valid JSON and means no headers; other JSON values are poison with an accurate reason.
-        guard case .success(let none) = OutboxRouter.headerMembers(Array(" null ".utf8), column: "headers", reserved: reserved)
+        guard
+            case .success(let none) = OutboxRouter.headerMembers(
+                Array(" null ".utf8), column: "headers", reserved: reserved)
         else {
             Issue.record("null must mean no headers")
             return
         }
         #expect(none.kept.isEmpty && none.dropped == 0)
         for (json, kind) in [(#""text""#, "a string"), ("42", "a number"), ("true", "a boolean"), ("[]", "an array")] {
-            guard case .failure(let failure) = OutboxRouter.headerMembers(Array(json.utf8), column: "headers", reserved: reserved)
+            guard
+                case .failure(let failure) = OutboxRouter.headerMembers(
+                    Array(json.utf8), column: "headers", reserved: reserved)
             else {
                 Issue.record("\(json) must be a poison row")
                 continue

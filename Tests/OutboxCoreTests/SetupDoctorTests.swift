@@ -12,12 +12,17 @@ struct SetupDoctorTests {
     /// What SetupProbe reads from `outbox-relay init` plus a pgoutput slot, on 15.
     static func healthy(version: Int = 150_020) -> SetupFacts {
         var facts = SetupFacts(
-            server: .init(version: version, versionText: "\(version / 10_000).x", database: "app", role: "outbox_relay", inRecovery: false))
+            server: .init(
+                version: version, versionText: "\(version / 10_000).x", database: "app", role: "outbox_relay",
+                inRecovery: false))
         facts.settings = [
-            "wal_level": "logical", "max_replication_slots": "10", "max_wal_senders": "10", "max_slot_wal_keep_size": "50GB",
+            "wal_level": "logical", "max_replication_slots": "10", "max_wal_senders": "10",
+            "max_slot_wal_keep_size": "50GB",
             "hot_standby_feedback": "off", "primary_slot_name": "",
         ]
-        if version >= 170_000 { facts.settings["sync_replication_slots"] = "off"; facts.settings["synchronized_standby_slots"] = "" }
+        if version >= 170_000 {
+            facts.settings["sync_replication_slots"] = "off"; facts.settings["synchronized_standby_slots"] = ""
+        }
         if version >= 180_000 { facts.settings["idle_replication_slot_timeout"] = "0" }
         facts.slotsInUse = 1
         facts.walSendersInUse = 0
@@ -27,12 +32,15 @@ struct SetupDoctorTests {
             columns: [
                 "id": .init(type: "uuid"), "aggregatetype": .init(type: "character varying(255)"),
                 "aggregateid": .init(type: "character varying(255)"), "type": .init(type: "character varying(255)"),
-                "payload": .init(type: "jsonb"), "headers": .init(type: "jsonb"), "created_at": .init(type: "timestamp with time zone"),
+                "payload": .init(type: "jsonb"), "headers": .init(type: "jsonb"),
+                "created_at": .init(type: "timestamp with time zone"),
             ])
         facts.publication = .init()
         facts.slot = .init(database: "app", failover: version >= 170_000)
         facts.registry = .present(writable: true)
-        facts.registryRecord = .init(systemIdentifier: "7716103339725453488", timeline: 1, createdAt: "2026-12-06 08:00:00+00", confirmedLSN: "0/1A2B3C4")
+        facts.registryRecord = .init(
+            systemIdentifier: "7716103339725453488", timeline: 1, createdAt: "2026-12-06 08:00:00+00",
+            confirmedLSN: "0/1A2B3C4")
         return facts
     }
 
@@ -40,7 +48,9 @@ struct SetupDoctorTests {
         SetupDoctor.diagnose(facts, expected).first { $0.name == name }
     }
 
-    static func expectFailure(_ name: String, _ facts: SetupFacts, fix: String, sourceLocation: SourceLocation = #_sourceLocation) {
+    static func expectFailure(
+        _ name: String, _ facts: SetupFacts, fix: String, sourceLocation: SourceLocation = #_sourceLocation
+    ) {
         let checks = SetupDoctor.diagnose(facts, expected)
         let line = checks.first { $0.name == name }
         #expect(line?.status == .failure, "\(checks)", sourceLocation: sourceLocation)
@@ -59,7 +69,8 @@ struct SetupDoctorTests {
     }
 
     @Test func noConnectionIsOneFailingLineWithTheReason() {
-        let facts = SetupFacts(server: nil, connectionError: "FATAL:  password authentication failed for user \"outbox_relay\"")
+        let facts = SetupFacts(
+            server: nil, connectionError: "FATAL:  password authentication failed for user \"outbox_relay\"")
         let checks = SetupDoctor.diagnose(facts, Self.expected)
         #expect(checks.count == 1 && checks[0].status == .failure)
         #expect(checks[0].fix?.contains("password") == true)
@@ -98,7 +109,8 @@ struct SetupDoctorTests {
         let line = Self.check("max_slot_wal_keep_size", facts)
         #expect(line?.status == .warning && line?.detail.contains("disk") == true)
         #expect(SetupDoctor.ready(SetupDoctor.diagnose(facts, Self.expected)))
-        #expect(Self.check("max_slot_wal_keep_size", Self.healthy())?.detail.contains("recreate-slot --accept-gap") == true)
+        #expect(
+            Self.check("max_slot_wal_keep_size", Self.healthy())?.detail.contains("recreate-slot --accept-gap") == true)
     }
 
     @Test func idleSlotTimeoutOn18Warns() {
@@ -113,15 +125,19 @@ struct SetupDoctorTests {
         facts.roleCanReplicate = false
         facts.replication = .refused("FATAL:  must be superuser or replication role to start walsender")
         let checks = SetupDoctor.diagnose(facts, Self.expected)
-        #expect(checks.first { $0.name == "role" }?.fix == "ALTER ROLE outbox_relay REPLICATION (or use the least-privilege role of sql/03-relay-role.sql)")
+        #expect(
+            checks.first { $0.name == "role" }?.fix
+                == "ALTER ROLE outbox_relay REPLICATION (or use the least-privilege role of sql/03-relay-role.sql)")
         #expect(checks.first { $0.name == "replication connection" }?.fix == "ALTER ROLE outbox_relay REPLICATION")
     }
 
     @Test func aMissingPgHbaLineNamesTheDatabaseNotTheReplicationKeyword() {
         var facts = Self.healthy()
         facts.replication = .refused(
-            "PostgreSQL rejected the connection: FATAL:  no pg_hba.conf entry for replication connection from host \"127.0.0.1\", user \"outbox_relay\", database \"app\"")
-        Self.expectFailure("replication connection", facts, fix: "host app outbox_relay <relay address>/32 scram-sha-256")
+            "PostgreSQL rejected the connection: FATAL:  no pg_hba.conf entry for replication connection from host \"127.0.0.1\", user \"outbox_relay\", database \"app\""
+        )
+        Self.expectFailure(
+            "replication connection", facts, fix: "host app outbox_relay <relay address>/32 scram-sha-256")
         #expect(Self.check("replication connection", facts)?.fix?.contains("not the `replication` keyword") == true)
     }
 
@@ -156,7 +172,9 @@ struct SetupDoctorTests {
         var facts = Self.healthy()
         facts.table?.selectable = false
         let line = Self.check("outbox table privilege", facts)
-        #expect(line?.status == .warning && line?.fix == "GRANT SELECT ON public.outbox TO outbox_relay (sql/03-relay-role.sql)")
+        #expect(
+            line?.status == .warning
+                && line?.fix == "GRANT SELECT ON public.outbox TO outbox_relay (sql/03-relay-role.sql)")
     }
 
     @Test func publishedDeletesWithoutReplicaIdentityBreakTheServicesDeletes() {
@@ -176,7 +194,9 @@ struct SetupDoctorTests {
     @Test func publicationMissingNotPublishingInsertsOrWithoutTheTableFails() {
         var facts = Self.healthy()
         facts.publication = nil
-        Self.expectFailure("publication", facts, fix: "CREATE PUBLICATION outbox_pub FOR TABLE public.outbox WITH (publish = 'insert')")
+        Self.expectFailure(
+            "publication", facts, fix: "CREATE PUBLICATION outbox_pub FOR TABLE public.outbox WITH (publish = 'insert')"
+        )
         facts.publication = .init(insert: false, update: true)
         Self.expectFailure("publication", facts, fix: "SET (publish = 'insert')")
         facts.publication = .init(includesTable: false)
@@ -200,7 +220,8 @@ struct SetupDoctorTests {
         facts.registryRecord = nil
         let first = Self.check("slot", facts)
         #expect(first?.status == .warning && first?.fix?.contains("--create-slot") == true)
-        facts.registryRecord = .init(systemIdentifier: "1", timeline: 1, createdAt: "2026-12-01", confirmedLSN: "0/16B3748")
+        facts.registryRecord = .init(
+            systemIdentifier: "1", timeline: 1, createdAt: "2026-12-01", confirmedLSN: "0/16B3748")
         Self.expectFailure("slot", facts, fix: "recreate-slot --slot outbox_slot --accept-gap")
         #expect(Self.check("slot", facts)?.detail.contains("0/16B3748") == true)
     }
@@ -259,7 +280,9 @@ struct SetupDoctorTests {
     @Test func theRegistryCannotBeWrittenOrCreated() {
         var facts = Self.healthy()
         facts.registry = .present(writable: false)
-        #expect(Self.check("slot registry", facts)?.fix?.contains("GRANT SELECT, INSERT, UPDATE ON public.outbox_relay_slots") == true)
+        #expect(
+            Self.check("slot registry", facts)?.fix?.contains(
+                "GRANT SELECT, INSERT, UPDATE ON public.outbox_relay_slots") == true)
         facts.registry = .absent(mayCreate: false)
         facts.registryRecord = nil
         #expect(Self.check("slot registry", facts)?.status == .warning)

@@ -114,7 +114,8 @@ struct StreamMachineTests {
         #expect(machine.acknowledged(Acknowledgement(ticket: try #require(action.ticket), weight: event.weight)))
         #expect(machine.confirmed == Captured.r1End)
         // The new position goes out at once (the min interval since the last update has passed).
-        let report = StatusReport(written: max(Captured.r1End, LSN(0x154_a300)), flushed: Captured.r1End, replyRequested: false)
+        let report = StatusReport(
+            written: max(Captured.r1End, LSN(0x154_a300)), flushed: Captured.r1End, replyRequested: false)
         #expect(machine.next(now: t0 + 200) == .sendStatus(report))
         machine.statusSent(report, now: t0 + 200)
         #expect(machine.stats.statusUpdates == 1 && machine.stats.eventsPublished == 1)
@@ -159,7 +160,9 @@ struct StreamMachineTests {
         let fx = try Captured()
         var insertFirst = started()
         _ = insertFirst.received(xlog(fx.relation), now: t0)
-        #expect(insertFirst.received(xlog(fx.insert), now: t0).ended == .protocolViolation("Insert outside a transaction at 0/154A300"))
+        #expect(
+            insertFirst.received(xlog(fx.insert), now: t0).ended
+                == .protocolViolation("Insert outside a transaction at 0/154A300"))
         #expect(insertFirst.state == .stopped)
 
         var commitFirst = started()
@@ -167,7 +170,9 @@ struct StreamMachineTests {
 
         var twoBegins = started()
         _ = twoBegins.received(xlog(fx.begin), now: t0)
-        #expect(twoBegins.received(xlog(fx.begin), now: t0).ended == .protocolViolation("Begin inside a transaction at 0/154A300"))
+        #expect(
+            twoBegins.received(xlog(fx.begin), now: t0).ended
+                == .protocolViolation("Begin inside a transaction at 0/154A300"))
 
         var garbage = started()
         guard case .undecodable? = garbage.received(xlog([0x5A, 1, 2]), now: t0).ended else {
@@ -252,7 +257,8 @@ struct StreamMachineTests {
         let handed = feed(&machine, fx.r1, now: t0 + 1)
         #expect(handed.contains { $0.publishedEvent != nil })
         #expect(machine.checkBeforeDelivery(now: t0 + 2) == nil)  // no freeze: deliver
-        #expect(machine.checkBeforeDelivery(now: t0 + 10_002) == .stalled(milliseconds: 10_002, limitMilliseconds: 10_000))
+        #expect(
+            machine.checkBeforeDelivery(now: t0 + 10_002) == .stalled(milliseconds: 10_002, limitMilliseconds: 10_000))
         #expect(machine.state == .connecting)
         // No session, nothing to check.
         #expect(machine.checkBeforeDelivery(now: t0 + 20_000) == nil)
@@ -326,7 +332,8 @@ struct StreamMachineTests {
             machine.next(now: t0 + 5_000)
                 == .sendStatus(
                     StatusReport(written: LSN(0x154_a300), flushed: LSN(0x100), replyRequested: false)))
-        machine.statusSent(StatusReport(written: LSN(0x154_a300), flushed: LSN(0x100), replyRequested: false), now: t0 + 5_000)
+        machine.statusSent(
+            StatusReport(written: LSN(0x154_a300), flushed: LSN(0x100), replyRequested: false), now: t0 + 5_000)
         guard case .finish(let report) = machine.next(now: t0 + 10_000) else {
             Issue.record("expected finish")
             return

@@ -25,7 +25,8 @@ struct ErrorMappingTests {
         for wrap in [RelayError.database, RelayError.replication] {
             #expect(wrap(.connectionLost("reset")).disposition == .retry)
             #expect(wrap(.connectionFailed("refused")).disposition == .retry)
-            #expect(wrap(.serverError(command: "claim", sqlState: "40001", message: "serialization")).disposition == .retry)
+            #expect(
+                wrap(.serverError(command: "claim", sqlState: "40001", message: "serialization")).disposition == .retry)
             #expect(wrap(.serverError(command: "claim", sqlState: "42P01", message: "no table")).disposition == .fail)
             #expect(wrap(.invalidConfiguration("x")).disposition == .fail)
         }

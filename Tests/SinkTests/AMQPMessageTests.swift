@@ -8,7 +8,9 @@ struct AMQPMessageTests {
         #expect(AMQPMessage.routingKeyProblem("outbox.event.Order") == nil)
         #expect(AMQPMessage.routingKeyProblem(String(repeating: "k", count: 255)) == nil)
         #expect(AMQPMessage.routingKeyProblem(String(repeating: "k", count: 256))?.contains("256 bytes") == true)
-        #expect(AMQPMessage.routingKeyProblem(String(repeating: "é", count: 128))?.contains("256 bytes") == true, "bytes, not characters")
+        #expect(
+            AMQPMessage.routingKeyProblem(String(repeating: "é", count: 128))?.contains("256 bytes") == true,
+            "bytes, not characters")
         #expect(AMQPMessage.routingKeyProblem("a\u{0}b")?.contains("NUL") == true)
         #expect(AMQPMessage.routingKeyProblem("") == nil, "an empty routing key is allowed")
     }
@@ -22,18 +24,26 @@ struct AMQPMessageTests {
 
     @Test func messageIdAndHeaderNamesAreChecked() {
         #expect(AMQPMessage.messageProblem(id: "e-1", headers: [("key", "o-1"), ("tenant", "t9")]) == nil)
-        #expect(AMQPMessage.messageProblem(id: String(repeating: "i", count: 300), headers: [])?.contains("message_id") == true)
+        #expect(
+            AMQPMessage.messageProblem(id: String(repeating: "i", count: 300), headers: [])?.contains("message_id")
+                == true)
         #expect(AMQPMessage.messageProblem(id: "e-1", headers: [("", "x")])?.contains("empty name") == true)
         #expect(AMQPMessage.messageProblem(id: "e-1", headers: [("k", "a\u{0}b")])?.contains("NUL") == true)
-        #expect(AMQPMessage.messageProblem(id: "e-1", headers: [("k", "line\nbreak, any bytes")]) == nil, "AMQP long strings carry anything")
+        #expect(
+            AMQPMessage.messageProblem(id: "e-1", headers: [("k", "line\nbreak, any bytes")]) == nil,
+            "AMQP long strings carry anything")
     }
 
     @Test func refusalsNameTheExchangeAndRoutingKey() {
-        guard case .refused(let returned) = AMQPMessage.returned(code: 312, text: "NO_ROUTE", exchange: "outbox", routingKey: "outbox.event.X")
+        guard
+            case .refused(let returned) = AMQPMessage.returned(
+                code: 312, text: "NO_ROUTE", exchange: "outbox", routingKey: "outbox.event.X")
         else { Issue.record("a return is a refusal"); return }
         #expect(returned.contains("unroutable (312 NO_ROUTE)"))
         #expect(returned.contains("exchange \"outbox\" for routing key \"outbox.event.X\""))
-        guard case .refused(let defaultExchange) = AMQPMessage.returned(code: 312, text: "NO_ROUTE", exchange: "", routingKey: "q")
+        guard
+            case .refused(let defaultExchange) = AMQPMessage.returned(
+                code: 312, text: "NO_ROUTE", exchange: "", routingKey: "q")
         else { return }
         #expect(defaultExchange.contains("the default exchange"))
         guard case .refused(let nacked) = AMQPMessage.nacked(exchange: "outbox", routingKey: "k") else { return }
@@ -43,7 +53,8 @@ struct AMQPMessageTests {
     @Test func theBrokersSizeLimitIsReadFromItsCloseText() {
         #expect(
             AMQPMessage.maxMessageSize(
-                closeCode: 406, text: "PRECONDITION_FAILED - message size 200000 is larger than configured max size 131072") == 131072)
+                closeCode: 406,
+                text: "PRECONDITION_FAILED - message size 200000 is larger than configured max size 131072") == 131072)
         #expect(AMQPMessage.maxMessageSize(closeCode: 406, text: "PRECONDITION_FAILED - inequivalent arg") == nil)
         #expect(AMQPMessage.maxMessageSize(closeCode: 320, text: "CONNECTION_FORCED - max size 5") == nil)
     }

@@ -5,7 +5,10 @@ import Testing
 
 @Suite("NATS sink rules: subjects, headers, failures")
 struct NATSMessageTests {
-    func event(topic: String = "outbox.event.Order", key: String = "o-1", payload: String? = #"{"a":1}"#, tombstone: Bool = false) -> OutboxEvent {
+    func event(
+        topic: String = "outbox.event.Order", key: String = "o-1", payload: String? = #"{"a":1}"#,
+        tombstone: Bool = false
+    ) -> OutboxEvent {
         OutboxEvent(
             id: "e-1", topic: topic, key: key, type: "OrderCreated", payload: payload.map { Array($0.utf8) },
             headers: [("id", "e-1"), ("type", "OrderCreated"), ("tenant", "t9")], tombstone: tombstone,
@@ -44,7 +47,10 @@ struct NATSMessageTests {
 
     @Test func failuresOfTheDestinationAreRetriedThoseOfTheEventAreNot() {
         let s = "outbox.event.Order"
-        guard case .permanent(let why) = NATSMessage.classify(status: "NATS_NO_RESPONDERS", errorCode: 0, text: "", subject: s) else {
+        guard
+            case .permanent(let why) = NATSMessage.classify(
+                status: "NATS_NO_RESPONDERS", errorCode: 0, text: "", subject: s)
+        else {
             Issue.record("no responders must be permanent")
             return
         }
@@ -54,11 +60,15 @@ struct NATSMessageTests {
         } else {
             Issue.record("a timeout must be transient")
         }
-        if case .transient = NATSMessage.classify(status: "NATS_STATUS_1", errorCode: 10008, text: "cluster", subject: s) {
+        if case .transient = NATSMessage.classify(
+            status: "NATS_STATUS_1", errorCode: 10008, text: "cluster", subject: s)
+        {
         } else {
             Issue.record("JetStream unavailable must be transient")
         }
-        if case .permanent(let why) = NATSMessage.classify(status: "NATS_ERR", errorCode: 10077, text: "maximum messages exceeded", subject: s) {
+        if case .permanent(let why) = NATSMessage.classify(
+            status: "NATS_ERR", errorCode: 10077, text: "maximum messages exceeded", subject: s)
+        {
             #expect(why.contains("maximum messages exceeded (error 10077)"))
         } else {
             Issue.record("a stream limit must be permanent")

@@ -7,19 +7,24 @@ import Testing
 /// RESP2), for the commands named.
 private enum Captured {
     /// MULTI, XADD s1 (2 fields ×2), XADD s1, EXEC, WAIT 0 100
-    static let multiExecWait = Array("+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n$15\r\n1795519730606-0\r\n$15\r\n1795519730606-1\r\n:0\r\n".utf8)
+    static let multiExecWait = Array(
+        "+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n$15\r\n1795519730606-0\r\n$15\r\n1795519730606-1\r\n:0\r\n".utf8)
     /// MULTI, XADD s1, XADD str (a string key), EXEC
     static let wrongTypeInExec = Array(
-        "+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n$15\r\n1795519731808-0\r\n-WRONGTYPE Operation against a key holding the wrong kind of value\r\n".utf8)
+        "+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n$15\r\n1795519731808-0\r\n-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"
+            .utf8)
     /// MULTI, XADD s1 (no fields), EXEC
     static let abortedAtQueueTime = Array(
-        "+OK\r\n-ERR wrong number of arguments for 'xadd' command\r\n-EXECABORT Transaction discarded because of previous errors.\r\n".utf8)
+        "+OK\r\n-ERR wrong number of arguments for 'xadd' command\r\n-EXECABORT Transaction discarded because of previous errors.\r\n"
+            .utf8)
     /// MULTI, XADD, EXEC with maxmemory 1
     static let outOfMemory = Array(
-        "+OK\r\n-OOM command not allowed when used memory > 'maxmemory'.\r\n-EXECABORT Transaction discarded because of previous errors.\r\n".utf8)
+        "+OK\r\n-OOM command not allowed when used memory > 'maxmemory'.\r\n-EXECABORT Transaction discarded because of previous errors.\r\n"
+            .utf8)
     /// MULTI, XADD, EXEC on a replica
     static let readOnlyReplica = Array(
-        "+OK\r\n-READONLY You can't write against a read only replica.\r\n-EXECABORT Transaction discarded because of previous errors.\r\n".utf8)
+        "+OK\r\n-READONLY You can't write against a read only replica.\r\n-EXECABORT Transaction discarded because of previous errors.\r\n"
+            .utf8)
     /// MULTI, the duplicate-window script ×3 (new id, the same id again, a string key), EXEC
     static let scriptInExec = Array(
         "+OK\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n*3\r\n$15\r\n1795519742441-0\r\n:0\r\n-WRONGTYPE Operation against a key holding the wrong kind of value script: 8b95d111b996ad9b3e770a96b6344ab5765dbfd8, on @user_script:6.\r\n"
@@ -52,7 +57,10 @@ struct RedisMessageTests {
                 == .array([
                     .array([
                         .bulk(Array("1795519730606-0".utf8)),
-                        .array([.bulk(Array("key".utf8)), .bulk(Array("o-1".utf8)), .bulk(Array("payload".utf8)), .bulk(Array("{\"a\":1}".utf8))]),
+                        .array([
+                            .bulk(Array("key".utf8)), .bulk(Array("o-1".utf8)), .bulk(Array("payload".utf8)),
+                            .bulk(Array("{\"a\":1}".utf8)),
+                        ]),
                     ])
                 ]))
         #expect(replies[1] == .bulk(nil))
@@ -60,7 +68,10 @@ struct RedisMessageTests {
     }
 
     @Test func repliesSplitAtEveryOffsetParseTheSame() throws {
-        for fixture in [Captured.multiExecWait, Captured.wrongTypeInExec, Captured.scriptInExec, Captured.nested, Captured.outOfMemory] {
+        for fixture in [
+            Captured.multiExecWait, Captured.wrongTypeInExec, Captured.scriptInExec, Captured.nested,
+            Captured.outOfMemory,
+        ] {
             let whole = try parseAll(fixture)
             for offset in 0...fixture.count {
                 #expect(try parseAll(fixture, splitAt: offset) == whole, "split at \(offset)")
@@ -115,11 +126,15 @@ struct RedisMessageTests {
     }
 
     @Test func commandsAreArraysOfBulkStrings() throws {
-        #expect(RESP.command("XADD", "s", "*", "k", "") == Array("*5\r\n$4\r\nXADD\r\n$1\r\ns\r\n$1\r\n*\r\n$1\r\nk\r\n$0\r\n\r\n".utf8))
-        let plain = RedisMessage.addCommand(stream: "s", fields: [Array("k".utf8), [0, 13, 10]], maxLength: 0, dedupe: nil)
+        #expect(
+            RESP.command("XADD", "s", "*", "k", "")
+                == Array("*5\r\n$4\r\nXADD\r\n$1\r\ns\r\n$1\r\n*\r\n$1\r\nk\r\n$0\r\n\r\n".utf8))
+        let plain = RedisMessage.addCommand(
+            stream: "s", fields: [Array("k".utf8), [0, 13, 10]], maxLength: 0, dedupe: nil)
         #expect(plain.map { String(decoding: $0, as: UTF8.self) } == ["XADD", "s", "*", "k", "\0\r\n"])
         let trimmed = RedisMessage.addCommand(stream: "s", fields: [], maxLength: 1000, dedupe: ("abc", "m:e1", 120))
-        #expect(trimmed.map { String(decoding: $0, as: UTF8.self) } == ["EVALSHA", "abc", "2", "s", "m:e1", "120", "1000"])
+        #expect(
+            trimmed.map { String(decoding: $0, as: UTF8.self) } == ["EVALSHA", "abc", "2", "s", "m:e1", "120", "1000"])
         // A binary payload survives: the parser reads back exactly what was encoded.
         var out: [UInt8] = []
         RESP.append(command: plain, to: &out)
@@ -145,7 +160,9 @@ struct RedisMessageTests {
             return
         }
         #expect(why.hasPrefix("WRONGTYPE"))
-        #expect(RedisMessage.outcome(of: try parseAll(Captured.wrongTypeInExec), commands: 2, wait: false).executedCount == 2)
+        #expect(
+            RedisMessage.outcome(of: try parseAll(Captured.wrongTypeInExec), commands: 2, wait: false).executedCount
+                == 2)
     }
 
     @Test func aBatchRedisRefusedAtQueueTimeAppliedNothing() throws {
@@ -156,21 +173,30 @@ struct RedisMessageTests {
             RedisMessage.outcome(of: try parseAll(Captured.readOnlyReplica), commands: 1, wait: false)
                 == .aborted(index: 0, .transient("READONLY You can't write against a read only replica.")))
         // An error Redis gives for no known reason stops rather than dead-letters every event.
-        guard case .aborted(0, .fatal) = RedisMessage.outcome(of: try parseAll(Captured.abortedAtQueueTime), commands: 1, wait: false) else {
+        guard
+            case .aborted(0, .fatal) = RedisMessage.outcome(
+                of: try parseAll(Captured.abortedAtQueueTime), commands: 1, wait: false)
+        else {
             Issue.record("unknown ERR is fatal")
             return
         }
         // A reply count that does not match is not guessed at.
-        guard case .aborted(nil, .fatal) = RedisMessage.outcome(of: try parseAll(Captured.outOfMemory), commands: 2, wait: false) else {
+        guard
+            case .aborted(nil, .fatal) = RedisMessage.outcome(
+                of: try parseAll(Captured.outOfMemory), commands: 2, wait: false)
+        else {
             Issue.record("wrong count is fatal")
             return
         }
     }
 
     @Test func errorsAreSortedByWhatTheOperatorMustDo() {
-        #expect(RedisMessage.classify("NOPERM this user has no permissions to access the 'x' key") == .permanent("NOPERM this user has no permissions to access the 'x' key"))
+        #expect(
+            RedisMessage.classify("NOPERM this user has no permissions to access the 'x' key")
+                == .permanent("NOPERM this user has no permissions to access the 'x' key"))
         for transient in [
-            "LOADING Redis is loading", "BUSY Redis is busy running a script", "MISCONF Errors writing to disk", "NOSCRIPT No matching script", "ERR max number of clients reached",
+            "LOADING Redis is loading", "BUSY Redis is busy running a script", "MISCONF Errors writing to disk",
+            "NOSCRIPT No matching script", "ERR max number of clients reached",
         ] {
             #expect(RedisMessage.classify(transient) == .transient(transient))
         }
@@ -182,13 +208,18 @@ struct RedisMessageTests {
     }
 
     @Test func urlsParseAndNeverShowTheirPassword() throws {
-        #expect(try RedisEndpoint.parse("redis://127.0.0.1") == RedisEndpoint(host: "127.0.0.1", port: 6379, username: nil, password: nil, database: 0))
+        #expect(
+            try RedisEndpoint.parse("redis://127.0.0.1")
+                == RedisEndpoint(host: "127.0.0.1", port: 6379, username: nil, password: nil, database: 0))
         #expect(
             try RedisEndpoint.parse("redis://relay:p%40ss:w@[::1]:6380/3")
                 == RedisEndpoint(host: "::1", port: 6380, username: "relay", password: "p@ss:w", database: 3))
         #expect(try RedisEndpoint.parse("redis://:only@h:1").password == "only")
         #expect(try RedisEndpoint.parse("redis://only@h").password == "only")
-        for bad in ["rediss://u:s3cret@h", "http://u:s3cret@h", "redis://u:s3cret@h:0", "redis://u:s3cret@h/x", "redis://u:s3cret@"] {
+        for bad in [
+            "rediss://u:s3cret@h", "http://u:s3cret@h", "redis://u:s3cret@h:0", "redis://u:s3cret@h/x",
+            "redis://u:s3cret@",
+        ] {
             do {
                 _ = try RedisEndpoint.parse(bad)
                 Issue.record("\(bad) parsed")
@@ -204,7 +235,11 @@ struct RedisMessageTests {
             headers: [("id", "e1"), ("type", "OrderCreated"), ("tenant", "t9")], tombstone: false,
             lsn: LSN(rawValue: 0x16B_3748), commitTime: PostgresTimestamp(rawValue: 0))
         var fields = RedisMessage.fields(for: event).map { String(decoding: $0, as: UTF8.self) }
-        #expect(fields == ["key", "o-1", "id", "e1", "type", "OrderCreated", "tenant", "t9", "lsn", "0/16B3748", "payload", "{\"a\":1}"])
+        #expect(
+            fields == [
+                "key", "o-1", "id", "e1", "type", "OrderCreated", "tenant", "t9", "lsn", "0/16B3748", "payload",
+                "{\"a\":1}",
+            ])
         event.payload = nil
         event.tombstone = true
         fields = RedisMessage.fields(for: event).map { String(decoding: $0, as: UTF8.self) }

@@ -16,7 +16,9 @@ struct WebhookTests {
     }
 
     @Test func sha256MatchesFIPSVectors() {
-        #expect(HMACSHA256.hex(SHA256.hash(Array("abc".utf8))) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        #expect(
+            HMACSHA256.hex(SHA256.hash(Array("abc".utf8)))
+                == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
         #expect(HMACSHA256.hex(SHA256.hash([])) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
         let long = Array("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq".utf8)
         #expect(HMACSHA256.hex(SHA256.hash(long)) == "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1")
@@ -25,10 +27,12 @@ struct WebhookTests {
     /// RFC 4231 test cases 1, 2 and 6 (a key longer than the block).
     @Test func hmacMatchesRFC4231() {
         #expect(
-            HMACSHA256.hex(HMACSHA256.signature(key: [UInt8](repeating: 0x0b, count: 20), message: Array("Hi There".utf8)))
+            HMACSHA256.hex(
+                HMACSHA256.signature(key: [UInt8](repeating: 0x0b, count: 20), message: Array("Hi There".utf8)))
                 == "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7")
         #expect(
-            HMACSHA256.hex(HMACSHA256.signature(key: Array("Jefe".utf8), message: Array("what do ya want for nothing?".utf8)))
+            HMACSHA256.hex(
+                HMACSHA256.signature(key: Array("Jefe".utf8), message: Array("what do ya want for nothing?".utf8)))
                 == "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
         #expect(
             HMACSHA256.hex(
@@ -42,8 +46,10 @@ struct WebhookTests {
     @Test func answersAreDeliveredRetriedOrRefused() {
         func verdict(_ status: Int, error: String? = nil, retryAfter: String? = nil) -> WebhookScheduler.Verdict {
             WebhookScheduler.verdict(
-                status: status, transportError: error, retryAfter: retryAfter, location: status == 301 ? "https://new" : nil,
-                response: status == 200 ? "" : "{\"error\":\"x\"}", backoffMilliseconds: 500, nowUnixSeconds: 1_445_412_480)
+                status: status, transportError: error, retryAfter: retryAfter,
+                location: status == 301 ? "https://new" : nil,
+                response: status == 200 ? "" : "{\"error\":\"x\"}", backoffMilliseconds: 500,
+                nowUnixSeconds: 1_445_412_480)
         }
         #expect(verdict(200) == .delivered)
         #expect(verdict(204) == .delivered)
@@ -51,10 +57,16 @@ struct WebhookTests {
         #expect(verdict(503) == .retry(afterMilliseconds: 500, why: #"HTTP 503: {"error":"x"}"#))
         #expect(verdict(408) == .retry(afterMilliseconds: 500, why: #"HTTP 408: {"error":"x"}"#))
         #expect(verdict(429, retryAfter: "3") == .retry(afterMilliseconds: 3_000, why: #"HTTP 429: {"error":"x"}"#))
-        #expect(verdict(429, retryAfter: "999999") == .retry(afterMilliseconds: 300_000, why: #"HTTP 429: {"error":"x"}"#), "capped at 5 minutes")
+        #expect(
+            verdict(429, retryAfter: "999999") == .retry(afterMilliseconds: 300_000, why: #"HTTP 429: {"error":"x"}"#),
+            "capped at 5 minutes")
         // Wed, 21 Oct 2015 07:28:00 GMT is 1445412480.
-        #expect(verdict(503, retryAfter: "Wed, 21 Oct 2015 07:28:10 GMT") == .retry(afterMilliseconds: 10_000, why: #"HTTP 503: {"error":"x"}"#))
-        #expect(verdict(503, retryAfter: "soon") == .retry(afterMilliseconds: 500, why: #"HTTP 503: {"error":"x"}"#), "unreadable: backoff")
+        #expect(
+            verdict(503, retryAfter: "Wed, 21 Oct 2015 07:28:10 GMT")
+                == .retry(afterMilliseconds: 10_000, why: #"HTTP 503: {"error":"x"}"#))
+        #expect(
+            verdict(503, retryAfter: "soon") == .retry(afterMilliseconds: 500, why: #"HTTP 503: {"error":"x"}"#),
+            "unreadable: backoff")
         #expect(verdict(400) == .refused(#"HTTP 400: {"error":"x"}"#))
         #expect(verdict(404) == .refused(#"HTTP 404: {"error":"x"}"#))
         guard case .refused(let moved) = verdict(301) else { Issue.record("a redirect is refused"); return }
@@ -65,7 +77,9 @@ struct WebhookTests {
     @Test func oneRequestPerKeyInOrderAndOverlapAcrossKeys() {
         var s = WebhookScheduler(concurrency: 3)
         let t0 = Instant(nanoseconds: 1_000_000_000)
-        for (ticket, key) in [(1, "a"), (2, "a"), (3, "b"), (4, "c"), (5, "d"), (6, "b")] { s.accept(UInt64(ticket), key: key) }
+        for (ticket, key) in [(1, "a"), (2, "a"), (3, "b"), (4, "c"), (5, "d"), (6, "b")] {
+            s.accept(UInt64(ticket), key: key)
+        }
         #expect(s.due(now: t0) == [1, 3, 4], "heads of a, b, c; d waits for a slot; 2 and 6 wait for their key")
         #expect(s.due(now: t0) == [])
         s.finished(3, .delivered, now: t0)

@@ -12,7 +12,9 @@ import TestFixtures
 let iterations = CommandLine.arguments.count > 1 ? Int(CommandLine.arguments[1]) ?? 1_000_000 : 1_000_000
 let messages = try Fixture.messages("v1-all")
 let (begin, relation, insert, commit) = (messages[0], messages[1], messages[2], messages[3])
-print("fixture: Begin \(begin.count) B, Insert \(insert.count) B, Commit \(commit.count) B; \(iterations) transactions per stage")
+print(
+    "fixture: Begin \(begin.count) B, Insert \(insert.count) B, Commit \(commit.count) B; \(iterations) transactions per stage"
+)
 
 func measure(_ name: String, _ body: () throws -> Int) rethrows -> (String, Double) {
     let start = DispatchTime.now().uptimeNanoseconds
@@ -25,7 +27,9 @@ func measure(_ name: String, _ body: () throws -> Int) rethrows -> (String, Doub
 /// A decoder that has seen the outbox Relation message, and a router that knows the table.
 func primed() throws -> (PGOutputDecoder, OutboxRouter) {
     var decoder = PGOutputDecoder()
-    guard case .relation(let r) = try decoder.decode(relation) else { fatalError("fixture message 1 is not a Relation") }
+    guard case .relation(let r) = try decoder.decode(relation) else {
+        fatalError("fixture message 1 is not a Relation")
+    }
     var router = OutboxRouter(config: RoutingConfig())
     router.relationChanged(r)
     return (decoder, router)
@@ -48,8 +52,11 @@ results.append(
         var (decoder, router) = try primed()
         var count = 0
         for _ in 0..<iterations {
-            guard case .begin(let b) = try decoder.decode(begin), case .insert(let i) = try decoder.decode(insert) else { fatalError() }
-            if case .success(let e)? = router.route(i, lsn: b.finalLSN, commitTime: b.commitTimestamp) { count += e.weight }
+            guard case .begin(let b) = try decoder.decode(begin), case .insert(let i) = try decoder.decode(insert)
+            else { fatalError() }
+            if case .success(let e)? = router.route(i, lsn: b.finalLSN, commitTime: b.commitTimestamp) {
+                count += e.weight
+            }
             _ = try decoder.decode(commit)
         }
         return count
@@ -61,8 +68,11 @@ results.append(
         out.reserveCapacity(1 << 20)
         var count = 0
         for _ in 0..<iterations {
-            guard case .begin(let b) = try decoder.decode(begin), case .insert(let i) = try decoder.decode(insert) else { fatalError() }
-            if case .success(let e)? = router.route(i, lsn: b.finalLSN, commitTime: b.commitTimestamp) { e.appendJSONLine(to: &out) }
+            guard case .begin(let b) = try decoder.decode(begin), case .insert(let i) = try decoder.decode(insert)
+            else { fatalError() }
+            if case .success(let e)? = router.route(i, lsn: b.finalLSN, commitTime: b.commitTimestamp) {
+                e.appendJSONLine(to: &out)
+            }
             _ = try decoder.decode(commit)
             if out.count > 1 << 19 { count += out.count; out.removeAll(keepingCapacity: true) }
         }
@@ -81,7 +91,8 @@ results.append(
             clock_gettime(CLOCK_BOOTTIME, &ts)
             return Instant(nanoseconds: UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec))
         }
-        _ = machine.sessionStarted(ServerSettings(slotConfirmedFlush: .zero, walSenderTimeoutMilliseconds: 0), now: now())
+        _ = machine.sessionStarted(
+            ServerSettings(slotConfirmedFlush: .zero, walSenderTimeoutMilliseconds: 0), now: now())
         func frame(_ payload: [UInt8]) -> ReplicationMessage {
             .xLogData(walStart: LSN(1), walEnd: LSN(1), sendTime: PostgresTimestamp(rawValue: 0), payload: payload)
         }

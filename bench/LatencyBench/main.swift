@@ -141,7 +141,10 @@ final class WriterConnection: @unchecked Sendable {
 /// spread over the writer connections, and records when each COMMIT returned.
 /// Returns the achieved rate. Connections persist across cells so that their
 /// backends' CPU can be told apart from the relay's cost.
-func write(_ range: Range<Int>, rate: Int, size: Int, aggregate: String, writers: ArraySlice<WriterConnection>, timeline: Timeline) -> Double {
+func write(
+    _ range: Range<Int>, rate: Int, size: Int, aggregate: String, writers: ArraySlice<WriterConnection>,
+    timeline: Timeline
+) -> Double {
     let transactions = (range.count + size - 1) / size
     let period = 1_000_000_000.0 / (Double(rate) / Double(size))
     let start = nowNanos() + 20_000_000
@@ -195,11 +198,16 @@ final class Consumer: @unchecked Sendable {
         var errorText = [CChar](repeating: 0, count: 512)
         for (key, value) in [
             ("bootstrap.servers", brokers), ("group.id", "latency-bench"), ("enable.auto.commit", "false"),
-            ("fetch.wait.max.ms", "5"), ("fetch.error.backoff.ms", "5"), ("enable.partition.eof", "false"), ("log_level", "3"),
+            ("fetch.wait.max.ms", "5"), ("fetch.error.backoff.ms", "5"), ("enable.partition.eof", "false"),
+            ("log_level", "3"),
         ] {
-            guard rd_kafka_conf_set(conf, key, value, &errorText, errorText.count) == RD_KAFKA_CONF_OK else { fail("consumer \(key): \(cText(errorText))") }
+            guard rd_kafka_conf_set(conf, key, value, &errorText, errorText.count) == RD_KAFKA_CONF_OK else {
+                fail("consumer \(key): \(cText(errorText))")
+            }
         }
-        guard let handle = rd_kafka_new(RD_KAFKA_CONSUMER, conf, &errorText, errorText.count) else { fail("consumer: \(cText(errorText))") }
+        guard let handle = rd_kafka_new(RD_KAFKA_CONSUMER, conf, &errorText, errorText.count) else {
+            fail("consumer: \(cText(errorText))")
+        }
         self.handle = handle
         rd_kafka_poll_set_consumer(handle)
     }
@@ -242,7 +250,9 @@ final class Consumer: @unchecked Sendable {
                 guard let message = rd_kafka_consumer_poll(handle, 50) else { continue }
                 let received = nowNanos()
                 defer { rd_kafka_message_destroy(message) }
-                guard message.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR, let payload = message.pointee.payload else { continue }
+                guard message.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR, let payload = message.pointee.payload else {
+                    continue
+                }
                 let bytes = UnsafeRawBufferPointer(start: payload, count: message.pointee.len)
                 guard let seq = Self.sequence(bytes), seq < timeline.capacity else {
                     timeline.foreign.add(1, ordering: .relaxed)
@@ -291,7 +301,9 @@ final class Consumer: @unchecked Sendable {
 
 /// utime + stime of a process, in seconds (0 when it is gone).
 func cpuSeconds(_ pid: Int32) -> Double {
-    guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = text.lastIndex(of: ")") else { return 0 }
+    guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+        let close = text.lastIndex(of: ")")
+    else { return 0 }
     let fields = text[text.index(after: close)...].split(separator: " ")
     // After the command: state is field 3, utime field 14, stime field 15 (1-based) → indices 11 and 12 here.
     guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
@@ -300,7 +312,9 @@ func cpuSeconds(_ pid: Int32) -> Double {
 
 /// The fields of /proc/PID/stat after the command name (index 0 = field 3, "state").
 func statFields(_ pid: Int32) -> [Substring] {
-    guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = text.lastIndex(of: ")") else { return [] }
+    guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+        let close = text.lastIndex(of: ")")
+    else { return [] }
     return text[text.index(after: close)...].split(separator: " ")
 }
 
@@ -345,14 +359,19 @@ final class Broker {
         address.sin_family = sa_family_t(AF_INET)
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
-        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
+        }
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
         let port = Int(UInt16(bigEndian: address.sin_port))
         close(fd)
         self.address = "127.0.0.1:\(port)"
         process.executableURL = URL(fileURLWithPath: binary)
         process.arguments = [
-            "broker", "--listener-url", "tcp://\(self.address)", "--advertised-listener-url", "tcp://\(self.address)", "--storage-engine", "memory://tansu/",
+            "broker", "--listener-url", "tcp://\(self.address)", "--advertised-listener-url", "tcp://\(self.address)",
+            "--storage-engine", "memory://tansu/",
         ]
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
@@ -365,7 +384,9 @@ final class Broker {
             target.sin_addr.s_addr = inet_addr("127.0.0.1")
             target.sin_port = in_port_t(UInt16(port).bigEndian)
             let connected = withUnsafeMutablePointer(to: &target) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(probe, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    connect(probe, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
             }
             close(probe)
             if connected == 0 { return }
@@ -486,15 +507,18 @@ final class Bench {
     func run(mode: Mode, rate: Int, size: Int) throws -> CellResult {
         cellNumber += 1
         let aggregate = "c\(cellNumber)_\(runID)"
-        let measured = max(size * 20, Int(Double(rate >= 1_000 ? max(20_000, rate * 5) : rate * 30) * options.scale) / size * size)
-        let perSegment = options.segmentSeconds > 0 ? max(size * 20, rate * options.segmentSeconds / size * size) : measured
+        let measured = max(
+            size * 20, Int(Double(rate >= 1_000 ? max(20_000, rate * 5) : rate * 30) * options.scale) / size * size)
+        let perSegment =
+            options.segmentSeconds > 0 ? max(size * 20, rate * options.segmentSeconds / size * size) : measured
         let segments = (measured + perSegment - 1) / perSegment
         let warmup = max(size * 5, min(rate, 2_000) / size * size)
         let timeline = Timeline(capacity: segments * warmup + measured)
 
         try admin.query("TRUNCATE bench.outbox")
         try admin.query("ALTER TABLE bench.outbox \(mode.notify ? "ENABLE" : "DISABLE") TRIGGER outbox_notify")
-        try admin.query("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = 'bench_slot'")
+        try admin.query(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = 'bench_slot'")
         if mode.isCDC { try admin.query("SELECT pg_create_logical_replication_slot('bench_slot', 'pgoutput')") }
         try admin.query("VACUUM bench.outbox")
 
@@ -508,7 +532,8 @@ final class Bench {
             let warmupRange = next..<(next + warmup)
             let measuredRange = warmupRange.upperBound..<(warmupRange.upperBound + count)
             let achieved = try runSegment(
-                mode: mode, rate: rate, size: size, aggregate: aggregate, segment: segment, warmup: warmupRange, measured: measuredRange,
+                mode: mode, rate: rate, size: size, aggregate: aggregate, segment: segment, warmup: warmupRange,
+                measured: measuredRange,
                 timeline: timeline, costs: &costs)
             writeSeconds += Double(count) / achieved
             measuredRanges.append(measuredRange)
@@ -516,7 +541,8 @@ final class Bench {
             written += count
         }
 
-        var histogram = Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 3_600_000_000, numberOfSignificantValueDigits: .three)
+        var histogram = Histogram<UInt64>(
+            lowestDiscernibleValue: 1, highestTrackableValue: 3_600_000_000, numberOfSignificantValueDigits: .three)
         var lost = 0
         for seq in measuredRanges.joined() {
             let c = timeline.committed[seq]
@@ -530,10 +556,13 @@ final class Bench {
         }
         let seconds = costs.seconds
         return CellResult(
-            mode: mode, rate: rate, size: size, events: measured, achievedRate: Double(measured) / writeSeconds, histogram: histogram, lost: lost,
+            mode: mode, rate: rate, size: size, events: measured, achievedRate: Double(measured) / writeSeconds,
+            histogram: histogram, lost: lost,
             duplicates: timeline.duplicates.load(ordering: .relaxed), segments: segments,
-            seconds: seconds, statementsPerSecond: costs.statements / seconds, backendCPU: costs.backendCPU, databaseCPU: costs.databaseCPU,
-            walBytesPerEvent: costs.walBytes / Double(measured), writerMicrosPerEvent: costs.writerCPU * 1e6 / Double(measured), relayCPU: costs.relayCPU,
+            seconds: seconds, statementsPerSecond: costs.statements / seconds, backendCPU: costs.backendCPU,
+            databaseCPU: costs.databaseCPU,
+            walBytesPerEvent: costs.walBytes / Double(measured),
+            writerMicrosPerEvent: costs.writerCPU * 1e6 / Double(measured), relayCPU: costs.relayCPU,
             relayRSS: costs.relayRSS)
     }
 
@@ -551,7 +580,8 @@ final class Bench {
 
     /// One segment: broker, relay, warm-up, measured events; returns the achieved write rate.
     func runSegment(
-        mode: Mode, rate: Int, size: Int, aggregate: String, segment: Int, warmup: Range<Int>, measured: Range<Int>, timeline: Timeline, costs: inout Costs
+        mode: Mode, rate: Int, size: Int, aggregate: String, segment: Int, warmup: Range<Int>, measured: Range<Int>,
+        timeline: Timeline, costs: inout Costs
     ) throws -> Double {
         let topic = "bench.\(aggregate)"
         let broker = try options.tansu.map { try Broker(binary: $0) }
@@ -563,10 +593,12 @@ final class Bench {
         process.executableURL = URL(fileURLWithPath: options.relay)
         process.arguments =
             mode.arguments + [
-                "--source", options.relayConninfo, "--table", "bench.outbox", "--sink", "kafka", "--kafka-brokers", brokers, "--topic-template", "bench.{aggregatetype}",
+                "--source", options.relayConninfo, "--table", "bench.outbox", "--sink", "kafka", "--kafka-brokers",
+                brokers, "--topic-template", "bench.{aggregatetype}",
                 "--log-level", "warning",
             ] + options.relayArguments
-        let logURL = URL(fileURLWithPath: options.out).appendingPathComponent("logs/\(aggregate)-\(mode.name)-\(segment).log")
+        let logURL = URL(fileURLWithPath: options.out).appendingPathComponent(
+            "logs/\(aggregate)-\(mode.name)-\(segment).log")
         _ = FileManager.default.createFile(atPath: logURL.path, contents: nil)
         process.standardError = try FileHandle(forWritingTo: logURL)
         process.standardOutput = FileHandle.nullDevice
@@ -579,7 +611,8 @@ final class Bench {
         }
         // Ready when its database session is there.
         let readyBy = Date().addingTimeInterval(15)
-        while try admin.query("SELECT count(*) AS n FROM pg_stat_activity WHERE usename = 'bench_relay'")[0, "n"] == "0" {
+        while try admin.query("SELECT count(*) AS n FROM pg_stat_activity WHERE usename = 'bench_relay'")[0, "n"] == "0"
+        {
             guard Date() < readyBy, process.isRunning else { fail("relay did not connect; see \(logURL.path)") }
             usleep(50_000)
         }
@@ -592,31 +625,42 @@ final class Bench {
             _ = write(warmup, rate: rate, size: size, aggregate: aggregate, writers: warmupWriters, timeline: timeline)
             warmupDone.signal()
         }.start()
-        guard let partitions = consumer.partitions(of: topic, within: 30) else { fail("topic \(topic) never appeared; see \(logURL.path)") }
+        guard let partitions = consumer.partitions(of: topic, within: 30) else {
+            fail("topic \(topic) never appeared; see \(logURL.path)")
+        }
         consumer.start(topic: topic, partitions: partitions, timeline: timeline)
         try waitFor(timeline, count: warmup.upperBound, within: 60, what: "warm-up events")
         warmupDone.wait()
 
         // Measured part.
-        let backends = try admin.query("SELECT pid FROM pg_stat_activity WHERE usename = 'bench_relay'").values.compactMap { $0[0].flatMap { Int32($0) } }
+        let backends = try admin.query("SELECT pid FROM pg_stat_activity WHERE usename = 'bench_relay'").values
+            .compactMap { $0[0].flatMap { Int32($0) } }
         try admin.query("SELECT pg_stat_statements_reset()")
         let backendCPU0 = backends.map(cpuSeconds).reduce(0, +)
         let relayCPU0 = cpuSeconds(process.processIdentifier)
-        let excluded = writers.map(\.pid) + [Int32(try admin.query("SELECT pg_backend_pid() AS pid")[0, "pid"] ?? "0") ?? 0]
+        let excluded =
+            writers.map(\.pid) + [Int32(try admin.query("SELECT pg_backend_pid() AS pid")[0, "pid"] ?? "0") ?? 0]
         let writerCPU0 = writers.map { cpuSeconds($0.pid) }.reduce(0, +)
         let clusterCPU0 = clusterCPUSeconds(postmaster: postmaster) - excluded.map(cpuSeconds).reduce(0, +)
         let wal0 = try admin.query("SELECT pg_current_wal_lsn() AS l")[0, "l"] ?? "0/0"
         let start = nowNanos()
         let achieved = write(
-            measured, rate: rate, size: size, aggregate: aggregate, writers: writers[0..<min(writers.count, max(1, rate / size / 500))], timeline: timeline)
+            measured, rate: rate, size: size, aggregate: aggregate,
+            writers: writers[0..<min(writers.count, max(1, rate / size / 500))], timeline: timeline)
         try waitFor(timeline, count: measured.upperBound, within: 60, what: "events", failHard: false)
         costs.seconds += Double(nowNanos() - start) / 1e9
-        costs.statements += Double(try admin.query("SELECT coalesce(sum(calls), 0) AS n FROM pg_stat_statements WHERE userid = 'bench_relay'::regrole")[0, "n"] ?? "0") ?? 0
+        costs.statements +=
+            Double(
+                try admin.query(
+                    "SELECT coalesce(sum(calls), 0) AS n FROM pg_stat_statements WHERE userid = 'bench_relay'::regrole")[
+                        0, "n"] ?? "0") ?? 0
         costs.backendCPU += backends.map(cpuSeconds).reduce(0, +) - backendCPU0
         costs.relayCPU += cpuSeconds(process.processIdentifier) - relayCPU0
         costs.writerCPU += writers.map { cpuSeconds($0.pid) }.reduce(0, +) - writerCPU0
-        costs.databaseCPU += clusterCPUSeconds(postmaster: postmaster) - excluded.map(cpuSeconds).reduce(0, +) - clusterCPU0
-        costs.walBytes += Double(try admin.query("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '\(wal0)') AS d")[0, "d"] ?? "0") ?? 0
+        costs.databaseCPU +=
+            clusterCPUSeconds(postmaster: postmaster) - excluded.map(cpuSeconds).reduce(0, +) - clusterCPU0
+        costs.walBytes +=
+            Double(try admin.query("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '\(wal0)') AS d")[0, "d"] ?? "0") ?? 0
         costs.relayRSS = max(costs.relayRSS, peakRSSMiB(process.processIdentifier))
         usleep(200_000)  // late duplicates
         consumer.stop()
@@ -630,7 +674,11 @@ final class Bench {
         let deadline = Date().addingTimeInterval(seconds)
         while timeline.receivedCount.load(ordering: .acquiring) < count {
             if Date() > deadline {
-                if failHard { fail("timed out waiting for \(what): \(timeline.receivedCount.load(ordering: .acquiring)) of \(count)") }
+                if failHard {
+                    fail(
+                        "timed out waiting for \(what): \(timeline.receivedCount.load(ordering: .acquiring)) of \(count)"
+                    )
+                }
                 log("  timed out: \(timeline.receivedCount.load(ordering: .acquiring)) of \(count) \(what) received")
                 return
             }
@@ -643,17 +691,20 @@ final class Bench {
 
 func ms(_ microseconds: UInt64) -> String {
     let value = Double(microseconds) / 1_000
-    return value < 10 ? String(format: "%.2f", value) : value < 100 ? String(format: "%.1f", value) : String(format: "%.0f", value)
+    return value < 10
+        ? String(format: "%.2f", value) : value < 100 ? String(format: "%.1f", value) : String(format: "%.0f", value)
 }
 
 func markdown(_ results: [CellResult], options: Options, machine: String, command: String) -> String {
     var out = "End-to-end latency, COMMIT returned → record received by a Kafka consumer (milliseconds), \(machine).\n"
     out += "Command: `\(command)`.\n"
     if options.segmentSeconds > 0 {
-        out += "Each cell runs in segments of at most \(options.segmentSeconds) s of events, each against a fresh tansu broker with a freshly started relay and a warm-up that is not measured (tansu's in-memory storage slows down as it fills).\n"
+        out +=
+            "Each cell runs in segments of at most \(options.segmentSeconds) s of events, each against a fresh tansu broker with a freshly started relay and a warm-up that is not measured (tansu's in-memory storage slows down as it fills).\n"
     }
     out += "\n"
-    out += "| mode | rate (events/s) | rows/tx | events | p50 | p90 | p99 | p99.9 | max | ≥100 ms | lost | dup | relay's SQL statements/s | CPU of relay's DB sessions | DB CPU, all but writers | writers' DB CPU/event | WAL bytes/event | relay CPU | relay peak RSS |\n"
+    out +=
+        "| mode | rate (events/s) | rows/tx | events | p50 | p90 | p99 | p99.9 | max | ≥100 ms | lost | dup | relay's SQL statements/s | CPU of relay's DB sessions | DB CPU, all but writers | writers' DB CPU/event | WAL bytes/event | relay CPU | relay peak RSS |\n"
     out += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     for r in results {
         let h = r.histogram
@@ -661,7 +712,8 @@ func markdown(_ results: [CellResult], options: Options, machine: String, comman
         out +=
             "| \(r.mode.label) | \(r.rate) (\(Int(r.achievedRate.rounded())) achieved) | \(r.size) | \(h.totalCount) | \(ms(h.valueAtPercentile(50))) | \(ms(h.valueAtPercentile(90))) | \(ms(h.valueAtPercentile(99))) | \(ms(h.valueAtPercentile(99.9))) | \(ms(h.max)) | \(slow) | \(r.lost) | \(r.duplicates) | "
         out += String(
-            format: "%.0f | %.1f%% of a core | %.1f%% | %.0f µs | %.0f | %.1f%% | %.0f MiB |\n", r.statementsPerSecond, 100 * r.backendCPU / r.seconds, 100 * r.databaseCPU / r.seconds, r.writerMicrosPerEvent, r.walBytesPerEvent,
+            format: "%.0f | %.1f%% of a core | %.1f%% | %.0f µs | %.0f | %.1f%% | %.0f MiB |\n", r.statementsPerSecond,
+            100 * r.backendCPU / r.seconds, 100 * r.databaseCPU / r.seconds, r.writerMicrosPerEvent, r.walBytesPerEvent,
             100 * r.relayCPU / r.seconds, r.relayRSS)
     }
     return out
@@ -671,7 +723,8 @@ func distributionCSV(_ results: [CellResult]) -> String {
     var out = "mode,label,rate,size,percentile,latency_ms\n"
     for r in results {
         for value in r.histogram.percentiles(ticksPerHalfDistance: 5) {
-            out += "\(r.mode.name),\"\(r.mode.label)\",\(r.rate),\(r.size),\(value.percentile),\(Double(value.value) / 1_000)\n"
+            out +=
+                "\(r.mode.name),\"\(r.mode.label)\",\(r.rate),\(r.size),\(value.percentile),\(Double(value.value) / 1_000)\n"
             if value.percentile >= 100 { break }
         }
     }
@@ -708,7 +761,8 @@ for size in options.sizes {
         }
     }
 }
-let machine = ProcessInfo.processInfo.environment["BENCH_MACHINE"] ?? "\(ProcessInfo.processInfo.activeProcessorCount) cores"
+let machine =
+    ProcessInfo.processInfo.environment["BENCH_MACHINE"] ?? "\(ProcessInfo.processInfo.activeProcessorCount) cores"
 let command = ProcessInfo.processInfo.environment["BENCH_COMMAND"] ?? "bash bench/latency.sh"
 let table = markdown(results, options: options, machine: machine, command: command)
 try? table.write(toFile: options.out + "/latency.md", atomically: true, encoding: .utf8)
