@@ -87,6 +87,9 @@ fi
 swift build --product outbox-relay
 # The configuration reference is generated from the binary: CI fails when they disagree.
 python3 scripts/reference.py --check
+# The Helm chart, rendered with Go's text/template and validated against the
+# Kubernetes schemas; the binary reads the config file it generates.
+python3 scripts/helm-check.py
 # Hard ceilings, so a hang can never eat CI's budget (suites have their own time limits).
 if [ $# -gt 0 ]; then
   timeout -s KILL 1500 swift test --skip-build --no-parallel "$@"
