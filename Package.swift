@@ -52,6 +52,12 @@ let package = Package(
             pkgConfig: "librabbitmq",
             providers: [.apt(["librabbitmq-dev"])]
         ),
+        // System library: libmosquitto (Debian's libmosquitto-dev), the MQTT 5 client, used as it is.
+        .systemLibrary(
+            name: "CMosquitto",
+            pkgConfig: "libmosquitto",
+            providers: [.apt(["libmosquitto-dev"])]
+        ),
         // System library: <sys/epoll.h>, which Swift's Glibc module leaves out (libc, nothing to link).
         .systemLibrary(name: "CEpoll"),
         // The data flow, top to bottom: pure pieces first (no C library, no I/O), then
@@ -133,6 +139,15 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // MQTT 5 sink (libmosquitto, driven by the relay's loop): PUBACK/PUBCOMP as acks, reason codes as refusals.
+        .target(
+            name: "MQTTSink",
+            dependencies: [
+                "OutboxCore", "RelayIO", "CMosquitto",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
         // The polling baseline and fallback: FOR UPDATE SKIP LOCKED batches, LISTEN/NOTIFY waker, same router and sinks.
         .target(
             name: "PollingRelay",
@@ -145,7 +160,7 @@ let package = Package(
             name: "OutboxRelayCLI",
             dependencies: [
                 "OutboxCore", "RelayIO", "OutboxRelay", "PGOutput", "KafkaSink", "NATSSink", "RabbitMQSink", "HTTPSink",
-                "RedisSink", "PollingRelay", "PostgresClient", "PostgresReplication",
+                "RedisSink", "MQTTSink", "PollingRelay", "PostgresClient", "PostgresReplication",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -177,13 +192,15 @@ let package = Package(
             name: "OutboxRelayTests", dependencies: ["OutboxRelay", "OutboxCore", "PGOutput", "PostgresClient"]),
         .testTarget(
             name: "SinkTests",
-            dependencies: ["RelayIO", "NATSSink", "RabbitMQSink", "HTTPSink", "RedisSink", "OutboxCore", "PGOutput"]),
+            dependencies: [
+                "RelayIO", "NATSSink", "RabbitMQSink", "HTTPSink", "RedisSink", "MQTTSink", "OutboxCore", "PGOutput",
+            ]),
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
                 "OutboxCore", "RelayIO", "OutboxRelay", "PostgresClient", "PostgresReplication", "PGOutput", "CLibPQ",
                 "KafkaSink",
-                "PollingRelay", "NATSSink", "CNats", "RabbitMQSink", "CRabbitMQ", "HTTPSink", "RedisSink",
+                "PollingRelay", "NATSSink", "CNats", "RabbitMQSink", "CRabbitMQ", "HTTPSink", "RedisSink", "MQTTSink",
             ]
         ),
     ],

@@ -37,6 +37,9 @@ pkg-config --exists libnats 2>/dev/null || need_apt+=(libnats-dev)
 [ -x /usr/sbin/nats-server ] || need_apt+=(nats-server)
 pkg-config --exists librabbitmq 2>/dev/null || need_apt+=(librabbitmq-dev)
 pkg-config --exists libcurl 2>/dev/null || need_apt+=(libcurl4-openssl-dev)
+pkg-config --exists libmosquitto 2>/dev/null || need_apt+=(libmosquitto-dev)
+[ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
+command -v mosquitto_sub >/dev/null || need_apt+=(mosquitto-clients)
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need_apt+=(rabbitmq-server)
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v redis-cli >/dev/null || need_apt+=(redis-tools)
@@ -80,6 +83,7 @@ if [ "$major" = 15 ] || [ -n "${OUTBOX_TEST_SINKS:-}" ]; then
   export NATS_SERVER_BIN=/usr/sbin/nats-server
   export RABBITMQ_SERVER_BIN=/usr/lib/rabbitmq/bin/rabbitmq-server
   export REDIS_SERVER_BIN=/usr/bin/redis-server
+  export MOSQUITTO_BIN=/usr/sbin/mosquitto
   export OUTBOX_TEST_SINKS_ENABLED=1
 else
   export OUTBOX_TEST_SINKS_ENABLED=0
@@ -101,7 +105,7 @@ fi
 # side, each in its own `swift test` process with a PostgreSQL of its own: a
 # slot decodes all of its cluster's WAL, and the tests bound what may be
 # confirmed by WAL positions, so writers of one suite must not move another's.
-destination_suites='BrokerOutageTests|KafkaIntegrationTests|NATSSinkTests|RabbitMQSinkTests|RedisSinkTests|HTTPSinkTests'
+destination_suites='BrokerOutageTests|KafkaIntegrationTests|NATSSinkTests|RabbitMQSinkTests|RedisSinkTests|HTTPSinkTests|MQTTSinkTests'
 timeout -s KILL 1200 swift test --skip-build --no-parallel --skip "$destination_suites"
 [ "$OUTBOX_TEST_SINKS_ENABLED" = 1 ] || exit 0
 logs=$(mktemp -d /tmp/outbox-relay-suites.XXXXXX)

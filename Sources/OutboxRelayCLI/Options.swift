@@ -4,6 +4,7 @@ import Foundation
 import HTTPSink
 import KafkaSink
 import Logging
+import MQTTSink
 import NATSSink
 import OutboxCore
 import OutboxRelay
@@ -39,13 +40,13 @@ struct SourceOptions: ParsableArguments {
 struct SinkOptions: ParsableArguments {
     @Option(
         help: ArgumentHelp(
-            "Where events go: kafka, nats (JetStream), rabbitmq, redis (Streams), http (webhook POSTs), stdout, or file:PATH (appends NDJSON; acknowledged after fsync).",
+            "Where events go: kafka, nats (JetStream), rabbitmq, redis (Streams), http (webhook POSTs), mqtt (MQTT 5), stdout, or file:PATH (appends NDJSON; acknowledged after fsync).",
             valueName: "sink"))
     var sink = "stdout"
 
     @Option(
         help: ArgumentHelp(
-            "Kafka topic (NATS: subject; RabbitMQ: routing key on --rabbitmq-exchange; Redis: a stream; http: a URL) for events that can never be delivered as they are (too large, invalid topic, unauthorized, no stream, unroutable, nacked) and rows that cannot become events. Without it such an event stops the relay.",
+            "Kafka topic (NATS: subject; RabbitMQ: routing key on --rabbitmq-exchange; Redis: a stream; http: a URL; MQTT: a topic) for events that can never be delivered as they are (too large, invalid topic, unauthorized, no stream, unroutable, nacked) and rows that cannot become events. Without it such an event stops the relay.",
             valueName: "topic"))
     var dlqTopic: String?
 
@@ -53,10 +54,11 @@ struct SinkOptions: ParsableArguments {
     @OptionGroup var kafka: KafkaOptions
     @OptionGroup var nats: NATSOptions
     @OptionGroup var rabbitmq: RabbitMQOptions
+    @OptionGroup var mqtt: MQTTOptions
     @OptionGroup var redis: RedisOptions
     @OptionGroup var http: WebhookOptions
 
-    var destinations: [any DestinationOptions] { [kafka, nats, rabbitmq, redis, http] }
+    var destinations: [any DestinationOptions] { [kafka, nats, rabbitmq, redis, http, mqtt] }
 
     /// The destination `--sink` names, if it is one (not stdout or a file).
     var destination: (any DestinationOptions)? { destinations.first { type(of: $0).sinkName == sink } }

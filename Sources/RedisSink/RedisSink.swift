@@ -458,48 +458,10 @@ final class RedisConnection {
     var hasPendingOutput: Bool { written < output.count }
 
     init(endpoint: RedisEndpoint, timeoutMilliseconds: Int) throws {
-        var hints = addrinfo()
-        hints.ai_family = AF_UNSPEC
-        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
-        var list: UnsafeMutablePointer<addrinfo>?
-        let resolved = getaddrinfo(endpoint.host, String(endpoint.port), &hints, &list)
-        guard resolved == 0, let first = list else {
-            throw RedisUnreachable(
-                description: "cannot resolve \(endpoint.host): \(String(cString: gai_strerror(resolved)))")
+        switch TCPConnect.open(host: endpoint.host, port: endpoint.port, timeoutMilliseconds: timeoutMilliseconds) {
+        case .success(let fd): descriptor = fd
+        case .failure(let failure): throw RedisUnreachable(description: failure.description)
         }
-        defer { freeaddrinfo(list) }
-        var lastError = "no address"
-        var candidate: UnsafeMutablePointer<addrinfo>? = first
-        let deadline = Instant.now() + timeoutMilliseconds
-        while let address = candidate {
-            candidate = address.pointee.ai_next
-            let fd = socket(
-                address.pointee.ai_family,
-                Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-            guard fd >= 0 else { continue }
-            var one: Int32 = 1
-            _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-            _ = setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, socklen_t(MemoryLayout<Int32>.size))
-            if Glibc.connect(fd, address.pointee.ai_addr, address.pointee.ai_addrlen) == 0 || errno == EINPROGRESS {
-                var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-                if Glibc.poll(&p, 1, Instant.now().millisecondsRoundedUp(until: deadline)) == 1 {
-                    var error: Int32 = 0
-                    var length = socklen_t(MemoryLayout<Int32>.size)
-                    _ = getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length)
-                    if error == 0 {
-                        descriptor = fd
-                        return
-                    }
-                    lastError = String(cString: strerror(error))
-                } else {
-                    lastError = "connect timed out after \(timeoutMilliseconds) ms"
-                }
-            } else {
-                lastError = String(cString: strerror(errno))
-            }
-            close(fd)
-        }
-        throw RedisUnreachable(description: "cannot connect to \(endpoint.host):\(endpoint.port): \(lastError)")
     }
 
     deinit { close(descriptor) }
