@@ -12,7 +12,8 @@
 # nats-server with JetStream (file storage, stream DRAIN), a RabbitMQ node
 # (topic exchange, one durable queue bound to everything; pika from PyPI
 # declares them), and scripts/webhook-receiver.py (Python, 2xx to everything,
-# 16 requests in flight). Skip them with SINKS=.
+# 16 requests in flight), mosquitto (QoS 1, a mosquitto_sub subscriber counting
+# what arrives). Skip them with SINKS=.
 #
 #   bash bench/drain.sh [N=1000000]
 set -euo pipefail
@@ -31,11 +32,11 @@ for f in sql/01-outbox-table.sql sql/02-publication.sql sql/05-polling.sql; do p
 psql -X -q -c "DROP TRIGGER outbox_notify ON outbox"  # the poller here runs without the waker
 # Two slots per tool, drained in the order recv, relay, relay, recv, so that
 # neither tool alone benefits from a warm page cache.
-DEFAULT_SINKS="nats rabbitmq redis http"
+DEFAULT_SINKS="nats rabbitmq redis http mqtt"
 SINKS=${SINKS-$DEFAULT_SINKS}
 RESULTS=bench/results/drain.md
 [ "$SINKS" = "$DEFAULT_SINKS" ] || RESULTS="bench/results/drain-$(echo "${SINKS:-none}" | tr ' ' '-').md"
-for s in drain_recv_1 drain_relay_1 drain_kafka_1 drain_kafka_2 drain_relay_2 drain_recv_2 drain_nats drain_rabbitmq drain_redis drain_http; do
+for s in drain_recv_1 drain_relay_1 drain_kafka_1 drain_kafka_2 drain_relay_2 drain_recv_2 drain_nats drain_rabbitmq drain_redis drain_http drain_mqtt; do
   psql -X -q -c "SELECT pg_create_logical_replication_slot('$s', 'pgoutput')" >/dev/null
 done
 
@@ -53,8 +54,8 @@ echo "backlog: $N transactions, $backlog of WAL, written in ${write_s}s" >&2
 
 measure() { # name function slot: wall seconds and peak RSS of the tool's process
   local name=$1; shift
-  export -f recv_cmd relay_cmd kafka_cmd poll_cmd nats_cmd rabbitmq_cmd redis_cmd http_cmd
-  export PG_BIN OUTBOX_TEST_PG END RELAY WORK N KAFKA_TEST_BROKERS NATS_PORT RABBIT_PORT REDIS_PORT HOOK_PORT
+  export -f recv_cmd relay_cmd kafka_cmd poll_cmd nats_cmd rabbitmq_cmd redis_cmd http_cmd mqtt_cmd
+  export PG_BIN OUTBOX_TEST_PG END RELAY WORK N KAFKA_TEST_BROKERS NATS_PORT RABBIT_PORT REDIS_PORT HOOK_PORT MQTT_PORT
   /usr/bin/time -f "%e %M" -o "$WORK/time" bash -c '"$@"' _ "$@" >/dev/null 2>"$WORK/$name.log" || { cat "$WORK/$name.log" >&2; exit 1; }
   read -r secs rss <"$WORK/time"
   echo "$name $secs $rss"
@@ -79,10 +80,16 @@ redis_cmd() {
   entries=$(redis-cli -p "$REDIS_PORT" XLEN outbox.event.order)
   [ "$entries" -eq "$N" ] || { echo "the stream has $entries entries, expected $N" >&2; return 1; }
 }
+mqtt_cmd() {
+  "$RELAY" run --source "$OUTBOX_TEST_PG" --slot "$1" --sink mqtt --mqtt-url "mqtt://127.0.0.1:$MQTT_PORT" --end-lsn "$END"
+  for _ in $(seq 100); do [ "$(wc -l <"$WORK/mqtt.received")" -ge "$N" ] && break; sleep 0.1; done
+  received=$(wc -l <"$WORK/mqtt.received")
+  [ "$received" -eq "$N" ] || { echo "the subscriber received $received messages, expected $N" >&2; return 1; }
+}
 http_cmd() { "$RELAY" run --source "$OUTBOX_TEST_PG" --slot "$1" --sink http --webhook-url "http://127.0.0.1:$HOOK_PORT/hooks" --end-lsn "$END"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 start_sinks() {
-  NATS_PORT=$(free_port) RABBIT_PORT=$(free_port) REDIS_PORT=$(free_port) HOOK_PORT=$(free_port)
+  NATS_PORT=$(free_port) RABBIT_PORT=$(free_port) REDIS_PORT=$(free_port) HOOK_PORT=$(free_port) MQTT_PORT=$(free_port)
   if [[ " $SINKS " == *" nats "* ]]; then
     nats-server -js -sd "$WORK/nats" -a 127.0.0.1 -p "$NATS_PORT" >"$WORK/nats.log" 2>&1 &
     PIDS+=($!)
@@ -131,6 +138,15 @@ PY
     PIDS+=($!)
     until redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; do sleep 0.1; done
   fi
+  if [[ " $SINKS " == *" mqtt "* ]]; then
+    printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n' "$MQTT_PORT" >"$WORK/mosquitto.conf"
+    mosquitto -c "$WORK/mosquitto.conf" >"$WORK/mosquitto.log" 2>&1 &
+    PIDS+=($!)
+    until (echo >"/dev/tcp/127.0.0.1/$MQTT_PORT") 2>/dev/null; do sleep 0.1; done
+    mosquitto_sub -h 127.0.0.1 -p "$MQTT_PORT" -V mqttv5 -q 1 -t 'outbox.event.#' >"$WORK/mqtt.received" &
+    PIDS+=($!)
+    sleep 0.3
+  fi
   if [[ " $SINKS " == *" http "* ]]; then
     python3 scripts/webhook-receiver.py --port "$HOOK_PORT" --log /dev/null >/dev/null 2>&1 &
     PIDS+=($!)
@@ -177,6 +193,7 @@ rows+=("$(measure "poll-1" poll_cmd 1000)")
       rabbitmq) what="outbox-relay run, RabbitMQ sink (3.10, durable queue, persistent, publisher confirms)" ;;
       redis) what="outbox-relay run, Redis Streams sink (redis-server 7.0, appendfsync always, MULTI/EXEC batches)" ;;
       http) what="outbox-relay run, HTTP sink (one POST per event, 16 in flight, Python receiver)" ;;
+      mqtt) what="outbox-relay run, MQTT 5 sink (mosquitto 2.0, QoS 1, PUBACK per event, one subscriber)" ;;
       *) what="outbox-relay run (log tailing), file sink with fsync (run ${name##*-})" ;;
     esac
     echo "| $what | $N | $secs | $rate | $((rss / 1024)) MiB |"

@@ -99,6 +99,18 @@ struct MQTTSinkTests {
         check.expectIntact(duplicates: true)
     }
 
+    /// SIGTERM while the broker is black-holed: out within the shutdown timeout plus a second.
+    @Test func sigtermWhileBlackHoledExitsInTime() async throws {
+        let outbox = try TestOutbox()
+        let server = try MosquittoServer()
+        let proxy = TCPProxy(port: try TCPProxy.freePort(), targetPort: server.port)
+        try proxy.start()
+        defer { proxy.stop() }
+        let took = try await sigtermDuringBlackHole(
+            outbox, arguments: Self.arguments(outbox, url: "mqtt://127.0.0.1:\(proxy.port)"), proxy: proxy)
+        print("MQTT black-holed, SIGTERM: out after \(String(format: "%.2f", took)) s")
+    }
+
     @Test func sigkillLoopLosesNothing() async throws {
         let outbox = try TestOutbox()
         let server = try MosquittoServer()
