@@ -143,7 +143,7 @@ PY
     mosquitto -c "$WORK/mosquitto.conf" >"$WORK/mosquitto.log" 2>&1 &
     PIDS+=($!)
     until (echo >"/dev/tcp/127.0.0.1/$MQTT_PORT") 2>/dev/null; do sleep 0.1; done
-    mosquitto_sub -h 127.0.0.1 -p "$MQTT_PORT" -V mqttv5 -q 1 -t 'outbox.event.#' >"$WORK/mqtt.received" &
+    mosquitto_sub -h 127.0.0.1 -p "$MQTT_PORT" -V mqttv5 -q 1 -t '#' >"$WORK/mqtt.received" &
     PIDS+=($!)
     sleep 0.3
   fi

@@ -1,3 +1,4 @@
+import ArgumentParser
 import Foundation
 import OutboxCore
 import OutboxRelay
@@ -134,7 +135,7 @@ final class MetricsExporter: LatencyObserver {
             counter(p + "polls_total", "Claim queries run.", stats.polls)
         }
         gauge(p + "in_flight_events", "Events sent and not yet acknowledged.", stats.inFlightEvents)
-        gauge(p + "in_flight_bytes", "Key and value bytes of those events.", stats.inFlightBytes)
+        gauge(p + "in_flight_bytes", "Key and value bytes of the events in flight.", stats.inFlightBytes)
         if mode == "run" {
             gauge(
                 p + "confirmed_lsn", "The flush LSN confirmed to PostgreSQL, as a number.", stats.confirmedLSN.rawValue)
@@ -212,6 +213,31 @@ final class MetricsExporter: LatencyObserver {
         }
         if let descriptors = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd") {
             gauge("process_open_fds", "Number of open file descriptors.", descriptors.count)
+        }
+    }
+}
+
+/// `outbox-relay metrics-reference` (hidden): every metric family the binary
+/// can export, with its type, labels and help, in both modes — rendered by the
+/// exporter itself from a snapshot in which every conditional family is present
+/// (a topic, an invalidated slot, a WAL size limit). scripts/reference.py turns
+/// it into docs/metrics.md, so that page cannot drift from the binary.
+struct MetricsReference: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "metrics-reference",
+        abstract: "Print every metric family the binary exports (for docs/metrics.md).",
+        shouldDisplay: false)
+
+    func run() throws {
+        var stats = RelayStats()
+        stats.eventsByTopic = ["outbox.event.order": 1]
+        stats.slotInvalidation = "wal_removed"
+        stats.slotSafeWALSize = 1
+        stats.slotWALStatus = "reserved"
+        for mode in ["run", "poll"] {
+            let text = String(decoding: MetricsExporter(mode: mode, slot: nil).render(stats), as: UTF8.self)
+            print("# MODE \(mode)")
+            print(text)
         }
     }
 }

@@ -26,6 +26,7 @@ struct OutboxRelayCommand: AsyncParsableCommand {
         discussion: configurationHelp,
         subcommands: [
             Run.self, Poll.self, Doctor.self, Status.self, Tail.self, Init.self, RecreateSlot.self, Skip.self,
+            MetricsReference.self,
         ]
     )
 
