@@ -58,6 +58,13 @@ let package = Package(
             pkgConfig: "libmosquitto",
             providers: [.apt(["libmosquitto-dev"])]
         ),
+        // System library: Qpid Proton C (Debian's libqpid-proton11-dev), its I/O-free connection driver, with helpers in the shim.
+        // (No pkgConfig: Debian's libqpid-proton.pc has a C comment pkg-config parsers reject; the
+        // headers and library are on the default paths.)
+        .systemLibrary(
+            name: "CProton",
+            providers: [.apt(["libqpid-proton11-dev"])]
+        ),
         // System library: <sys/epoll.h>, which Swift's Glibc module leaves out (libc, nothing to link).
         .systemLibrary(name: "CEpoll"),
         // The data flow, top to bottom: pure pieces first (no C library, no I/O), then
@@ -148,6 +155,15 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // AMQP 1.0 sink (Qpid Proton's connection driver on the relay's socket): outcomes as acks and refusals.
+        .target(
+            name: "AMQP1Sink",
+            dependencies: [
+                "OutboxCore", "RelayIO", "CProton",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
         // The polling baseline and fallback: FOR UPDATE SKIP LOCKED batches, LISTEN/NOTIFY waker, same router and sinks.
         .target(
             name: "PollingRelay",
@@ -160,7 +176,7 @@ let package = Package(
             name: "OutboxRelayCLI",
             dependencies: [
                 "OutboxCore", "RelayIO", "OutboxRelay", "PGOutput", "KafkaSink", "NATSSink", "RabbitMQSink", "HTTPSink",
-                "RedisSink", "MQTTSink", "PollingRelay", "PostgresClient", "PostgresReplication",
+                "RedisSink", "MQTTSink", "AMQP1Sink", "PollingRelay", "PostgresClient", "PostgresReplication",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -201,6 +217,7 @@ let package = Package(
                 "OutboxCore", "RelayIO", "OutboxRelay", "PostgresClient", "PostgresReplication", "PGOutput", "CLibPQ",
                 "KafkaSink",
                 "PollingRelay", "NATSSink", "CNats", "RabbitMQSink", "CRabbitMQ", "HTTPSink", "RedisSink", "MQTTSink",
+                "AMQP1Sink",
             ]
         ),
     ],

@@ -11,9 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 keep=${1:-}
 
-[ -x /usr/lib/postgresql/15/bin/initdb ] && pkg-config --exists libpq rdkafka libnats librabbitmq libcurl libmosquitto 2>/dev/null || {
+[ -x /usr/lib/postgresql/15/bin/initdb ] && pkg-config --exists libpq rdkafka libnats librabbitmq libcurl libmosquitto 2>/dev/null && [ -f /usr/include/proton/connection_driver.h ] || {
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 libpq-dev librdkafka-dev \
-    libnats-dev librabbitmq-dev libcurl4-openssl-dev libmosquitto-dev pkg-config >/dev/null
+    libnats-dev librabbitmq-dev libcurl4-openssl-dev libmosquitto-dev libqpid-proton11-dev pkg-config >/dev/null
 }
 echo "== building outbox-relay (release)" >&2
 swift build -c release --product outbox-relay >&2

@@ -38,6 +38,7 @@ pkg-config --exists libnats 2>/dev/null || need_apt+=(libnats-dev)
 pkg-config --exists librabbitmq 2>/dev/null || need_apt+=(librabbitmq-dev)
 pkg-config --exists libcurl 2>/dev/null || need_apt+=(libcurl4-openssl-dev)
 pkg-config --exists libmosquitto 2>/dev/null || need_apt+=(libmosquitto-dev)
+[ -f /usr/include/proton/connection_driver.h ] || need_apt+=(libqpid-proton11-dev)
 [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v mosquitto_sub >/dev/null || need_apt+=(mosquitto-clients)
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need_apt+=(rabbitmq-server)
@@ -105,7 +106,7 @@ fi
 # side, each in its own `swift test` process with a PostgreSQL of its own: a
 # slot decodes all of its cluster's WAL, and the tests bound what may be
 # confirmed by WAL positions, so writers of one suite must not move another's.
-destination_suites='BrokerOutageTests|KafkaIntegrationTests|NATSSinkTests|RabbitMQSinkTests|RedisSinkTests|HTTPSinkTests|MQTTSinkTests'
+destination_suites='BrokerOutageTests|KafkaIntegrationTests|NATSSinkTests|RabbitMQSinkTests|RedisSinkTests|HTTPSinkTests|MQTTSinkTests|AMQP1SinkTests'
 timeout -s KILL 1200 swift test --skip-build --no-parallel --skip "$destination_suites"
 [ "$OUTBOX_TEST_SINKS_ENABLED" = 1 ] || exit 0
 logs=$(mktemp -d /tmp/outbox-relay-suites.XXXXXX)

@@ -1,3 +1,4 @@
+import AMQP1Sink
 import ArgumentParser
 import Dispatch
 import Foundation
@@ -40,13 +41,13 @@ struct SourceOptions: ParsableArguments {
 struct SinkOptions: ParsableArguments {
     @Option(
         help: ArgumentHelp(
-            "Where events go: kafka, nats (JetStream), rabbitmq, redis (Streams), http (webhook POSTs), mqtt (MQTT 5), stdout, or file:PATH (appends NDJSON; acknowledged after fsync).",
+            "Where events go: kafka, nats (JetStream), rabbitmq, redis (Streams), http (webhook POSTs), mqtt (MQTT 5), amqp1 (AMQP 1.0), stdout, or file:PATH (appends NDJSON; acknowledged after fsync).",
             valueName: "sink"))
     var sink = "stdout"
 
     @Option(
         help: ArgumentHelp(
-            "Kafka topic (NATS: subject; RabbitMQ: routing key on --rabbitmq-exchange; Redis: a stream; http: a URL; MQTT: a topic) for events that can never be delivered as they are (too large, invalid topic, unauthorized, no stream, unroutable, nacked) and rows that cannot become events. Without it such an event stops the relay.",
+            "Kafka topic (NATS: subject; RabbitMQ: routing key on --rabbitmq-exchange; Redis: a stream; http: a URL; MQTT: a topic; AMQP 1.0: a target address) for events that can never be delivered as they are (too large, invalid topic, unauthorized, no stream, unroutable, nacked) and rows that cannot become events. Without it such an event stops the relay.",
             valueName: "topic"))
     var dlqTopic: String?
 
@@ -55,10 +56,11 @@ struct SinkOptions: ParsableArguments {
     @OptionGroup var nats: NATSOptions
     @OptionGroup var rabbitmq: RabbitMQOptions
     @OptionGroup var mqtt: MQTTOptions
+    @OptionGroup var amqp1: AMQP1Options
     @OptionGroup var redis: RedisOptions
     @OptionGroup var http: WebhookOptions
 
-    var destinations: [any DestinationOptions] { [kafka, nats, rabbitmq, redis, http, mqtt] }
+    var destinations: [any DestinationOptions] { [kafka, nats, rabbitmq, redis, http, mqtt, amqp1] }
 
     /// The destination `--sink` names, if it is one (not stdout or a file).
     var destination: (any DestinationOptions)? { destinations.first { type(of: $0).sinkName == sink } }

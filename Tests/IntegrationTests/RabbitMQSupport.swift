@@ -17,15 +17,16 @@ final class RabbitMQServer: @unchecked Sendable {
     private var process: Process?
     var url: String { "amqp://guest:guest@127.0.0.1:\(port)" }
 
-    /// `config`: extra rabbitmq.conf lines (e.g. `max_message_size = …`).
-    init(config: [String] = []) throws {
+    /// `config`: extra rabbitmq.conf lines (e.g. `max_message_size = …`); `plugins`: to enable (`rabbitmq_amqp1_0`).
+    init(config: [String] = [], plugins: [String] = []) throws {
         port = try TCPProxy.freePort()
         directory = NSTemporaryDirectory() + "rabbitmq-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let conf = ["listeners.tcp.1 = 127.0.0.1:\(port)", "loopback_users = none"] + config
         try conf.joined(separator: "\n").appending("\n").write(
             toFile: directory + "/rabbitmq.conf", atomically: true, encoding: .utf8)
-        try "[].\n".write(toFile: directory + "/enabled_plugins", atomically: true, encoding: .utf8)
+        try "[\(plugins.joined(separator: ","))].\n".write(
+            toFile: directory + "/enabled_plugins", atomically: true, encoding: .utf8)
         try start()
     }
 
@@ -115,6 +116,8 @@ final class RabbitMQClient {
         var messageID: String
         var deliveryMode: Int
         var headers: [String: String]
+        /// Header values as bytes (AMQP 1.0 sections a 3.x broker keeps encoded, `x-amqp-1.0-…`).
+        var rawHeaders: [String: [UInt8]] = [:]
         var body: [UInt8]
         func json() -> [String: Any]? { try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any] }
     }
@@ -204,17 +207,21 @@ final class RabbitMQClient {
             }
             defer { amqp_destroy_message(&message) }
             var headers: [String: String] = [:]
+            var rawHeaders: [String: [UInt8]] = [:]
             let table = message.properties.headers
             for i in 0..<Int(table.num_entries) {
                 let entry = table.entries[i]
-                if entry.value.kind == UInt8(ascii: "S") {
+                if entry.value.kind == UInt8(ascii: "S") || entry.value.kind == UInt8(ascii: "x") {
                     headers[Self.string(entry.key)] = Self.string(entry.value.value.bytes)
+                    let bytes = entry.value.value.bytes
+                    rawHeaders[Self.string(entry.key)] = Array(
+                        UnsafeRawBufferPointer(start: bytes.bytes, count: bytes.len))
                 }
             }
             out.append(
                 Message(
                     routingKey: routingKey, messageID: Self.string(message.properties.message_id),
-                    deliveryMode: Int(message.properties.delivery_mode), headers: headers,
+                    deliveryMode: Int(message.properties.delivery_mode), headers: headers, rawHeaders: rawHeaders,
                     body: Array(UnsafeRawBufferPointer(start: message.body.bytes, count: message.body.len))))
             amqp_maybe_release_buffers(conn)
         }
