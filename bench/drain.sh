@@ -13,7 +13,8 @@
 # (topic exchange, one durable queue bound to everything; pika from PyPI
 # declares them), and scripts/webhook-receiver.py (Python, 2xx to everything,
 # 16 requests in flight), mosquitto (QoS 1, a mosquitto_sub subscriber counting
-# what arrives). Skip them with SINKS=.
+# what arrives), and AMQP 1.0 into the RabbitMQ node (its rabbitmq_amqp1_0
+# plugin, the same exchange and queue). Skip them with SINKS=.
 #
 #   bash bench/drain.sh [N=1000000]
 set -euo pipefail
@@ -32,11 +33,11 @@ for f in sql/01-outbox-table.sql sql/02-publication.sql sql/05-polling.sql; do p
 psql -X -q -c "DROP TRIGGER outbox_notify ON outbox"  # the poller here runs without the waker
 # Two slots per tool, drained in the order recv, relay, relay, recv, so that
 # neither tool alone benefits from a warm page cache.
-DEFAULT_SINKS="nats rabbitmq redis http mqtt"
+DEFAULT_SINKS="nats rabbitmq redis http mqtt amqp1"
 SINKS=${SINKS-$DEFAULT_SINKS}
 RESULTS=bench/results/drain.md
 [ "$SINKS" = "$DEFAULT_SINKS" ] || RESULTS="bench/results/drain-$(echo "${SINKS:-none}" | tr ' ' '-').md"
-for s in drain_recv_1 drain_relay_1 drain_kafka_1 drain_kafka_2 drain_relay_2 drain_recv_2 drain_nats drain_rabbitmq drain_redis drain_http drain_mqtt; do
+for s in drain_recv_1 drain_relay_1 drain_kafka_1 drain_kafka_2 drain_relay_2 drain_recv_2 drain_nats drain_rabbitmq drain_redis drain_http drain_mqtt drain_amqp1; do
   psql -X -q -c "SELECT pg_create_logical_replication_slot('$s', 'pgoutput')" >/dev/null
 done
 
@@ -54,7 +55,7 @@ echo "backlog: $N transactions, $backlog of WAL, written in ${write_s}s" >&2
 
 measure() { # name function slot: wall seconds and peak RSS of the tool's process
   local name=$1; shift
-  export -f recv_cmd relay_cmd kafka_cmd poll_cmd nats_cmd rabbitmq_cmd redis_cmd http_cmd mqtt_cmd
+  export -f recv_cmd relay_cmd kafka_cmd poll_cmd nats_cmd rabbitmq_cmd redis_cmd http_cmd mqtt_cmd amqp1_cmd
   export PG_BIN OUTBOX_TEST_PG END RELAY WORK N KAFKA_TEST_BROKERS NATS_PORT RABBIT_PORT REDIS_PORT HOOK_PORT MQTT_PORT
   /usr/bin/time -f "%e %M" -o "$WORK/time" bash -c '"$@"' _ "$@" >/dev/null 2>"$WORK/$name.log" || { cat "$WORK/$name.log" >&2; exit 1; }
   read -r secs rss <"$WORK/time"
@@ -79,6 +80,10 @@ redis_cmd() {
   "$RELAY" run --source "$OUTBOX_TEST_PG" --slot "$1" --sink redis --redis-url "redis://127.0.0.1:$REDIS_PORT" --end-lsn "$END"
   entries=$(redis-cli -p "$REDIS_PORT" XLEN outbox.event.order)
   [ "$entries" -eq "$N" ] || { echo "the stream has $entries entries, expected $N" >&2; return 1; }
+}
+amqp1_cmd() { # AMQP 1.0 into the same RabbitMQ node (its AMQP 1.0 plugin), exchange outbox
+  "$RELAY" run --source "$OUTBOX_TEST_PG" --slot "$1" --sink amqp1 --amqp1-url "amqp://guest:guest@127.0.0.1:$RABBIT_PORT" \
+    --amqp1-address /exchange/outbox --end-lsn "$END"
 }
 mqtt_cmd() {
   "$RELAY" run --source "$OUTBOX_TEST_PG" --slot "$1" --sink mqtt --mqtt-url "mqtt://127.0.0.1:$MQTT_PORT" --end-lsn "$END"
@@ -108,12 +113,12 @@ while b"MSG _INBOX.drain" not in reply or not reply.endswith(b"\r\n"):
 assert b'"error"' not in reply, reply
 PY
   fi
-  if [[ " $SINKS " == *" rabbitmq "* ]]; then
+  if [[ " $SINKS " == *" rabbitmq "* || " $SINKS " == *" amqp1 "* ]]; then
     python3 -c 'import pika' 2>/dev/null || pip install -q pika >&2
     local d=$WORK/rabbitmq
     mkdir -p "$d"
     printf 'listeners.tcp.1 = 127.0.0.1:%s\nloopback_users = none\n' "$RABBIT_PORT" >"$d/rabbitmq.conf"
-    echo "[]." >"$d/enabled_plugins"
+    echo "[rabbitmq_amqp1_0]." >"$d/enabled_plugins"
     export RABBIT_ENV="HOME=$d RABBITMQ_NODENAME=drain$RABBIT_PORT@localhost RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT=$RABBIT_PORT RABBITMQ_DIST_PORT=$((RABBIT_PORT > 40000 ? RABBIT_PORT - 20000 : RABBIT_PORT + 20000)) RABBITMQ_MNESIA_BASE=$d/mnesia RABBITMQ_LOG_BASE=$d/log RABBITMQ_CONFIG_FILE=$d/rabbitmq.conf RABBITMQ_ENABLED_PLUGINS_FILE=$d/enabled_plugins ERL_EPMD_ADDRESS=127.0.0.1"
     env $RABBIT_ENV RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" /usr/lib/rabbitmq/bin/rabbitmq-server >"$d/out.log" 2>&1 &
     PIDS+=($!)
@@ -194,6 +199,7 @@ rows+=("$(measure "poll-1" poll_cmd 1000)")
       redis) what="outbox-relay run, Redis Streams sink (redis-server 7.0, appendfsync always, MULTI/EXEC batches)" ;;
       http) what="outbox-relay run, HTTP sink (one POST per event, 16 in flight, Python receiver)" ;;
       mqtt) what="outbox-relay run, MQTT 5 sink (mosquitto 2.0, QoS 1, PUBACK per event, one subscriber)" ;;
+      amqp1) what="outbox-relay run, AMQP 1.0 sink (RabbitMQ 3.10's AMQP 1.0 plugin, durable queue, accepted outcome per message)" ;;
       *) what="outbox-relay run (log tailing), file sink with fsync (run ${name##*-})" ;;
     esac
     echo "| $what | $N | $secs | $rate | $((rss / 1024)) MiB |"
