@@ -98,6 +98,51 @@ struct AMQP1SinkTests {
         check.expectIntact(duplicates: true)
     }
 
+    /// The path to the broker goes silent under load: the relay keeps answering
+    /// PostgreSQL, nothing after the cut is confirmed, nothing lost after.
+    @Test func blackHoledBrokerNeverStallsTheRelay() async throws {
+        let outbox = try TestOutbox()
+        let (server, client) = try Self.broker()
+        let proxy = TCPProxy(port: try TCPProxy.freePort(), targetPort: server.port)
+        try proxy.start()
+        defer { proxy.stop() }
+        let endpoint = try AMQP1Endpoint.parse("amqp://guest:guest@127.0.0.1:\(proxy.port)").get()
+        var config = AMQP1SinkConfig(
+            endpoint: endpoint, address: "/exchange/outbox", subject: try DestinationTemplate("{topic}"))
+        config.acknowledgementTimeoutMilliseconds = 2_000
+        let report = try await destinationBlackHole(
+            outbox, sink: try AMQP1Sink(config: config, logger: RunningRelay.logger),
+            topicTemplate: "\(outbox.name).{aggregatetype}", proxy: proxy, seconds: NATSSinkTests.blackHoleSeconds)
+        let check = DeliveryCheck(
+            events: Self.deliveries(try client.messages("events"), routingKey: "\(outbox.name).crash"),
+            written: report.written)
+        print("AMQP 1.0 black-holed for \(NATSSinkTests.blackHoleSeconds) s under load: \(report); \(check)")
+        check.expectIntact(duplicates: true)
+    }
+
+    /// A queue at its `x-max-length` with `reject-publish`: RabbitMQ 3.10's
+    /// AMQP 1.0 plugin answers the nack by closing the connection (no `rejected`
+    /// outcome). The relay reconnects and sends the event again until the queue
+    /// has room: nothing past it is confirmed meanwhile, and nothing is lost.
+    @Test func aFullQueueHoldsTheEventUntilItHasRoom() async throws {
+        let outbox = try TestOutbox()
+        let (server, client) = try Self.broker()
+        try client.declareQueue("full", boundTo: "outbox", bindingKey: "\(outbox.name).full", maxLength: 1)
+        let cli = try CLI.start(Self.arguments(outbox, url: server.url))
+        defer { _ = cli.terminate() }
+        try await cli.waitForStderr("msg=streaming", within: 30)
+        let first = try outbox.insert(aggregate: "full", key: "a")[0]
+        try await outbox.waitUntilConfirmed(try outbox.currentWAL)
+        let held = try outbox.insert(aggregate: "full", key: "b")[0]
+        let end = try outbox.currentWAL
+        try await Task.sleep(for: .seconds(4))
+        #expect(try outbox.confirmedFlush < end, "the held event is not confirmed while the queue is full")
+        #expect(cli.process.isRunning)
+        #expect(try client.messages("full").map(\.messageID) == [first])  // room again
+        try await outbox.waitUntilConfirmed(end, within: 60)
+        #expect(try client.messages("full").map(\.messageID) == [held])
+    }
+
     @Test func sigkillLoopLosesNothing() async throws {
         let outbox = try TestOutbox()
         let (server, client) = try Self.broker()
