@@ -272,9 +272,9 @@ public final class DeliveryDriver<Transport: DeliveryTransport>: EventSink {
         for result in transport.results(on: link, now: now) {
             switch result {
             case .delivered(let token):
-                if let ack = machine.delivered(token, generation: generation) { ready.append(ack) }
+                if let ack = machine.delivered(token, generation: generation, now: now) { ready.append(ack) }
             case .refused(let token, let why):
-                try handle(machine.refused(token, generation: generation, because: why))
+                try handle(machine.refused(token, generation: generation, because: why, now: now))
             case .fatal(let token, let why):
                 logNotices()
                 let record = machine.record(for: token)

@@ -151,6 +151,36 @@ struct DeliveryMachineTests {
         #expect(m.nextDeadline == nil)
     }
 
+    /// A busy destination confirming a backlog at its own pace keeps its link:
+    /// the deadline runs from its last answer, not from the oldest record's send,
+    /// up to ten timeouts for any one record.
+    @Test func aSlowButAnsweringDestinationKeepsItsLink() {
+        var m = Self.machine(timeout: 1_000)
+        Self.accept(&m, 30)
+        let g = Self.connect(&m)
+        Self.publishAll(&m, now: Self.t0)
+        // One acknowledgement every 900 ms: never 1 s of silence.
+        for i in 1...9 {
+            let now = Self.t0 + 900 * i
+            #expect(
+                m.nextDeadline == Self.t0 + 900 * (i - 1) + 1_000 || i == 1,
+                "deadline \(String(describing: m.nextDeadline))")
+            guard case .wait = m.next(now: now) else { return #expect(Bool(false), "closed at ack \(i)") }
+            _ = m.delivered(i, generation: g, now: now)
+            #expect(m.nextDeadline == now + 1_000)
+        }
+        // Silent for the timeout after the last answer: lost, everything goes back.
+        guard case .close(let closed, _) = m.next(now: Self.t0 + 8_100 + 1_000) else { return #expect(Bool(false)) }
+        #expect(closed == g && m.waitingCount == 21)
+        // However busy, no record waits more than ten timeouts.
+        var n = Self.machine(timeout: 1_000)
+        Self.accept(&n, 30)
+        let h = Self.connect(&n)
+        Self.publishAll(&n, now: Self.t0)
+        _ = n.delivered(2, generation: h, now: Self.t0 + 9_500)  // others answered, the oldest never
+        #expect(n.nextDeadline == Self.t0 + 10_000)
+    }
+
     @Test func refusalGoesToDeadLetterWithTheSameTicket() {
         var m = Self.machine(deadLetter: true)
         Self.accept(&m, 2)
