@@ -5,30 +5,10 @@ import OutboxCore
 import RelayIO
 
 /// Where the AMQP 1.0 broker is: `amqp://user:password@host:port` or `amqps://…`.
-public struct AMQP1Endpoint: Sendable {
-    public var host: String
-    public var port: Int
-    public var username: String?
-    public var password: String?
-    public var tls: Bool
-
-    /// The endpoint, or what is wrong with the URL (never quoting it: it may hold a password).
-    public static func parse(_ url: String) -> Result<AMQP1Endpoint, DestinationOptionError> {
-        guard let parts = URLComponents(string: url), let scheme = parts.scheme, scheme == "amqp" || scheme == "amqps"
-        else {
-            return .failure(
-                DestinationOptionError("--amqp1-url must be amqp://[user:password@]host[:port] or amqps://…"))
-        }
-        guard let host = parts.host, !host.isEmpty else {
-            return .failure(DestinationOptionError("--amqp1-url has no host"))
-        }
-        return .success(
-            AMQP1Endpoint(
-                host: host, port: parts.port ?? (scheme == "amqps" ? 5671 : 5672), username: parts.user,
-                password: parts.password, tls: scheme == "amqps"))
+public enum AMQP1Endpoint {
+    public static func parse(_ url: String) -> Result<BrokerEndpoint, DestinationOptionError> {
+        BrokerEndpoint.parse(url, option: "--amqp1-url", plain: ("amqp", 5672), secure: ("amqps", 5671))
     }
-
-    public var redacted: String { "\(tls ? "amqps" : "amqp")://\(username == nil ? "" : "[redacted]@")\(host):\(port)" }
 }
 
 /// `--sink amqp1`: its options, their checks, and its sink.

@@ -7,7 +7,7 @@ import RelayIO
 
 /// How the AMQP 1.0 sink connects and publishes.
 public struct AMQP1SinkConfig: Sendable {
-    public var endpoint: AMQP1Endpoint
+    public var endpoint: BrokerEndpoint
     /// The target address of the sender link (a queue, topic or exchange, as the broker names it).
     public var address: String
     /// Each message's `subject`, from `{topic}`, `{key}` and `{type}` (RabbitMQ's `/exchange/X` routes by it).
@@ -19,7 +19,7 @@ public struct AMQP1SinkConfig: Sendable {
     /// The broker silent for this long means the connection is dead (AMQP idle timeout; Proton sends empty frames at half).
     public var idleTimeoutMilliseconds: UInt32 = 10_000
 
-    public init(endpoint: AMQP1Endpoint, address: String, subject: DestinationTemplate) {
+    public init(endpoint: BrokerEndpoint, address: String, subject: DestinationTemplate) {
         self.endpoint = endpoint
         self.address = address
         self.subject = subject
@@ -91,7 +91,7 @@ public final class AMQP1Transport: DeliveryTransport {
     public func message(for event: OutboxEvent) -> (Message, problem: String?) {
         let message = Message(
             deadLetter: false, eventID: event.id, group: event.key, subject: config.subject.render(event),
-            properties: Self.printable(event.messageHeaders), body: event.messageBody)
+            properties: withoutNUL(event.messageHeaders), body: event.messageBody)
         return (message, nil)
     }
 
@@ -103,13 +103,13 @@ public final class AMQP1Transport: DeliveryTransport {
         ]
         return Message(
             deadLetter: true, eventID: poison.id ?? UUID().uuidString, group: "", subject: "",
-            properties: Self.printable(properties), body: poison.payload ?? [])
+            properties: withoutNUL(properties), body: poison.payload ?? [])
     }
 
     public func deadLetterMessage(_ message: Message, because why: String) -> Message {
         var dead = message
         dead.deadLetter = true
-        dead.properties = Self.printable(
+        dead.properties = withoutNUL(
             message.properties + [("dlq.error", why), ("dlq.original.address", config.address)])
         return dead
     }
@@ -220,7 +220,7 @@ public final class AMQP1Transport: DeliveryTransport {
             let count = Int(outbox_amqp1_pump(connection, nowMilliseconds, &outcomes, Int32(outcomes.count)))
             for outcome in outcomes.prefix(count) {
                 var copy = outcome
-                let why = Self.text(&copy.why)
+                let why = cString(fromTuple: &copy.why)
                 switch Int32(outcome.kind) {
                 case Int32(OUTBOX_AMQP1_ACCEPTED): out.append(.delivered(outcome.tag))
                 case Int32(OUTBOX_AMQP1_RELEASED): retry.append(outcome.tag)
@@ -237,17 +237,6 @@ public final class AMQP1Transport: DeliveryTransport {
         }
         return out
     }
-
-    /// Property names and values without NUL (C strings).
-    static func printable(_ pairs: [(name: String, value: String)]) -> [(name: String, value: String)] {
-        pairs.map {
-            ($0.name.replacingOccurrences(of: "\0", with: ""), $0.value.replacingOccurrences(of: "\0", with: ""))
-        }
-    }
-
-    static func text<T>(_ tuple: inout T) -> String {
-        withUnsafeBytes(of: &tuple) { raw in String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self) }
-    }
 }
 
 /// One AMQP 1.0 connection (a Proton connection driver over a socket), used by one thread at a time.
@@ -262,6 +251,6 @@ public final class AMQP1Link {
 
     var error: String? {
         guard let connection, connection.pointee.error.0 != 0 else { return nil }
-        return AMQP1Transport.text(&connection.pointee.error)
+        return cString(fromTuple: &connection.pointee.error)
     }
 }

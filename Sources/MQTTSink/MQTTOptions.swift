@@ -5,30 +5,10 @@ import OutboxCore
 import RelayIO
 
 /// Where the MQTT broker is: `mqtt://user:password@host:port` or `mqtts://…`.
-public struct MQTTEndpoint: Sendable {
-    public var host: String
-    public var port: Int
-    public var username: String?
-    public var password: String?
-    public var tls: Bool
-
-    /// The endpoint, or what is wrong with the URL (never quoting it: it may hold a password).
-    public static func parse(_ url: String) -> Result<MQTTEndpoint, DestinationOptionError> {
-        guard let parts = URLComponents(string: url), let scheme = parts.scheme, scheme == "mqtt" || scheme == "mqtts"
-        else {
-            return .failure(
-                DestinationOptionError("--mqtt-url must be mqtt://[user:password@]host[:port] or mqtts://…"))
-        }
-        guard let host = parts.host, !host.isEmpty else {
-            return .failure(DestinationOptionError("--mqtt-url has no host"))
-        }
-        return .success(
-            MQTTEndpoint(
-                host: host, port: parts.port ?? (scheme == "mqtts" ? 8883 : 1883), username: parts.user,
-                password: parts.password, tls: scheme == "mqtts"))
+public enum MQTTEndpoint {
+    public static func parse(_ url: String) -> Result<BrokerEndpoint, DestinationOptionError> {
+        BrokerEndpoint.parse(url, option: "--mqtt-url", plain: ("mqtt", 1883), secure: ("mqtts", 8883))
     }
-
-    public var redacted: String { "\(tls ? "mqtts" : "mqtt")://\(username == nil ? "" : "[redacted]@")\(host):\(port)" }
 
     /// Why a topic name cannot be published to: wildcards, NUL, empty, too long.
     public static func topicProblem(_ topic: String) -> String? {

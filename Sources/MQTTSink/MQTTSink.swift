@@ -7,7 +7,7 @@ import RelayIO
 
 /// How the MQTT sink connects and publishes.
 public struct MQTTSinkConfig: Sendable {
-    public var endpoint: MQTTEndpoint
+    public var endpoint: BrokerEndpoint
     /// The topic of each event, from `{topic}`, `{key}` and `{type}`.
     public var topic: DestinationTemplate
     /// 1: acknowledged at PUBACK; 2: at PUBCOMP (exactly once to the broker).
@@ -22,7 +22,7 @@ public struct MQTTSinkConfig: Sendable {
     public var connectTimeoutMilliseconds = 2_000
     public var keepaliveSeconds: Int32 = 10
 
-    public init(endpoint: MQTTEndpoint, topic: DestinationTemplate, clientID: String) {
+    public init(endpoint: BrokerEndpoint, topic: DestinationTemplate, clientID: String) {
         self.endpoint = endpoint
         self.topic = topic
         self.clientID = clientID
@@ -100,7 +100,7 @@ public final class MQTTTransport: DeliveryTransport {
     public func message(for event: OutboxEvent) -> (Message, problem: String?) {
         let topic = config.topic.render(event)
         let message = Message(
-            topic: topic, eventID: event.id, properties: Self.printable(event.messageHeaders), body: event.messageBody)
+            topic: topic, eventID: event.id, properties: withoutNUL(event.messageHeaders), body: event.messageBody)
         return (message, MQTTEndpoint.topicProblem(topic))
     }
 
@@ -111,7 +111,7 @@ public final class MQTTTransport: DeliveryTransport {
             ("dlq.source", poison.source),
         ]
         return Message(
-            topic: topic, eventID: poison.id ?? "", properties: Self.printable(properties), body: poison.payload ?? [])
+            topic: topic, eventID: poison.id ?? "", properties: withoutNUL(properties), body: poison.payload ?? [])
     }
 
     public func deadLetterMessage(_ message: Message, because why: String) -> Message {
@@ -120,7 +120,7 @@ public final class MQTTTransport: DeliveryTransport {
             message.properties + [("dlq.error", why), ("dlq.original.topic", message.topic)]
             + (oversized ? [("dlq.payload.omitted", "true")] : [])
         return Message(
-            topic: config.deadLetterTopic ?? "", eventID: message.eventID, properties: Self.printable(properties),
+            topic: config.deadLetterTopic ?? "", eventID: message.eventID, properties: withoutNUL(properties),
             body: oversized ? [] : message.body)
     }
 
@@ -268,13 +268,6 @@ public final class MQTTTransport: DeliveryTransport {
     }
 
     static func error(_ code: Int32) -> String { String(cString: mosquitto_strerror(code)) }
-
-    /// Property names and values without NUL (C strings).
-    static func printable(_ pairs: [(name: String, value: String)]) -> [(name: String, value: String)] {
-        pairs.map {
-            ($0.name.replacingOccurrences(of: "\0", with: ""), $0.value.replacingOccurrences(of: "\0", with: ""))
-        }
-    }
 }
 
 /// One MQTT connection (a libmosquitto client, used by one thread at a time) and what is in flight on it.

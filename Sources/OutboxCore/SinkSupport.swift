@@ -65,3 +65,13 @@ extension OutboxEvent {
         tombstone ? [] : (payload ?? Array("null".utf8))
     }
 }
+
+/// Name/value pairs safe to hand to a C client as C strings: NUL removed.
+public func withoutNUL(_ pairs: [(name: String, value: String)]) -> [(name: String, value: String)] {
+    pairs.map { ($0.name.replacingOccurrences(of: "\0", with: ""), $0.value.replacingOccurrences(of: "\0", with: "")) }
+}
+
+/// The C string in a fixed `char[N]` field of a C struct (imported as a tuple).
+public func cString<T>(fromTuple tuple: inout T) -> String {
+    withUnsafeBytes(of: &tuple) { raw in String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self) }
+}

@@ -289,14 +289,10 @@ public final class RabbitMQTransport: DeliveryTransport {
 
     /// Header values without NUL (C strings), names within 255 bytes.
     static func printable(_ headers: [(name: String, value: String)]) -> [(name: String, value: String)] {
-        headers.map { (String($0.name.utf8.prefix(255)) ?? $0.name, $0.value.replacingOccurrences(of: "\0", with: "")) }
+        withoutNUL(headers).map { (String($0.name.utf8.prefix(255)) ?? $0.name, $0.value) }
     }
 
-    static func text<T>(_ tuple: inout T) -> String {
-        withUnsafeBytes(of: &tuple) { raw in
-            String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-        }
-    }
+    static func text<T>(_ tuple: inout T) -> String { cString(fromTuple: &tuple) }
 }
 
 /// One AMQP connection with channel 1 in confirm mode, and what is published on it by delivery tag.
