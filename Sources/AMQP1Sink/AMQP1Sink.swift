@@ -213,18 +213,18 @@ public final class AMQP1Transport: DeliveryTransport {
     private func pump(_ link: AMQP1Link, now: Instant) -> [TransportResult<UInt64>] {
         guard let connection = link.connection else { return [] }
         var out: [TransportResult<UInt64>] = []
-        var outcomes = [outbox_amqp1_outcome](repeating: outbox_amqp1_outcome(), count: 256)
         var retry: [UInt64] = []
         let nowMilliseconds = Int64(now.nanoseconds / 1_000_000)
         repeat {
-            let count = Int(outbox_amqp1_pump(connection, nowMilliseconds, &outcomes, Int32(outcomes.count)))
-            for outcome in outcomes.prefix(count) {
-                var copy = outcome
-                let why = cString(fromTuple: &copy.why)
+            let count = Int(
+                outbox_amqp1_pump(connection, nowMilliseconds, &link.outcomes, Int32(link.outcomes.count)))
+            for outcome in link.outcomes.prefix(count) {
                 switch Int32(outcome.kind) {
                 case Int32(OUTBOX_AMQP1_ACCEPTED): out.append(.delivered(outcome.tag))
                 case Int32(OUTBOX_AMQP1_RELEASED): retry.append(outcome.tag)
                 default:
+                    var copy = outcome
+                    let why = cString(fromTuple: &copy.why)
                     out.append(.refused(outcome.tag, "the AMQP 1.0 broker rejected it\(why.isEmpty ? "" : ": " + why)"))
                 }
             }
@@ -246,6 +246,8 @@ public final class AMQP1Link {
     var nextTick: Instant?
     /// Outcomes read while writing at the end of a turn, handed over with the next results.
     var pending: [TransportResult<UInt64>] = []
+    /// Where Proton's settled outcomes land, reused by every pump of this link.
+    var outcomes = [outbox_amqp1_outcome](repeating: outbox_amqp1_outcome(), count: 256)
 
     init(_ connection: UnsafeMutablePointer<outbox_amqp1>) { self.connection = connection }
 
