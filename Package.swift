@@ -128,11 +128,13 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // libcurl's multi interface on a thread of its own (the webhook sink and the AWS transports share it).
+        .target(name: "CurlIO", dependencies: ["OutboxCore", "RelayIO", "CCurl"]),
         // HTTP webhook sink (libcurl multi): 2xx as acks, retries with backoff, per-key order, HMAC signatures.
         .target(
             name: "HTTPSink",
             dependencies: [
-                "OutboxCore", "RelayIO", "CCurl",
+                "OutboxCore", "RelayIO", "CurlIO",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
@@ -164,6 +166,15 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // AWS SQS and SNS (libcurl signs with SigV4): batches, per-entry results, FIFO groups, web identity.
+        .target(
+            name: "AWSSink",
+            dependencies: [
+                "OutboxCore", "RelayIO", "CurlIO",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
         // The polling baseline and fallback: FOR UPDATE SKIP LOCKED batches, LISTEN/NOTIFY waker, same router and sinks.
         .target(
             name: "PollingRelay",
@@ -176,7 +187,8 @@ let package = Package(
             name: "OutboxRelayCLI",
             dependencies: [
                 "OutboxCore", "RelayIO", "OutboxRelay", "PGOutput", "KafkaSink", "NATSSink", "RabbitMQSink", "HTTPSink",
-                "RedisSink", "MQTTSink", "AMQP1Sink", "PollingRelay", "PostgresClient", "PostgresReplication",
+                "RedisSink", "MQTTSink", "AMQP1Sink", "AWSSink", "PollingRelay", "PostgresClient",
+                "PostgresReplication",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -209,7 +221,8 @@ let package = Package(
         .testTarget(
             name: "SinkTests",
             dependencies: [
-                "RelayIO", "NATSSink", "RabbitMQSink", "HTTPSink", "RedisSink", "MQTTSink", "OutboxCore", "PGOutput",
+                "RelayIO", "NATSSink", "RabbitMQSink", "HTTPSink", "RedisSink", "MQTTSink", "AWSSink", "OutboxCore",
+                "PGOutput",
             ]),
         .testTarget(
             name: "IntegrationTests",
@@ -217,7 +230,7 @@ let package = Package(
                 "OutboxCore", "RelayIO", "OutboxRelay", "PostgresClient", "PostgresReplication", "PGOutput", "CLibPQ",
                 "KafkaSink",
                 "PollingRelay", "NATSSink", "CNats", "RabbitMQSink", "CRabbitMQ", "HTTPSink", "RedisSink", "MQTTSink",
-                "AMQP1Sink",
+                "AMQP1Sink", "AWSSink", "CurlIO",
             ]
         ),
     ],

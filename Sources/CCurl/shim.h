@@ -19,16 +19,22 @@ typedef struct {
     int result;  // CURLcode
     char retry_after[64];
     char location[256];
-    char response[256];
+    char *response;       // the start of the answer's body, NUL-terminated (up to response_max bytes)
     size_t response_len;
+    size_t response_max;
     char error[CURL_ERROR_SIZE];
+    char *userpwd;        // AWS: "key:secret" for CURLOPT_AWS_SIGV4; freed with the request
 } outbox_http_request;
 
 static inline size_t outbox_http_on_body(char *data, size_t size, size_t count, void *user) {
     outbox_http_request *r = (outbox_http_request *)user;
     size_t n = size * count;
-    size_t room = sizeof r->response - 1 - r->response_len;
+    size_t room = r->response_max - r->response_len;
     size_t take = n < room ? n : room;
+    if (!take) return n;
+    char *grown = realloc(r->response, r->response_len + take + 1);
+    if (!grown) return n;
+    r->response = grown;
     memcpy(r->response + r->response_len, data, take);
     r->response_len += take;
     r->response[r->response_len] = 0;
@@ -64,6 +70,7 @@ static inline outbox_http_request *outbox_http_request_new(const char *url, cons
     r->easy = curl_easy_init();
     if (!r->easy) { free(r); return NULL; }
     r->token = token;
+    r->response_max = 255;
     r->body = malloc(body_len ? body_len : 1);
     if (body_len) memcpy(r->body, body, body_len);
     for (int i = 0; i < count; i++) r->headers = curl_slist_append(r->headers, header_lines[i]);
@@ -90,12 +97,35 @@ static inline outbox_http_request *outbox_http_request_new(const char *url, cons
     return r;
 }
 
+/// Signs the request with AWS Signature Version 4 (libcurl does it:
+/// `provider` is "aws:amz:REGION:SERVICE"), with the key and secret as
+/// "key:secret"; keeps up to `response_max` bytes of the answer.
+static inline void outbox_http_request_sign(outbox_http_request *r, const char *provider, const char *userpwd,
+                                            size_t response_max) {
+    r->response_max = response_max;
+    if (!provider) return;
+    r->userpwd = strdup(userpwd);
+    curl_easy_setopt(r->easy, CURLOPT_AWS_SIGV4, provider);
+    curl_easy_setopt(r->easy, CURLOPT_USERPWD, r->userpwd);
+}
+
 static inline void outbox_http_request_free(outbox_http_request *r) {
     if (!r) return;
     curl_easy_cleanup(r->easy);
     curl_slist_free_all(r->headers);
     free(r->body);
+    free(r->response);
+    if (r->userpwd) {
+        memset(r->userpwd, 0, strlen(r->userpwd));
+        free(r->userpwd);
+    }
     free(r);
+}
+
+/// Runs one request to its end on the calling thread (blocking); fills in status and result.
+static inline void outbox_http_perform(outbox_http_request *r) {
+    r->result = (int)curl_easy_perform(r->easy);
+    curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &r->status);
 }
 
 static inline CURLM *outbox_http_multi_new(long max_connections) {

@@ -1,4 +1,4 @@
-import CCurl
+import CurlIO
 import Foundation
 import Glibc
 import Logging
@@ -164,9 +164,10 @@ public final class HTTPSink: EventSink {
             if record.deadLetter { lines.append("X-Outbox-Dead-Letter: true") }
             lines += config.headers
             worker.submit(
-                token: token, url: record.url, body: record.body, headers: lines,
-                timeoutMilliseconds: config.timeoutMilliseconds,
-                connectTimeoutMilliseconds: config.connectTimeoutMilliseconds, caFile: config.caFile)
+                CurlRequest(
+                    url: record.url, body: record.body, headers: lines, timeoutMilliseconds: config.timeoutMilliseconds,
+                    connectTimeoutMilliseconds: config.connectTimeoutMilliseconds, caFile: config.caFile),
+                token: token)
         }
     }
 
@@ -231,134 +232,4 @@ public final class HTTPSink: EventSink {
     static func headerValue(_ text: String) -> String {
         String(text.unicodeScalars.filter { $0.value >= 0x20 && $0.value != 0x7F }.map(Character.init))
     }
-}
-
-/// libcurl's multi interface on its own thread: requests go in, answers come
-/// out through a lock, and `wakeup` tells the relay's thread.
-final class CurlWorker: @unchecked Sendable {
-    struct Answer {
-        var token: UInt64
-        var status: Int
-        var transportError: String?
-        var retryAfter: String?
-        var location: String?
-        var response: String
-    }
-
-    let wakeup = Wakeup()
-    private let multi: UnsafeMutableRawPointer
-    /// What the relay's thread and the worker share. `@unchecked Sendable`: the
-    /// request pointers in `submitted` are handed over, owned by one side at a time.
-    private struct Shared: @unchecked Sendable {
-        var submitted: [UnsafeMutablePointer<outbox_http_request>] = []
-        var answers: [Answer] = []
-        var running = true
-    }
-    private let shared = Mutex(Shared())
-    private let done = DispatchSemaphore(value: 0)
-
-    init(maxConnections: Int) throws {
-        curl_global_init(Int(CURL_GLOBAL_DEFAULT))
-        guard let multi = outbox_http_multi_new(maxConnections) else {
-            throw SinkError("cannot create a libcurl multi handle")
-        }
-        self.multi = multi
-        let thread = Thread { [unowned self] in self.run() }
-        thread.name = "outbox-http"
-        thread.start()
-    }
-
-    deinit {
-        shared.withLock { $0.running = false }
-        curl_multi_wakeup(multi)
-        done.wait()
-        curl_multi_cleanup(multi)
-    }
-
-    func submit(
-        token: UInt64, url: String, body: [UInt8], headers: [String], timeoutMilliseconds: Int,
-        connectTimeoutMilliseconds: Int,
-        caFile: String?
-    ) {
-        let copies = headers.map { strdup($0) }
-        defer { copies.forEach { free($0) } }
-        let request = copies.map { UnsafePointer($0) }.withUnsafeBufferPointer { lines in
-            body.withUnsafeBytes { bytes in
-                outbox_http_request_new(
-                    url, bytes.baseAddress, bytes.count, lines.baseAddress, Int32(lines.count), timeoutMilliseconds,
-                    connectTimeoutMilliseconds, token, caFile)
-            }
-        }
-        guard let request else {
-            shared.withLock {
-                $0.answers.append(
-                    Answer(token: token, status: 0, transportError: "cannot create a request", response: ""))
-            }
-            wakeup.signal()
-            return
-        }
-        nonisolated(unsafe) let handed = request
-        shared.withLock { $0.submitted.append(handed) }
-        curl_multi_wakeup(multi)
-    }
-
-    func takeAnswers() -> [Answer] {
-        shared.withLock { shared in
-            defer { shared.answers.removeAll(keepingCapacity: true) }
-            return shared.answers
-        }
-    }
-
-    private func run() {
-        var active: Set<UnsafeMutablePointer<outbox_http_request>> = []
-        while true {
-            nonisolated(unsafe) let (stop, new) = shared.withLock {
-                shared -> (Bool, [UnsafeMutablePointer<outbox_http_request>]) in
-                defer { shared.submitted.removeAll() }
-                return (!shared.running, shared.submitted)
-            }
-            if stop {
-                for request in active.union(new) {
-                    curl_multi_remove_handle(multi, request.pointee.easy)
-                    outbox_http_request_free(request)
-                }
-                done.signal()
-                return
-            }
-            for request in new {
-                curl_multi_add_handle(multi, request.pointee.easy)
-                active.insert(request)
-            }
-            var stillRunning: Int32 = 0
-            curl_multi_perform(multi, &stillRunning)
-            var finished: [Answer] = []
-            while let request = outbox_http_next_done(multi) {
-                active.remove(request)
-                let r = request.pointee
-                let error =
-                    r.result == 0
-                    ? nil
-                    : Self.text(r.error).nonEmpty ?? String(cString: curl_easy_strerror(CURLcode(UInt32(r.result))))
-                finished.append(
-                    Answer(
-                        token: r.token, status: r.result == 0 ? Int(r.status) : 0, transportError: error,
-                        retryAfter: Self.text(r.retry_after).nonEmpty, location: Self.text(r.location).nonEmpty,
-                        response: Self.text(r.response)))
-                outbox_http_request_free(request)
-            }
-            if !finished.isEmpty {
-                shared.withLock { $0.answers += finished }
-                wakeup.signal()
-            }
-            curl_multi_poll(multi, nil, 0, 1000, nil)
-        }
-    }
-
-    static func text<T>(_ tuple: T) -> String {
-        withUnsafeBytes(of: tuple) { raw in String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self) }
-    }
-}
-
-extension String {
-    fileprivate var nonEmpty: String? { isEmpty ? nil : self }
 }

@@ -149,6 +149,9 @@ public struct DeliveryMachine<Message, Token: Hashable> {
     /// Accepted and not acknowledged, dead-lettered or refused.
     public var unsettled: Int { waiting.count + inFlight.count }
     public var waitingCount: Int { waiting.count }
+    /// The record `next` hands over when the transport can take it (a
+    /// transport that keeps a key's order by holding it back looks at it).
+    public var front: Record? { waiting.first }
     public var inFlightCount: Int { inFlight.count }
     /// Reachable as far as the machine knows (readiness): connected, not held, no outage.
     public var isReachable: Bool {

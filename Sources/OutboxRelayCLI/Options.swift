@@ -1,4 +1,5 @@
 import AMQP1Sink
+import AWSSink
 import ArgumentParser
 import Dispatch
 import Foundation
@@ -41,13 +42,13 @@ struct SourceOptions: ParsableArguments {
 struct SinkOptions: ParsableArguments {
     @Option(
         help: ArgumentHelp(
-            "Where events go: kafka, nats (JetStream), rabbitmq, redis (Streams), http (webhook POSTs), mqtt (MQTT 5), amqp1 (AMQP 1.0), stdout, or file:PATH (appends NDJSON; acknowledged after fsync).",
+            "Where events go: kafka, nats (JetStream), rabbitmq, redis (Streams), http (webhook POSTs), mqtt (MQTT 5), amqp1 (AMQP 1.0), sqs (AWS SQS), sns (AWS SNS), stdout, or file:PATH (appends NDJSON; acknowledged after fsync).",
             valueName: "sink"))
     var sink = "stdout"
 
     @Option(
         help: ArgumentHelp(
-            "Kafka topic (NATS: subject; RabbitMQ: routing key on --rabbitmq-exchange; Redis: a stream; http: a URL; MQTT: a topic; AMQP 1.0: a target address) for events that can never be delivered as they are (too large, invalid topic, unauthorized, no stream, unroutable, nacked) and rows that cannot become events. Without it such an event stops the relay.",
+            "Kafka topic (NATS: subject; RabbitMQ: routing key on --rabbitmq-exchange; Redis: a stream; http: a URL; MQTT: a topic; AMQP 1.0: a target address; SQS: a queue URL; SNS: a topic ARN) for events that can never be delivered as they are (too large, invalid topic, unauthorized, no stream, unroutable, nacked) and rows that cannot become events. Without it such an event stops the relay.",
             valueName: "topic"))
     var dlqTopic: String?
 
@@ -57,10 +58,11 @@ struct SinkOptions: ParsableArguments {
     @OptionGroup var rabbitmq: RabbitMQOptions
     @OptionGroup var mqtt: MQTTOptions
     @OptionGroup var amqp1: AMQP1Options
+    @OptionGroup var aws: AWSOptions
     @OptionGroup var redis: RedisOptions
     @OptionGroup var http: WebhookOptions
 
-    var destinations: [any DestinationOptions] { [kafka, nats, rabbitmq, redis, http, mqtt, amqp1] }
+    var destinations: [any DestinationOptions] { [kafka, nats, rabbitmq, redis, http, mqtt, amqp1] + aws.destinations }
 
     /// The destination `--sink` names, if it is one (not stdout or a file).
     var destination: (any DestinationOptions)? { destinations.first { type(of: $0).sinkName == sink } }

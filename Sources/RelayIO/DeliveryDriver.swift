@@ -55,6 +55,10 @@ public protocol DeliveryTransport: AnyObject, Sendable {
 
     /// Whether the link takes another record now (a window or a batch that is out).
     func canPublish(on link: Link) -> Bool
+    /// Whether the link takes `message` now, the front of the queue (a
+    /// destination that keeps a key's order by having at most one of each key
+    /// in flight holds it back). The queue waits behind it: nothing overtakes it.
+    func canPublish(_ message: Message, on link: Link) -> Bool
     /// Hands one record over; never blocks.
     func publish(_ message: Message, on link: Link) -> PublishOutcome<Token>
     /// After a turn of `publish` calls: write out what is buffered (a batch). Returns why the link failed, if it did.
@@ -68,6 +72,7 @@ public protocol DeliveryTransport: AnyObject, Sendable {
 
 extension DeliveryTransport {
     public func canPublish(on link: Link) -> Bool { true }
+    public func canPublish(_ message: Message, on link: Link) -> Bool { canPublish(on: link) }
     public func deadline(of link: Link) -> Instant? { nil }
     public func endOfTurn(on link: Link, now: Instant) -> String? { nil }
     public var closesOnDiscard: Bool { false }
@@ -304,7 +309,10 @@ public final class DeliveryDriver<Transport: DeliveryTransport>: EventSink {
     /// Carries out what the machine decides until it waits.
     private func pump(now: Instant) throws {
         while true {
-            switch machine.next(now: now, canPublish: link.map { transport.canPublish(on: $0) } ?? false) {
+            let canPublish = link.map { link in
+                machine.front.map { transport.canPublish($0.message, on: link) } ?? transport.canPublish(on: link)
+            }
+            switch machine.next(now: now, canPublish: canPublish ?? false) {
             case .connect:
                 startAttempt()
             case .publish(let record):
