@@ -85,6 +85,11 @@ if [ "$major" = 15 ] || [ -n "${OUTBOX_TEST_SINKS:-}" ]; then
   export RABBITMQ_SERVER_BIN=/usr/lib/rabbitmq/bin/rabbitmq-server
   export REDIS_SERVER_BIN=/usr/bin/redis-server
   export MOSQUITTO_BIN=/usr/sbin/mosquitto
+  # moto's server speaks the AWS protocols (SQS, SNS, STS, IAM) for the SQS and SNS tests.
+  python3 -c "import moto.server" 2>/dev/null \
+    || python3 -m pip install -q --disable-pip-version-check "moto[server]" >&2
+  MOTO_SERVER_BIN=$(command -v moto_server)
+  export MOTO_SERVER_BIN
   export OUTBOX_TEST_SINKS_ENABLED=1
 else
   export OUTBOX_TEST_SINKS_ENABLED=0
@@ -106,7 +111,7 @@ fi
 # side, each in its own `swift test` process with a PostgreSQL of its own: a
 # slot decodes all of its cluster's WAL, and the tests bound what may be
 # confirmed by WAL positions, so writers of one suite must not move another's.
-destination_suites='BrokerOutageTests|KafkaIntegrationTests|NATSSinkTests|RabbitMQSinkTests|RedisSinkTests|HTTPSinkTests|MQTTSinkTests|AMQP1SinkTests'
+destination_suites='BrokerOutageTests|KafkaIntegrationTests|NATSSinkTests|RabbitMQSinkTests|RedisSinkTests|HTTPSinkTests|MQTTSinkTests|AMQP1SinkTests|AWSSinkTests'
 timeout -s KILL 1200 swift test --skip-build --no-parallel --skip "$destination_suites"
 [ "$OUTBOX_TEST_SINKS_ENABLED" = 1 ] || exit 0
 logs=$(mktemp -d /tmp/outbox-relay-suites.XXXXXX)

@@ -21,6 +21,13 @@ public struct AWSEntry: Sendable, Equatable {
     public var group: String?
     public var deduplicationID: String?
 
+    public init(body: String, attributes: [AWSAttribute], group: String? = nil, deduplicationID: String? = nil) {
+        self.body = body
+        self.attributes = attributes
+        self.group = group
+        self.deduplicationID = deduplicationID
+    }
+
     /// Bytes the service counts against its size limit: the body and each attribute's name, type and value.
     public var size: Int {
         body.utf8.count + attributes.reduce(0) { $0 + $1.name.utf8.count + 6 + $1.value.utf8.count }
@@ -30,6 +37,10 @@ public struct AWSEntry: Sendable, Equatable {
 public struct AWSAttribute: Sendable, Equatable {
     public var name: String
     public var value: String
+    public init(name: String, value: String) {
+        self.name = name
+        self.value = value
+    }
 }
 
 /// How an event becomes an entry: SQS and SNS rules for bodies, attribute
@@ -194,7 +205,8 @@ public enum AWSBatchRequest {
         return formEncoded(form)
     }
 
-    /// `application/x-www-form-urlencoded`, RFC 3986 unreserved characters left as they are.
+    /// `application/x-www-form-urlencoded` as the AWS SDKs write it: RFC 3986
+    /// unreserved characters as they are, space as `+`, the rest percent-encoded.
     public static func formEncoded(_ pairs: [(String, String)]) -> [UInt8] {
         Array(pairs.map { percentEncoded($0.0) + "=" + percentEncoded($0.1) }.joined(separator: "&").utf8)
     }
@@ -207,6 +219,7 @@ public enum AWSBatchRequest {
             switch byte {
             case 0x30...0x39, 0x41...0x5A, 0x61...0x7A, 0x2D, 0x2E, 0x5F, 0x7E:
                 out.append(Character(Unicode.Scalar(byte)))
+            case 0x20: out.append("+")  // as the AWS SDKs send it (a verifier that re-encodes the form expects it)
             default:
                 out.append("%")
                 out.append(digits[Int(byte >> 4)])
@@ -232,6 +245,13 @@ public enum AWSAnswer: Equatable, Sendable {
         public var message: String
         /// The request was wrong (for good); false: the service failed (retry).
         public var senderFault: Bool
+
+        public init(index: Int, code: String, message: String, senderFault: Bool) {
+            self.index = index
+            self.code = code
+            self.message = message
+            self.senderFault = senderFault
+        }
     }
 
     /// An SQS answer (AWS JSON 1.0): `Successful`/`Failed`, or `__type` and `message` on an error.

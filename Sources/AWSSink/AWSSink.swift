@@ -332,6 +332,10 @@ public final class AWSTransport: DeliveryTransport {
             for index in sent.indices where !settled.contains(index) { again.append(tokens[index]) }
             if !again.isEmpty {
                 out.append(
+                    .notice(
+                        .info, "\(destination) did not take \(again.count) message(s); sending them again",
+                        ["error": "\(why)"]))
+                out.append(
                     .retryLater(
                         again,
                         "\(destination) did not take \(again.count) message(s): \(why.isEmpty ? "no result" : why)"))
@@ -342,14 +346,24 @@ public final class AWSTransport: DeliveryTransport {
         case .error(let code, let message):
             let why = "\(destination): \(code): \(message)"
             switch AWSVerdict.of(status: answer.status, code: code) {
-            case .retry: return [.retryLater(tokens, why)]
+            case .retry:
+                return [
+                    .notice(.info, "\(destination) did not take a batch; sending it again", ["error": "\(why)"]),
+                    .retryLater(tokens, why),
+                ]
             case .lostLink: return [.lost(why)]
             case .fatal:
                 return [.fatal(tokens[0], why + " (check the queue or topic and the IAM policy)")]
             case .refuse:
                 guard tokens.count > 1 else { return [.refused(tokens[0], why)] }
                 link.singles = max(link.singles, tokens.count)
-                return [.putBack(tokens)]
+                return [
+                    .notice(
+                        .info,
+                        "\(destination) refused a batch; sending its messages one by one to find the one at fault",
+                        ["error": "\(why)"]),
+                    .putBack(tokens),
+                ]
             }
         }
     }

@@ -105,6 +105,15 @@ static inline void outbox_http_request_sign(outbox_http_request *r, const char *
     r->response_max = response_max;
     if (!provider) return;
     r->userpwd = strdup(userpwd);
+    // libcurl signs every header line it is given, "Expect:" (which only removes
+    // the header) included, and then sends none: the service's signature would
+    // differ. Bodies here are far below the size that makes libcurl ask for 100-continue.
+    struct curl_slist *kept = NULL;
+    for (struct curl_slist *h = r->headers; h; h = h->next)
+        if (strcmp(h->data, "Expect:") != 0) kept = curl_slist_append(kept, h->data);
+    curl_slist_free_all(r->headers);
+    r->headers = kept;
+    curl_easy_setopt(r->easy, CURLOPT_HTTPHEADER, r->headers);
     curl_easy_setopt(r->easy, CURLOPT_AWS_SIGV4, provider);
     curl_easy_setopt(r->easy, CURLOPT_USERPWD, r->userpwd);
 }
