@@ -37,7 +37,7 @@ DEFAULT_SINKS="nats rabbitmq redis http mqtt amqp1"
 SINKS=${SINKS-$DEFAULT_SINKS}
 RESULTS=bench/results/drain.md
 [ "$SINKS" = "$DEFAULT_SINKS" ] || RESULTS="bench/results/drain-$(echo "${SINKS:-none}" | tr ' ' '-').md"
-for s in drain_recv_1 drain_relay_1 drain_kafka_1 drain_kafka_2 drain_relay_2 drain_recv_2 drain_nats drain_rabbitmq drain_redis drain_http drain_mqtt drain_amqp1; do
+for s in drain_recv_1 drain_relay_1 drain_kafka_1 drain_kafka_2 drain_relay_2 drain_recv_2 drain_nats drain_rabbitmq drain_redis drain_http drain_mqtt drain_amqp1 drain_sqs; do
   psql -X -q -c "SELECT pg_create_logical_replication_slot('$s', 'pgoutput')" >/dev/null
 done
 
@@ -55,8 +55,8 @@ echo "backlog: $N transactions, $backlog of WAL, written in ${write_s}s" >&2
 
 measure() { # name function slot: wall seconds and peak RSS of the tool's process
   local name=$1; shift
-  export -f recv_cmd relay_cmd kafka_cmd poll_cmd nats_cmd rabbitmq_cmd redis_cmd http_cmd mqtt_cmd amqp1_cmd
-  export PG_BIN OUTBOX_TEST_PG END RELAY WORK N KAFKA_TEST_BROKERS NATS_PORT RABBIT_PORT REDIS_PORT HOOK_PORT MQTT_PORT
+  export -f recv_cmd relay_cmd kafka_cmd poll_cmd nats_cmd rabbitmq_cmd redis_cmd http_cmd mqtt_cmd amqp1_cmd sqs_cmd
+  export PG_BIN OUTBOX_TEST_PG END RELAY WORK N KAFKA_TEST_BROKERS NATS_PORT RABBIT_PORT REDIS_PORT HOOK_PORT MQTT_PORT MOTO_PORT
   /usr/bin/time -f "%e %M" -o "$WORK/time" bash -c '"$@"' _ "$@" >/dev/null 2>"$WORK/$name.log" || { cat "$WORK/$name.log" >&2; exit 1; }
   read -r secs rss <"$WORK/time"
   echo "$name $secs $rss"
@@ -91,10 +91,15 @@ mqtt_cmd() {
   received=$(wc -l <"$WORK/mqtt.received")
   [ "$received" -eq "$N" ] || { echo "the subscriber received $received messages, expected $N" >&2; return 1; }
 }
+sqs_cmd() { # a FIFO queue in moto's server (an emulator: it, not AWS, sets the pace)
+  AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 "$RELAY" run --source "$OUTBOX_TEST_PG" \
+    --slot "$1" --sink sqs --sqs-queue-url "http://127.0.0.1:$MOTO_PORT/123456789012/outbox.fifo" \
+    --aws-endpoint-url "http://127.0.0.1:$MOTO_PORT/" --end-lsn "$END"
+}
 http_cmd() { "$RELAY" run --source "$OUTBOX_TEST_PG" --slot "$1" --sink http --webhook-url "http://127.0.0.1:$HOOK_PORT/hooks" --end-lsn "$END"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 start_sinks() {
-  NATS_PORT=$(free_port) RABBIT_PORT=$(free_port) REDIS_PORT=$(free_port) HOOK_PORT=$(free_port) MQTT_PORT=$(free_port)
+  NATS_PORT=$(free_port) RABBIT_PORT=$(free_port) REDIS_PORT=$(free_port) HOOK_PORT=$(free_port) MQTT_PORT=$(free_port) MOTO_PORT=$(free_port)
   if [[ " $SINKS " == *" nats "* ]]; then
     nats-server -js -sd "$WORK/nats" -a 127.0.0.1 -p "$NATS_PORT" >"$WORK/nats.log" 2>&1 &
     PIDS+=($!)
@@ -152,6 +157,14 @@ PY
     PIDS+=($!)
     sleep 0.3
   fi
+  if [[ " $SINKS " == *" sqs "* ]]; then
+    python3 scripts/moto-server.py -H 127.0.0.1 -p "$MOTO_PORT" >"$WORK/moto.log" 2>&1 &
+    PIDS+=($!)
+    until (echo >"/dev/tcp/127.0.0.1/$MOTO_PORT") 2>/dev/null; do sleep 0.1; done
+    curl -sf --aws-sigv4 aws:amz:us-east-1:sqs -u bench:bench -H 'Content-Type: application/x-amz-json-1.0' \
+      -H 'X-Amz-Target: AmazonSQS.CreateQueue' -d '{"QueueName":"outbox.fifo","Attributes":{"FifoQueue":"true"}}' \
+      "http://127.0.0.1:$MOTO_PORT/" >/dev/null
+  fi
   if [[ " $SINKS " == *" http "* ]]; then
     python3 scripts/webhook-receiver.py --port "$HOOK_PORT" --log /dev/null >/dev/null 2>&1 &
     PIDS+=($!)
@@ -199,6 +212,7 @@ rows+=("$(measure "poll-1" poll_cmd 1000)")
       redis) what="outbox-relay run, Redis Streams sink (redis-server 7.0, appendfsync always, MULTI/EXEC batches)" ;;
       http) what="outbox-relay run, HTTP sink (one POST per event, 16 in flight, Python receiver)" ;;
       mqtt) what="outbox-relay run, MQTT 5 sink (mosquitto 2.0, QoS 1, PUBACK per event, one subscriber)" ;;
+      sqs) what="outbox-relay run, SQS sink (moto 5 server, FIFO queue, 1,000 keys, batches of 10, 8 in flight)" ;;
       amqp1) what="outbox-relay run, AMQP 1.0 sink (RabbitMQ 3.10's AMQP 1.0 plugin, durable queue, accepted outcome per message)" ;;
       *) what="outbox-relay run (log tailing), file sink with fsync (run ${name##*-})" ;;
     esac
