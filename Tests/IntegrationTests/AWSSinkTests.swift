@@ -147,14 +147,16 @@ struct AWSSinkTests {
         let outbox = try TestOutbox()
         let server = try MotoServer()
         let queue = try server.client.createQueue("\(outbox.name).fifo")
-        let writers = ContinuousWriters(conninfo: outbox.conninfo, table: "\(outbox.schema).outbox")
-        let kills = 8
+        // Two writers, not three: reading back costs moto time in proportion to the queue's length.
+        let writers = ContinuousWriters(
+            conninfo: outbox.conninfo, table: "\(outbox.schema).outbox", writers: 2, pauseMicroseconds: 10_000)
+        let kills = 6
         var arguments = Self.arguments(outbox, endpoint: server.url, target: queue)
         arguments += ["--aws-max-in-flight", "2"]
         var runs: [CLI] = []
         for _ in 0..<kills {
             let cli = try CLI.start(arguments, environment: server.relayEnvironment)
-            try await Task.sleep(for: .milliseconds(Int.random(in: 400...1_200)))
+            try await Task.sleep(for: .milliseconds(Int.random(in: 400...900)))
             cli.kill9()
             runs.append(cli)
         }
