@@ -107,7 +107,6 @@ public final class AWSTransport: DeliveryTransport {
 
     public init(config: AWSSinkConfig) { self.config = config }
 
-    private var fifo: Bool { AWSSinkConfig.isFIFO(config.target) }
     private func isFIFO(deadLetter: Bool) -> Bool {
         AWSSinkConfig.isFIFO(deadLetter ? (config.deadLetterTarget ?? "") : config.target)
     }
@@ -128,7 +127,7 @@ public final class AWSTransport: DeliveryTransport {
         let body = poison.payload.map { String(decoding: $0, as: UTF8.self) } ?? ""
         let entry = AWSEntry(
             body: body.isEmpty
-                ? "null" : String(String.UnicodeScalarView(body.unicodeScalars.filter(AWSMapping.isMessageCharacter))),
+                ? "null" : AWSMapping.attributeValue(body),
             attributes: AWSMapping.attributes(pairs), group: "dead-letter",
             deduplicationID: AWSMapping.identifier(poison.id ?? "lsn-\(poison.lsn)"))
         return Message(entry: entry, pairs: pairs, deadLetter: true)
@@ -139,8 +138,7 @@ public final class AWSTransport: DeliveryTransport {
         dead.deadLetter = true
         dead.pairs += [("dlq.error", why), ("dlq.original", config.target)]
         dead.entry.attributes = AWSMapping.attributes(dead.pairs)
-        dead.entry.body = String(
-            String.UnicodeScalarView(dead.entry.body.unicodeScalars.filter(AWSMapping.isMessageCharacter)))
+        dead.entry.body = AWSMapping.attributeValue(dead.entry.body)
         if dead.entry.body.isEmpty { dead.entry.body = "null" }
         return dead
     }
